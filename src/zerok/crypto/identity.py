@@ -1,0 +1,104 @@
+"""Device identity: an X25519 key pair whose public key is the device id.
+
+The key file is JSON (format version, key type, base64 private key), written atomically
+with mode 0600; loading refuses a file that others can read, since it would let them
+impersonate the device.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import x25519
+
+from zerok.errors import KeyFileError
+from zerok.wire.ids import DeviceId
+
+KEY_FILE_VERSION = 1
+
+
+class DeviceIdentity:
+    """A device's static key pair (its Noise static key and its id)."""
+
+    def __init__(self, private_key: x25519.X25519PrivateKey) -> None:
+        self.private_key = private_key
+        self.device_id = DeviceId(private_key.public_key().public_bytes_raw())
+
+    @classmethod
+    def generate(cls) -> DeviceIdentity:
+        return cls(x25519.X25519PrivateKey.generate())
+
+    @classmethod
+    def from_private_bytes(cls, raw: bytes) -> DeviceIdentity:
+        if len(raw) != 32:
+            raise KeyFileError(f"an X25519 private key is 32 bytes, got {len(raw)}")
+        return cls(x25519.X25519PrivateKey.from_private_bytes(raw))
+
+    def private_bytes(self) -> bytes:
+        return self.private_key.private_bytes_raw()
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the key file with mode 0600, atomically; never overwrites a different key."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            if DeviceIdentity.load(target).device_id == self.device_id:
+                return
+            raise KeyFileError(f"{target} already holds another device key; refusing to replace it")
+        body = json.dumps(
+            {
+                "version": KEY_FILE_VERSION,
+                "type": "x25519",
+                "private_key": base64.b64encode(self.private_bytes()).decode("ascii"),
+                "device_id": str(self.device_id),
+            }
+        ).encode()
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> DeviceIdentity:
+        target = Path(path)
+        try:
+            mode = target.stat().st_mode
+            raw = target.read_bytes()
+        except FileNotFoundError:
+            raise KeyFileError(
+                f"no device key at {target}; run `zerok init` to create one"
+            ) from None
+        except OSError as exc:
+            raise KeyFileError(f"cannot read device key {target}: {exc.strerror}") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise KeyFileError(
+                f"device key {target} is accessible by other users (mode {stat.S_IMODE(mode):o}); "
+                f"run `chmod 600 {target}`"
+            )
+        try:
+            doc = json.loads(raw)
+            if doc.get("version") != KEY_FILE_VERSION or doc.get("type") != "x25519":
+                raise ValueError("unknown key file version or type")
+            key = base64.b64decode(doc["private_key"], validate=True)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise KeyFileError(f"device key {target} is corrupt: {exc}") from None
+        return cls.from_private_bytes(key)
+
+    @classmethod
+    def load_or_create(cls, path: str | os.PathLike[str]) -> DeviceIdentity:
+        if Path(path).exists():
+            return cls.load(path)
+        identity = cls.generate()
+        identity.save(path)
+        return identity

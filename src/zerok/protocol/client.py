@@ -1,0 +1,226 @@
+"""The client's side of one connection, sans I/O.
+
+The session starts the handshake as soon as it is made, sends HELLO with the membership
+proof when the handshake completes, and opens on WELCOME. Requests get ids; each response
+must answer an outstanding request with the type that request expects.
+"""
+
+from __future__ import annotations
+
+from zerok.crypto.identity import DeviceIdentity
+from zerok.crypto.keys import GroupKeys
+from zerok.crypto.membership import make_hello
+from zerok.errors import FrameTooLargeError, ProtocolError
+from zerok.protocol.events import (
+    ConnectionClosed,
+    Event,
+    MessageReceived,
+    RequestFailed,
+    ResponseReceived,
+    Welcomed,
+)
+from zerok.protocol.relay import CLIENT_REQUESTS
+from zerok.protocol.session import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_FRAME,
+    Session,
+    SessionState,
+)
+from zerok.protocol.variants import HYBRID, Variant
+from zerok.wire import (
+    U32_MAX,
+    DeviceRevoked,
+    Devices,
+    Error,
+    ErrorCode,
+    Frame,
+    ListDevices,
+    Message,
+    Notify,
+    Presence,
+    Pull,
+    PullResponse,
+    Push,
+    PushAck,
+    RevokeDevice,
+    Welcome,
+)
+
+#: The result type of each request; requests not listed are confirmed by their own echo.
+RESPONSE_TYPES: dict[type[Message], type[Message]] = {
+    Push: PushAck,
+    Pull: PullResponse,
+    ListDevices: Devices,
+    RevokeDevice: DeviceRevoked,
+}
+UNSOLICITED: frozenset[type[Message]] = frozenset({Notify, DeviceRevoked})
+HELLO_REQUEST_ID = 1
+DEFAULT_HEARTBEAT = 30.0
+
+
+class ClientSession(Session):
+    """One connection to a relay as a device of one group sees it."""
+
+    initiator = True
+
+    def __init__(
+        self,
+        identity: DeviceIdentity,
+        keys: GroupKeys,
+        *,
+        now: float,
+        variant: Variant = HYBRID,
+        device_name: str = "",
+        last_cursor: int = 0,
+        client: str = "",
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        heartbeat_interval: float | None = DEFAULT_HEARTBEAT,
+    ) -> None:
+        super().__init__(
+            identity.private_key,
+            now=now,
+            variant=variant,
+            handshake_timeout=handshake_timeout,
+            max_frame=max_frame,
+        )
+        self.identity = identity
+        self.keys = keys
+        self.device_name = device_name
+        self.last_cursor = last_cursor
+        self.client = client
+        self.heartbeat_interval = heartbeat_interval
+        self.welcome: Welcome | None = None
+        self._pending: dict[int, type[Message]] = {}
+        self._next_id = HELLO_REQUEST_ID + 1
+        self._start_handshake()
+
+    # -- requests -----------------------------------------------------------------------
+
+    @property
+    def pending_requests(self) -> int:
+        return len(self._pending)
+
+    def send_request(self, message: Message, now: float) -> int:
+        """Send a request and return its id; the answer arrives as ResponseReceived or
+        RequestFailed with that id."""
+        request_id = self._allocate_id()
+        self._send(message, request_id, now)
+        self._pending[request_id] = type(message)
+        return request_id
+
+    def send_message(self, message: Message, now: float) -> None:
+        """Send a message that wants no answer (request id 0), e.g. ACK or PRESENCE."""
+        self._send(message, 0, now)
+
+    def _send(self, message: Message, request_id: int, now: float) -> None:
+        if self.state is not SessionState.OPEN:
+            raise ProtocolError(
+                f"cannot send {type(message).__name__}: session is {self.state.value}"
+            )
+        if type(message) not in CLIENT_REQUESTS:
+            raise ProtocolError(f"{type(message).__name__} is not a client request")
+        if self.welcome is not None and isinstance(message, Push):
+            limit = self.welcome.limits.max_blob_size
+            if limit and len(message.ciphertext) > limit:
+                raise FrameTooLargeError(
+                    f"blob of {len(message.ciphertext)} bytes exceeds the relay's limit of {limit}"
+                )
+        self._send_frame(message, request_id)
+        self.last_sent = now
+
+    def _allocate_id(self) -> int:
+        for _ in range(U32_MAX):
+            candidate = self._next_id
+            self._next_id = candidate + 1 if candidate < U32_MAX else HELLO_REQUEST_ID + 1
+            if candidate not in self._pending:
+                return candidate
+        raise ProtocolError("no free request id")  # pragma: no cover - 4 billion in flight
+
+    # -- timeouts -----------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        if self.state is SessionState.OPEN and self.heartbeat_interval is not None:
+            return self.last_sent + self.heartbeat_interval
+        return super().next_deadline()
+
+    def check_timeouts(self, now: float) -> list[Event]:
+        if (
+            self.state is SessionState.OPEN
+            and self.heartbeat_interval is not None
+            and now >= self.last_sent + self.heartbeat_interval
+        ):
+            self.send_message(Presence(online=True), now)
+            return []
+        return super().check_timeouts(now)
+
+    # -- incoming -----------------------------------------------------------------------
+
+    def _on_handshake_complete(self) -> list[Event]:
+        hello = make_hello(
+            self.keys,
+            self.handshake_hash,
+            self.identity.device_id,
+            device_name=self.device_name,
+            last_cursor=self.last_cursor,
+            client=self.client,
+        )
+        self._send_frame(hello, HELLO_REQUEST_ID)
+        self.state = SessionState.AWAIT_WELCOME
+        return []
+
+    def _receive_frame(self, frame: Frame, now: float) -> list[Event]:
+        message, request_id = frame.message, frame.request_id
+        if self.state is SessionState.AWAIT_WELCOME:
+            return self._receive_welcome(request_id, message)
+        if request_id == 0:
+            return self._receive_unsolicited(message)
+        request_type = self._pending.pop(request_id, None)
+        if request_type is None:
+            return self._close(
+                ErrorCode.INVALID_MESSAGE, f"response to unknown request id {request_id}"
+            )
+        if isinstance(message, Error):
+            events: list[Event] = [RequestFailed(request_id, message.code, message.message)]
+            if _is_fatal(message.code):
+                events += self._close(message.code, message.message, by_peer=True)
+            return events
+        expected = RESPONSE_TYPES.get(request_type, request_type)
+        if type(message) is not expected:
+            return self._close(
+                ErrorCode.INVALID_MESSAGE,
+                f"{message.TYPE.name} does not answer {request_type.TYPE.name}",
+            )
+        return [ResponseReceived(request_id, message)]
+
+    def _receive_welcome(self, request_id: int, message: Message) -> list[Event]:
+        if isinstance(message, Error):
+            return self._close(message.code, message.message, by_peer=True)
+        if not isinstance(message, Welcome) or request_id != HELLO_REQUEST_ID:
+            return self._close(
+                ErrorCode.INVALID_MESSAGE, f"expected WELCOME, got {message.TYPE.name}"
+            )
+        self.welcome = message
+        self.state = SessionState.OPEN
+        return [Welcomed(message, self.peer_static)]
+
+    def _receive_unsolicited(self, message: Message) -> list[Event]:
+        if isinstance(message, Error):
+            if _is_fatal(message.code):
+                return self._close(message.code, message.message, by_peer=True)
+            return [MessageReceived(message)]
+        if type(message) not in UNSOLICITED:
+            return self._close(
+                ErrorCode.INVALID_MESSAGE, f"unexpected {message.TYPE.name} without a request"
+            )
+        return [MessageReceived(message)]
+
+
+def _is_fatal(code: int) -> bool:
+    try:
+        return ErrorCode(code).fatal
+    except ValueError:
+        return False
+
+
+__all__ = ["ClientSession", "ConnectionClosed"]

@@ -1,0 +1,175 @@
+"""The relay's side of one connection, sans I/O.
+
+Order enforced: Noise handshake → HELLO (proof checked here; whether the group and device
+may enter is the relay's decision, given with accept() or reject()) → requests. Anything
+out of order, undecodable or of a type a client may not send ends the session with
+ERROR 1000.
+"""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.asymmetric import x25519
+
+from zerok.crypto.membership import verify_hello
+from zerok.errors import InvalidProofError, ProtocolError
+from zerok.protocol.events import Event, HelloReceived, RequestReceived
+from zerok.protocol.session import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_FRAME,
+    Session,
+    SessionState,
+)
+from zerok.protocol.variants import HYBRID, Variant
+from zerok.wire import (
+    Ack,
+    Delete,
+    DeviceId,
+    DeviceRevoked,
+    Devices,
+    Error,
+    ErrorCode,
+    Frame,
+    Hello,
+    ListDevices,
+    Message,
+    Notify,
+    Presence,
+    Pull,
+    PullResponse,
+    Push,
+    PushAck,
+    RegisterPush,
+    RevokeDevice,
+    UnregisterPush,
+    Welcome,
+)
+
+#: What a client may send once the session is open.
+CLIENT_REQUESTS: frozenset[type[Message]] = frozenset(
+    {Push, Pull, Presence, Ack, Delete, RevokeDevice, ListDevices, RegisterPush, UnregisterPush}
+)
+#: What the relay may send once the session is open: results, pushes from the relay, and the
+#: request itself echoed back as confirmation for requests that have no result type.
+_RESULTS: tuple[type[Message], ...] = (PushAck, PullResponse, Notify, DeviceRevoked, Devices, Error)
+_ECHOED: tuple[type[Message], ...] = (Presence, Ack, Delete, RegisterPush, UnregisterPush)
+RELAY_MESSAGES: frozenset[type[Message]] = frozenset((*_RESULTS, *_ECHOED))
+
+
+class RelaySession(Session):
+    """One client connection as the relay sees it."""
+
+    initiator = False
+
+    def __init__(
+        self,
+        static_key: x25519.X25519PrivateKey,
+        *,
+        now: float,
+        variant: Variant = HYBRID,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        idle_timeout: float | None = None,
+    ) -> None:
+        super().__init__(
+            static_key,
+            now=now,
+            variant=variant,
+            handshake_timeout=handshake_timeout,
+            max_frame=max_frame,
+        )
+        self.idle_timeout = idle_timeout
+        self.device_id: DeviceId | None = None
+        self.hello: Hello | None = None
+        self._hello_request_id = 0
+
+    # -- decisions of the relay ---------------------------------------------------------
+
+    def accept(self, welcome: Welcome) -> None:
+        """Admit the device whose HELLO was received."""
+        if self.state is not SessionState.HELLO_PENDING:
+            raise ProtocolError(f"accept() needs a pending HELLO, session is {self.state.value}")
+        self._send_frame(welcome, self._hello_request_id)
+        self.state = SessionState.OPEN
+
+    def reject(self, code: ErrorCode, message: str) -> list[Event]:
+        """Refuse the pending HELLO with an ERROR and close."""
+        if self.state is not SessionState.HELLO_PENDING:
+            raise ProtocolError(f"reject() needs a pending HELLO, session is {self.state.value}")
+        return self._close(code, message)
+
+    def send(self, message: Message, request_id: int = 0) -> None:
+        """Send a response (with the request's id) or an unsolicited message (id 0)."""
+        if self.state is not SessionState.OPEN:
+            raise ProtocolError(
+                f"cannot send {type(message).__name__}: session is {self.state.value}"
+            )
+        if type(message) not in RELAY_MESSAGES:
+            raise ProtocolError(f"a relay does not send {type(message).__name__}")
+        self._send_frame(message, request_id)
+
+    def error(self, code: ErrorCode, message: str, request_id: int = 0) -> list[Event]:
+        """Answer with an ERROR; fatal codes also close the session."""
+        if code.fatal:
+            return self._close(code, message)
+        self.send(Error(code=int(code), message=message), request_id)
+        return []
+
+    # -- timeouts -----------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        if self.state is SessionState.OPEN and self.idle_timeout is not None:
+            return self.last_received + self.idle_timeout
+        return super().next_deadline()
+
+    def check_timeouts(self, now: float) -> list[Event]:
+        if (
+            self.state is SessionState.OPEN
+            and self.idle_timeout is not None
+            and now >= self.last_received + self.idle_timeout
+        ):
+            return self._close(None, f"idle for {self.idle_timeout:g} s")
+        return super().check_timeouts(now)
+
+    # -- incoming -----------------------------------------------------------------------
+
+    def _on_handshake_complete(self) -> list[Event]:
+        self.device_id = DeviceId(self.peer_static)
+        self.state = SessionState.AWAIT_HELLO
+        return []
+
+    def _frame_too_large(self, reason: str) -> list[Event]:
+        if self.state is SessionState.OPEN:
+            # The frame's fragments are skipped; the connection stays usable.
+            self._send_frame(Error(code=ErrorCode.BLOB_TOO_LARGE, message=reason))
+            return []
+        return super()._frame_too_large(reason)
+
+    def _receive_frame(self, frame: Frame, now: float) -> list[Event]:
+        message = frame.message
+        if isinstance(message, Error):
+            return self._close(message.code, message.message, by_peer=True)
+        if self.state is SessionState.AWAIT_HELLO:
+            if not isinstance(message, Hello):
+                return self._close(
+                    ErrorCode.INVALID_MESSAGE,
+                    f"expected HELLO first, got {message.TYPE.name}",
+                )
+            return self._receive_hello(frame.request_id, message)
+        if self.state is SessionState.HELLO_PENDING:
+            return self._close(ErrorCode.INVALID_MESSAGE, "nothing may follow HELLO before WELCOME")
+        if type(message) not in CLIENT_REQUESTS:
+            return self._close(
+                ErrorCode.INVALID_MESSAGE, f"{message.TYPE.name} is not a client message"
+            )
+        return [RequestReceived(frame.request_id, message)]
+
+    def _receive_hello(self, request_id: int, hello: Hello) -> list[Event]:
+        assert self.device_id is not None
+        try:
+            verify_hello(hello, self.handshake_hash, self.device_id)
+        except InvalidProofError:
+            return self._close(ErrorCode.UNAUTHORIZED, "membership proof does not verify")
+        self.hello = hello
+        self._hello_request_id = request_id
+        self.state = SessionState.HELLO_PENDING
+        return [HelloReceived(self.device_id, hello)]

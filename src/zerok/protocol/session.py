@@ -1,0 +1,185 @@
+"""What client and relay sessions share: the Noise handshake, framing, deadlines, closing.
+
+A session is fed the Noise messages that arrived (one per call, as a message-oriented
+transport such as WebSocket delivers them) together with the current time, and returns
+events; the messages it wants sent are collected with ``data_to_send()``. It never touches
+a socket or a clock, so every decision is testable without a network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+
+from cryptography.hazmat.primitives.asymmetric import x25519
+
+from zerok.crypto.noise import HandshakeState, NoiseTransport
+from zerok.errors import (
+    DecryptionError,
+    FrameTooLargeError,
+    HandshakeError,
+    NonceExhaustedError,
+    ProtocolError,
+    WireError,
+)
+from zerok.protocol.events import ConnectionClosed, Event, HandshakeComplete
+from zerok.protocol.variants import HYBRID, Variant
+from zerok.wire import Error, ErrorCode, Frame, Message, decode_frame, encode
+
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+DEFAULT_MAX_FRAME = 1024 * 1024 + 64 * 1024  # 1 MiB blob + room for the envelope
+
+
+class SessionState(enum.Enum):
+    HANDSHAKE = "handshake"  # Noise messages in flight
+    AWAIT_HELLO = "await-hello"  # relay: handshake done, waiting for HELLO
+    HELLO_PENDING = "hello-pending"  # relay: HELLO verified, the relay is deciding
+    AWAIT_WELCOME = "await-welcome"  # client: HELLO sent
+    OPEN = "open"  # requests and responses flow
+    CLOSED = "closed"
+
+
+class Session:
+    """Base class; see ClientSession and RelaySession."""
+
+    initiator: bool
+
+    def __init__(
+        self,
+        static_key: x25519.X25519PrivateKey,
+        *,
+        now: float,
+        variant: Variant = HYBRID,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        max_frame: int = DEFAULT_MAX_FRAME,
+    ) -> None:
+        self.variant = variant
+        self.state = SessionState.HANDSHAKE
+        self.max_frame = max_frame
+        self.handshake_deadline = now + handshake_timeout
+        self.last_received = now
+        self.last_sent = now
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._outgoing: list[bytes] = []
+        self._transport: NoiseTransport | None = None
+        self._handshake = HandshakeState(
+            variant.noise_protocol,
+            initiator=self.initiator,
+            prologue=variant.prologue,
+            static=static_key,
+        )
+
+    # -- for the driver -------------------------------------------------------------------
+
+    def data_to_send(self) -> list[bytes]:
+        """Noise messages to put on the wire, in order; each at most 65535 bytes."""
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    @property
+    def closed(self) -> bool:
+        return self.state is SessionState.CLOSED
+
+    @property
+    def handshake_hash(self) -> bytes:
+        if self._transport is None:
+            raise ProtocolError("the handshake is not complete")
+        return self._transport.handshake_hash
+
+    @property
+    def peer_static(self) -> bytes:
+        if self._transport is None or self._transport.remote_static is None:
+            raise ProtocolError("the handshake is not complete")
+        return self._transport.remote_static
+
+    def next_deadline(self) -> float | None:
+        """When check_timeouts() should next be called, or None."""
+        if self.state in (SessionState.OPEN, SessionState.CLOSED):
+            return None
+        return self.handshake_deadline
+
+    def check_timeouts(self, now: float) -> list[Event]:
+        """Close the session if its handshake deadline passed."""
+        if self.state not in (SessionState.OPEN, SessionState.CLOSED) and (
+            now >= self.handshake_deadline
+        ):
+            return self._close(None, "handshake deadline passed", by_peer=False)
+        return []
+
+    def receive(self, data: bytes, now: float) -> list[Event]:
+        """Process one Noise message from the peer."""
+        if self.state is SessionState.CLOSED:
+            return []
+        self.last_received = now
+        if self.state is SessionState.HANDSHAKE:
+            return self._receive_handshake(data)
+        assert self._transport is not None
+        try:
+            frame_bytes = self._transport.decrypt_message(data)
+        except FrameTooLargeError as exc:
+            return self._frame_too_large(str(exc))
+        except DecryptionError:
+            return self._close(ErrorCode.INVALID_MESSAGE, "message failed authentication")
+        except (ProtocolError, NonceExhaustedError) as exc:
+            return self._close(ErrorCode.INVALID_MESSAGE, str(exc))
+        if frame_bytes is None:
+            return []
+        try:
+            frame = decode_frame(frame_bytes)
+        except WireError as exc:
+            return self._close(ErrorCode.INVALID_MESSAGE, str(exc))
+        return self._receive_frame(frame, now)
+
+    def close(self, code: int | None = None, message: str = "") -> list[Event]:
+        """End the session, telling the peer why with an ERROR when a code is given."""
+        if self.state is SessionState.CLOSED:
+            return []
+        return self._close(code, message, by_peer=False)
+
+    # -- for subclasses -------------------------------------------------------------------
+
+    def _receive_frame(self, frame: Frame, now: float) -> list[Event]:
+        raise NotImplementedError
+
+    def _on_handshake_complete(self) -> list[Event]:
+        raise NotImplementedError
+
+    def _frame_too_large(self, reason: str) -> list[Event]:
+        return self._close(ErrorCode.INVALID_MESSAGE, reason)
+
+    def _send_frame(self, message: Message, request_id: int = 0) -> None:
+        if self._transport is None:
+            raise ProtocolError("cannot send before the handshake is complete")
+        self._outgoing.extend(self._transport.encrypt_frame(encode(message, request_id=request_id)))
+
+    def _close(self, code: int | None, reason: str, *, by_peer: bool = False) -> list[Event]:
+        if code is not None and not by_peer and self._transport is not None:
+            # On an exhausted channel nothing more can be said; close all the same.
+            with contextlib.suppress(NonceExhaustedError):
+                self._send_frame(Error(code=int(code), message=reason[:1024]))
+        self.state = SessionState.CLOSED
+        self.close_code = int(code) if code is not None else None
+        self.close_reason = reason
+        return [ConnectionClosed(self.close_code, reason, by_peer)]
+
+    def _start_handshake(self) -> None:
+        """Initiator: queue the first handshake message."""
+        self._outgoing.append(self._handshake.write_message(b""))
+
+    def _receive_handshake(self, data: bytes) -> list[Event]:
+        if self._handshake.my_turn():
+            return self._close(None, "received a handshake message out of turn")
+        try:
+            self._handshake.read_message(data)
+            if not self._handshake.complete:
+                self._outgoing.append(self._handshake.write_message(b""))
+        except HandshakeError as exc:
+            return self._close(None, str(exc))
+        if not self._handshake.complete:
+            return []
+        result = self._handshake.result
+        self._transport = NoiseTransport(result, max_frame=self.max_frame)
+        assert result.remote_static is not None
+        events: list[Event] = [HandshakeComplete(result.remote_static, result.handshake_hash)]
+        return events + self._on_handshake_complete()

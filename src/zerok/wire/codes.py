@@ -1,0 +1,72 @@
+"""Protocol constants: message type numbers and error codes (DESIGN §4)."""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+
+PROTOCOL_VERSION = 1
+
+
+class MessageType(IntEnum):
+    HELLO = 0x01
+    WELCOME = 0x02
+    PUSH = 0x10
+    PUSH_ACK = 0x11
+    PULL = 0x20
+    PULL_RESPONSE = 0x21
+    PRESENCE = 0x30
+    NOTIFY = 0x31
+    ACK = 0x32
+    DELETE = 0x40
+    REVOKE_DEVICE = 0x50
+    DEVICE_REVOKED = 0x51
+    LIST_DEVICES = 0x52
+    DEVICES = 0x53
+    REGISTER_PUSH = 0x60
+    UNREGISTER_PUSH = 0x61
+    ERROR = 0xFF
+
+
+class ErrorCode(IntEnum):
+    """Error codes. 1xxx: the request is wrong; 2xxx: a limit; 3xxx: the relay's state."""
+
+    INVALID_MESSAGE = 1000
+    UNKNOWN_GROUP = 1001
+    UNAUTHORIZED = 1002
+    DEVICE_REVOKED = 1003
+    NOT_BLOB_OWNER = 1004
+    RATE_LIMITED = 2000
+    BLOB_TOO_LARGE = 2001
+    GROUP_QUOTA_EXCEEDED = 2002
+    INVALID_PUSH_TOKEN = 2003
+    RELAY_OVERLOADED = 3000
+    RELAY_SHUTTING_DOWN = 3001
+
+    @property
+    def fatal(self) -> bool:
+        """Whether the connection is closed after this error."""
+        return self in _FATAL
+
+
+_FATAL = frozenset(
+    {
+        ErrorCode.INVALID_MESSAGE,
+        ErrorCode.UNKNOWN_GROUP,
+        ErrorCode.UNAUTHORIZED,
+        ErrorCode.DEVICE_REVOKED,
+        ErrorCode.RELAY_OVERLOADED,
+        ErrorCode.RELAY_SHUTTING_DOWN,
+    }
+)
+
+
+class RevokeReason(StrEnum):
+    LOST = "lost"
+    DECOMMISSIONED = "decommissioned"
+    COMPROMISED = "compromised"
+
+
+class PushPlatform(StrEnum):
+    APNS = "apns"
+    FCM = "fcm"
+    WEB = "web"
