@@ -201,6 +201,9 @@ class ClientSession(Session):
                 ErrorCode.INVALID_MESSAGE, f"expected WELCOME, got {message.TYPE.name}"
             )
         self.welcome = message
+        if message.limits.max_frame_size and self._transport is not None:
+            # PULL responses are sized to the relay's frame limit; accept what it announced.
+            self._transport.max_frame = max(self.max_frame, message.limits.max_frame_size)
         self.state = SessionState.OPEN
         return [Welcomed(message, self.peer_static)]
 

@@ -1,0 +1,45 @@
+"""Timing helpers: each figure is a median of several runs, printed next to a baseline
+measured in the same process, so that machine noise cancels out in the ratio."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    unit: str
+    value: float
+    baseline_name: str
+    baseline: float
+
+    @property
+    def ratio(self) -> float:
+        return self.value / self.baseline if self.baseline else float("nan")
+
+
+def rate(fn: Callable[[], object], *, ops: int, repeats: int = 5) -> float:
+    """Median operations per second of ``fn``, which performs ``ops`` operations per call."""
+    fn()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(ops / (time.perf_counter() - start))
+    return statistics.median(samples)
+
+
+def print_table(title: str, figures: list[Figure]) -> None:
+    print(f"\n{title}")
+    header = f"{'measure':<44}{'value':>14}  {'baseline':<34}{'value':>14}{'ratio':>8}"
+    print(header)
+    print("-" * len(header))
+    for f in figures:
+        print(
+            f"{f.name:<44}{f.value:>10,.0f} {f.unit:<3}  {f.baseline_name:<34}"
+            f"{f.baseline:>10,.0f} {f.unit:<3}{f.ratio:>7.2f}x"
+        )

@@ -1,0 +1,79 @@
+"""``zerok relay``: run a relay server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from zerok import __version__
+from zerok.errors import SyncError
+from zerok.relay.config import OPTIONS, ConfigError, RelayConfig, load_config
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "relay",
+        help="run a relay server",
+        description="Run a 0k-Sync relay: WebSocket sync, /health, /metrics and the invite "
+        "mailbox on one port. Every option can also be set in the config file ([section] key "
+        "shown) or in the environment variable shown; the command line wins over the "
+        "environment, which wins over the file.",
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", help="relay.toml to read (env SYNC_RELAY_CONFIG)"
+    )
+    for option in OPTIONS:
+        parser.add_argument(
+            option.flag,
+            dest=option.name,
+            metavar="VALUE",
+            default=None,
+            help=f"{option.help} ([{option.section}] {option.key}; env {option.env})",
+        )
+    parser.set_defaults(run=run)
+
+
+def _banner(config: RelayConfig, address: str, relay_id: str) -> str:
+    return (
+        f"0k-Sync relay {__version__} listening on ws://{address}\n"
+        f"  relay id   {relay_id}\n"
+        f"  database   {config.database}\n"
+        f"  health     http://{address}/health    metrics  http://{address}/metrics\n"
+        f"Pair a device: zerok init && zerok pair create --relay ws://{address}\n"
+        "Stop with Ctrl-C: connections are told and drained first."
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here so that other commands start without loading the server stack.
+    from zerok.relay.server import Relay  # noqa: PLC0415
+
+    overrides = {o.name: getattr(args, o.name) for o in OPTIONS}
+    try:
+        config = load_config(
+            args.config or os.environ.get("SYNC_RELAY_CONFIG"), overrides=overrides
+        )
+    except ConfigError as exc:
+        print(f"zerok relay: {exc}", file=sys.stderr)
+        return 1
+    level = logging.getLevelName(config.log_level.upper())
+    if not isinstance(level, int):
+        print(f"zerok relay: unknown log level {config.log_level!r}", file=sys.stderr)
+        return 1
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def ready(relay: Relay) -> None:
+        print(_banner(config, relay.bound_address, str(relay.identity.device_id)), flush=True)
+
+    try:
+        asyncio.run(Relay(config).serve_forever(ready))
+    except SyncError as exc:
+        print(f"zerok relay: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"zerok relay: cannot listen on {config.bind}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,134 @@
+"""Plain HTTP on the relay's port: health, metrics and the short-code invite mailbox.
+
+The mailbox stores an opaque, client-encrypted payload under a lookup key for a few
+minutes and hands it out once. The relay cannot read it: the key that decrypts it is the
+half of the short code that never leaves the devices.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from zerok import __version__
+from zerok.protocol.ratelimit import RateLimiter
+
+if TYPE_CHECKING:
+    from zerok.relay.server import Relay
+
+LOOKUP = re.compile(r"[A-Za-z0-9_-]{8,128}")
+
+
+def _error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class HttpApi:
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.invite_limit = RateLimiter(relay.config.invites_per_minute)
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/health", self.health),
+            web.get("/metrics", self.metrics),
+            web.post("/v1/invites", self.create_invite),
+            web.get("/v1/invites/{lookup}", self.take_invite),
+            web.delete("/v1/invites/{lookup}", self.cancel_invite),
+        ]
+
+    async def health(self, request: web.Request) -> web.Response:
+        relay = self.relay
+        groups, blobs = await relay.storage.stats()
+        body = {
+            "status": "draining" if relay.stopping else "ok",
+            "version": __version__,
+            "connections": len(relay.service.connections),
+            "groups": groups,
+            "blobs_buffered": blobs,
+            "uptime_seconds": round(time.monotonic() - relay.started_at, 3),
+        }
+        return web.json_response(body, status=503 if relay.stopping else 200)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        groups, blobs = await self.relay.storage.stats()
+        m = self.relay.service.metrics
+        m.groups.set(groups)
+        m.blobs_buffered.set(blobs)
+        m.connections_active.set(len(self.relay.service.connections))
+        return web.Response(
+            body=m.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+        )
+
+    def _limited(self, request: web.Request) -> web.Response | None:
+        ip = request.remote or "?"
+        now = time.monotonic()
+        if self.invite_limit.allow(ip, now):
+            return None
+        retry = self.invite_limit.retry_after(ip, now)
+        return _error(
+            429,
+            f"too many invite requests from {ip}; retry in {retry} s",
+            **{"Retry-After": str(retry)},
+        )
+
+    async def create_invite(self, request: web.Request) -> web.Response:
+        if (limited := self._limited(request)) is not None:
+            return limited
+        config = self.relay.config
+        # base64 grows data by 4/3; allow the JSON around it too.
+        if (
+            request.content_length is not None
+            and request.content_length > config.invite_max_size * 2
+        ):
+            return _error(413, f"invite payload exceeds {config.invite_max_size} bytes")
+        try:
+            doc: Any = json.loads(await request.read())
+            lookup, payload_text = doc["lookup"], doc["payload"]
+            if not isinstance(lookup, str) or not isinstance(payload_text, str):
+                raise TypeError
+            payload = _b64decode(payload_text)
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            return _error(400, 'expected JSON {"lookup": "...", "payload": "<base64url>"}')
+        if not LOOKUP.fullmatch(lookup):
+            return _error(400, "lookup must be 8 to 128 characters of A-Z a-z 0-9 _ -")
+        if not payload or len(payload) > config.invite_max_size:
+            return _error(413, f"invite payload must be 1 to {config.invite_max_size} bytes")
+        expires_at = self.relay.service.clock() + int(config.invite_ttl * 1000)
+        if not await self.relay.storage.put_invite(lookup.encode(), payload, expires_at):
+            return _error(409, "an invite with this lookup key already exists")
+        return web.json_response({"expires_at": expires_at}, status=201)
+
+    async def take_invite(self, request: web.Request) -> web.Response:
+        if (limited := self._limited(request)) is not None:
+            return limited
+        lookup = request.match_info["lookup"]
+        if not LOOKUP.fullmatch(lookup):
+            return _error(400, "malformed lookup key")
+        payload = await self.relay.storage.take_invite(lookup.encode(), self.relay.service.clock())
+        if payload is None:
+            return _error(
+                404, "no such invite: it was used, cancelled, has expired or never existed"
+            )
+        encoded = base64.urlsafe_b64encode(payload).decode().rstrip("=")
+        return web.json_response({"payload": encoded})
+
+    async def cancel_invite(self, request: web.Request) -> web.Response:
+        if (limited := self._limited(request)) is not None:
+            return limited
+        lookup = request.match_info["lookup"]
+        if not LOOKUP.fullmatch(lookup) or not await self.relay.storage.delete_invite(
+            lookup.encode()
+        ):
+            return _error(404, "no such invite")
+        return web.Response(status=204)

@@ -1,0 +1,61 @@
+"""Prometheus metrics of one relay process (its own registry, so tests can run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class RelayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connections_total = Counter(
+            "sync_relay_connections", "WebSocket connections accepted", registry=r
+        )
+        self.connections_active = Gauge(
+            "sync_relay_connections_active", "connections open now", registry=r
+        )
+        self.sessions_active = Gauge(
+            "sync_relay_sessions_active", "authenticated devices connected now", registry=r
+        )
+        self.blobs_buffered = Gauge(
+            "sync_relay_blobs_buffered", "blobs stored and not yet expired or acked", registry=r
+        )
+        self.groups = Gauge("sync_relay_groups", "groups known to this relay", registry=r)
+        self.blobs_received = Counter(
+            "sync_relay_blobs_received", "blobs accepted by PUSH (not counting retries)", registry=r
+        )
+        self.blobs_delivered = Counter(
+            "sync_relay_blobs_delivered", "blobs sent to devices in PULL responses", registry=r
+        )
+        self.bytes_transferred = Counter(
+            "sync_relay_bytes_transferred",
+            "WebSocket payload bytes",
+            ["direction"],
+            registry=r,
+        )
+        self.handshake_failures = Counter(
+            "sync_relay_handshake_failures",
+            "connections that failed before WELCOME",
+            ["reason"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "sync_relay_errors", "ERROR messages sent, by code", ["code"], registry=r
+        )
+        self.push_latency = Histogram(
+            "sync_relay_push_latency_seconds",
+            "time from PUSH received to PUSH_ACK sent (includes the commit)",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
+        self.notifications = Counter("sync_relay_notifications", "NOTIFY messages sent", registry=r)
+        self.push_notifications = Counter(
+            "sync_relay_push_notifications",
+            "push notifications handed to the push sender",
+            ["result"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,219 @@
+"""The relay process: WebSocket and HTTP on one port, storage, cleanup, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from zerok import __version__
+from zerok.crypto.identity import DeviceIdentity
+from zerok.protocol import SUBPROTOCOLS, variant_for
+from zerok.relay.config import RelayConfig
+from zerok.relay.connection import Connection
+from zerok.relay.http import HttpApi
+from zerok.relay.metrics import RelayMetrics
+from zerok.relay.push import LoggingPushSender, PushSender, WebhookPushSender
+from zerok.relay.service import RelayService
+from zerok.relay.storage import SQLiteStorage, Storage, StorageError
+from zerok.wire import ErrorCode
+
+log = logging.getLogger("zerok.relay")
+
+SHUTDOWN_GRACE = 10.0  # seconds for connections to drain on shutdown
+
+
+def open_storage(config: RelayConfig) -> Storage:
+    url = config.database
+    if url.startswith(("postgresql://", "postgres://")):
+        raise StorageError("PostgreSQL storage is not available in this version; use a file path")
+    return SQLiteStorage(Path(url), synchronous=config.synchronous)
+
+
+def make_push_sender(config: RelayConfig) -> PushSender:
+    return WebhookPushSender(config.push_webhook) if config.push_webhook else LoggingPushSender()
+
+
+class Relay:
+    def __init__(
+        self,
+        config: RelayConfig,
+        *,
+        storage: Storage | None = None,
+        push_sender: PushSender | None = None,
+    ) -> None:
+        self.config = config
+        self.storage = storage or open_storage(config)
+        self.identity = DeviceIdentity.load_or_create(config.key_path)
+        self.service = RelayService(
+            config,
+            self.storage,
+            self.identity.private_key,
+            push_sender or make_push_sender(config),
+            metrics=RelayMetrics(),
+        )
+        self.http = HttpApi(self)
+        self.started_at = time.monotonic()
+        self.stopping = False
+        self._per_ip: Counter[str] = Counter()
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._cleanup_task: asyncio.Task[None] | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    @property
+    def relay_id(self) -> bytes:
+        return self.service.relay_id
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.storage.open()
+        app = web.Application(client_max_size=self.config.invite_max_size * 2 + 1024)
+        app.router.add_routes([web.get("/", self.websocket), *self.http.routes()])
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        self._site = web.TCPSite(
+            self._runner, self.config.host, self.config.port, backlog=1024, reuse_address=True
+        )
+        await self._site.start()
+        self._cleanup_task = asyncio.get_running_loop().create_task(self._cleanup_loop())
+        log.info(
+            "relay %s listening on ws://%s (database %s)",
+            self.identity.device_id.short(),
+            self.bound_address,
+            self.config.database,
+        )
+
+    @property
+    def bound_address(self) -> str:
+        if self._site is not None and self._site._server is not None:
+            sockets = getattr(self._site._server, "sockets", None) or []
+            if sockets:
+                host, port = sockets[0].getsockname()[:2]
+                return f"{host}:{port}"
+        return self.config.bind
+
+    async def stop(self) -> None:
+        """Graceful shutdown: ERROR 3001 to every client, finish in-flight commits, close."""
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("shutting down: telling %d connections", len(self.service.connections))
+        if self._site is not None:
+            await self._site.stop()  # no new connections
+        for conn in list(self.service.connections):
+            conn.close(ErrorCode.RELAY_SHUTTING_DOWN, "the relay is shutting down; reconnect later")
+        if self._handlers:
+            _, pending = await asyncio.wait(self._handlers, timeout=SHUTDOWN_GRACE)
+            for task in pending:
+                task.cancel()
+        if self._cleanup_task is not None:
+            self._cleanup_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._cleanup_task
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.service.push_sender.close()
+        await self.storage.close()
+        log.info("relay stopped")
+
+    async def serve_forever(self, on_ready: Callable[[Relay], None] | None = None) -> None:
+        """Run until SIGTERM or SIGINT, then shut down gracefully."""
+        await self.start()
+        if on_ready is not None:
+            on_ready(self)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    # -- connections ----------------------------------------------------------------------
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return web.Response(
+                text=f"0k-Sync relay {__version__}: connect with a 0k-Sync client "
+                f"(WebSocket subprotocols {', '.join(SUBPROTOCOLS)}).\n"
+            )
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        chosen = next((p for p in offered if p in SUBPROTOCOLS), None)
+        if chosen is None:
+            return web.Response(
+                status=400,
+                text=f"offer one of the WebSocket subprotocols {', '.join(SUBPROTOCOLS)}\n",
+            )
+        ip = request.remote or "?"
+        if self.stopping:
+            return web.Response(status=503, text="the relay is shutting down\n")
+        if len(self.service.connections) >= self.config.max_connections:
+            self.service.metrics.errors.labels(str(int(ErrorCode.RELAY_OVERLOADED))).inc()
+            return web.Response(status=503, text="the relay is at its connection limit\n")
+        if self._per_ip[ip] >= self.config.connections_per_ip:
+            self.service.metrics.errors.labels(str(int(ErrorCode.RATE_LIMITED))).inc()
+            return web.Response(
+                status=429,
+                text=f"too many connections from {ip} (limit {self.config.connections_per_ip})\n",
+            )
+        ws = web.WebSocketResponse(
+            protocols=(chosen,),
+            compress=False,  # ciphertext does not compress; deflate only costs CPU
+            max_msg_size=65535,
+            autoping=True,
+        )
+        await ws.prepare(request)
+        conn = Connection(self.service, ws, ip, variant_for(chosen))
+        self.service.connections.add(conn)
+        self.service.metrics.connections_total.inc()
+        self._per_ip[ip] += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            await conn.run()
+        finally:
+            self._handlers.discard(task)
+            self._per_ip[ip] -= 1
+            if self._per_ip[ip] <= 0:
+                del self._per_ip[ip]
+        return ws
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    async def cleanup_once(self) -> None:
+        stats = await self.storage.cleanup(self.service.clock())
+        if self.config.vacuum_on_cleanup and isinstance(self.storage, SQLiteStorage):
+            await self.storage.vacuum()
+        self.service.rate.prune(asyncio.get_running_loop().time())
+        self.http.invite_limit.prune(time.monotonic())
+        groups, blobs = await self.storage.stats()
+        self.service.metrics.groups.set(groups)
+        self.service.metrics.blobs_buffered.set(blobs)
+        if stats.expired_blobs or stats.acked_blobs or stats.expired_invites:
+            log.info(
+                "cleanup removed %d expired blobs, %d fully acknowledged blobs, %d invites",
+                stats.expired_blobs,
+                stats.acked_blobs,
+                stats.expired_invites,
+            )
+
+    async def _cleanup_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.cleanup_interval)
+            try:
+                await self.cleanup_once()
+            except StorageError as exc:
+                log.error("cleanup failed: %s", exc)

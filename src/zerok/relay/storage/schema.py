@@ -1,0 +1,95 @@
+"""SQLite schema and its versioned migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from zerok.errors import SyncError
+
+
+class StorageError(SyncError):
+    """The relay's database is unusable (wrong schema, unreachable, corrupt)."""
+
+
+# Each entry upgrades the schema from version i to i + 1; never edit a released one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE groups (
+        group_id     BLOB PRIMARY KEY,
+        auth_key     BLOB NOT NULL,
+        max_cursor   INTEGER NOT NULL DEFAULT 0,
+        bytes_stored INTEGER NOT NULL DEFAULT 0,
+        blob_count   INTEGER NOT NULL DEFAULT 0,
+        created_at   INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE devices (
+        group_id      BLOB NOT NULL,
+        device_id     BLOB NOT NULL,
+        name          TEXT NOT NULL DEFAULT '',
+        first_seen    INTEGER NOT NULL,
+        last_seen     INTEGER NOT NULL,
+        acked_cursor  INTEGER NOT NULL DEFAULT 0,
+        revoked_at    INTEGER,
+        revoked_by    BLOB,
+        revoke_reason TEXT,
+        push_token    TEXT,
+        push_platform TEXT,
+        push_app_id   TEXT,
+        PRIMARY KEY (group_id, device_id)
+    ) WITHOUT ROWID;
+
+    -- A blob whose ciphertext is NULL is a tombstone: delivered to everyone or deleted,
+    -- kept until it expires so that a retried PUSH still finds its original cursor.
+    CREATE TABLE blobs (
+        group_id   BLOB NOT NULL,
+        cursor     INTEGER NOT NULL,
+        blob_id    BLOB NOT NULL,
+        sender     BLOB NOT NULL,
+        size       INTEGER NOT NULL,
+        ciphertext BLOB,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        PRIMARY KEY (group_id, cursor)
+    );
+    CREATE UNIQUE INDEX blobs_by_id ON blobs (group_id, blob_id);
+    CREATE INDEX blobs_by_expiry ON blobs (expires_at);
+
+    CREATE TABLE invites (
+        lookup     BLOB PRIMARY KEY,
+        payload    BLOB NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database to SCHEMA_VERSION; return the version it had before.
+
+    ``conn`` must be in autocommit mode (isolation_level=None): each migration runs in
+    its own transaction together with the version bump.
+    """
+    (current,) = conn.execute("PRAGMA user_version").fetchone()
+    if current > SCHEMA_VERSION:
+        raise StorageError(
+            f"the database has schema version {current}, newer than this relay's "
+            f"{SCHEMA_VERSION}; upgrade zerok or use another database file"
+        )
+    if current == 0:
+        # Only possible before the first table exists; lets cleanup return freed pages.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("VACUUM")
+    for version in range(current, SCHEMA_VERSION):
+        try:
+            script = MIGRATIONS[version]
+            conn.executescript(
+                f"BEGIN IMMEDIATE; {script} PRAGMA user_version = {version + 1}; COMMIT;"
+            )
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StorageError(f"migration to schema version {version + 1} failed: {exc}") from exc
+    return int(current)

@@ -1,0 +1,575 @@
+"""SQLite storage: WAL mode, one writer thread that groups commits, pooled readers.
+
+Writes are queued to a single thread that runs every queued operation inside one
+transaction (each under its own SAVEPOINT, so one failing operation does not undo the
+others) and commits once: concurrent PUSHes share a commit, and no caller hears back before
+its commit. Reads run on a small thread pool with their own connections, which WAL lets
+proceed while the writer works. Automatic WAL checkpoints are off; the writer checkpoints
+when it is idle, so the commit path never pays for one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from zerok.relay.storage.base import (
+    CleanupStats,
+    DeleteOutcome,
+    DeviceRecord,
+    GroupRecord,
+    PullPage,
+    PushOutcome,
+)
+from zerok.relay.storage.schema import StorageError, migrate
+from zerok.wire import BlobId, DeviceId, GroupId, StoredBlob
+
+T = TypeVar("T")
+WriteOp = Callable[[sqlite3.Connection], Any]
+
+MAX_BATCH = 512
+CHECKPOINT_PAGES = 4096  # checkpoint once the WAL holds this many pages and the writer is idle
+_STOP = object()
+
+
+class SQLiteStorage:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout_ms: int = 5000,
+        readers: int = 2,
+    ) -> None:
+        if synchronous.upper() not in ("NORMAL", "FULL"):
+            raise StorageError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
+        self.path = Path(path)
+        self.synchronous = synchronous.upper()
+        self.busy_timeout_ms = busy_timeout_ms
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="zerok-db-read")
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.commits = 0  # transactions committed by the writer (for metrics and tests)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._writer = threading.Thread(
+            target=self._write_loop, args=(ready,), name="zerok-db-write", daemon=True
+        )
+        self._writer.start()
+        await ready
+
+    async def close(self) -> None:
+        """Finish every queued write, checkpoint, and close the connections."""
+        if self._writer is None:
+            return
+        self._queue.put(_STOP)
+        await asyncio.to_thread(self._writer.join)
+        self._writer = None
+        self._readers.shutdown(wait=True)
+        with self._reader_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    def _resolve(self, fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+        if fut.cancelled():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    def _write_loop(self, ready: asyncio.Future[None]) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        try:
+            conn = self._connect()
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            migrate(conn)
+        except StorageError as exc:
+            loop.call_soon_threadsafe(self._resolve, ready, None, exc)
+            return
+        except sqlite3.Error as exc:
+            failure = StorageError(f"cannot open the database {self.path}: {exc}")
+            loop.call_soon_threadsafe(self._resolve, ready, None, failure)
+            return
+        loop.call_soon_threadsafe(self._resolve, ready, None, None)
+        dirty_pages = 0
+        stopping = False
+        while not stopping:
+            try:
+                item = self._queue.get(timeout=0.5 if dirty_pages else None)
+            except queue.Empty:
+                dirty_pages = self._checkpoint(conn)
+                continue
+            batch = []
+            while True:
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)
+                if len(batch) >= MAX_BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                dirty_pages += self._run_batch(conn, batch)
+                if dirty_pages >= CHECKPOINT_PAGES and self._queue.empty():
+                    dirty_pages = self._checkpoint(conn)
+        # Drain whatever was queued behind the stop marker, then leave a clean file.
+        rest = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                rest.append(item)
+        if rest:
+            self._run_batch(conn, rest)
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[tuple[WriteOp, Any]]) -> int:
+        assert self._loop is not None
+        results: list[tuple[Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op, _ in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    results.append((op(conn), None))
+                    conn.execute("RELEASE op")
+                except Exception as exc:  # one bad operation must not undo the others
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append((None, exc))
+            conn.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            failure = StorageError(f"database write failed: {exc}")
+            results = [(None, failure)] * len(batch)
+        for (_, fut), (result, error) in zip(batch, results, strict=True):
+            self._loop.call_soon_threadsafe(self._resolve, fut, result, error)
+        return len(batch)
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> int:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return 0
+
+    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        if self._writer is None or self._loop is None:
+            raise StorageError("the storage is not open")
+        fut: asyncio.Future[T] = self._loop.create_future()
+        self._queue.put((op, fut))
+        return await fut
+
+    # -- readers --------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = ON")
+            self._local.conn = conn
+            with self._reader_lock:
+                self._reader_conns.append(conn)
+        return conn
+
+    async def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        if self._loop is None:
+            raise StorageError("the storage is not open")
+
+        def run() -> T:
+            try:
+                return op(self._reader())
+            except sqlite3.Error as exc:
+                raise StorageError(f"database read failed: {exc}") from exc
+
+        return await self._loop.run_in_executor(self._readers, run)
+
+    # -- groups and devices -----------------------------------------------------------------
+
+    async def get_group(self, group_id: GroupId) -> GroupRecord | None:
+        return await self._read(lambda c: _group(c, group_id))
+
+    async def register_group(self, group_id: GroupId, auth_key: bytes, now: int) -> GroupRecord:
+        def op(c: sqlite3.Connection) -> GroupRecord:
+            c.execute(
+                "INSERT OR IGNORE INTO groups (group_id, auth_key, created_at) VALUES (?, ?, ?)",
+                (group_id, auth_key, now),
+            )
+            record = _group(c, group_id)
+            assert record is not None
+            return record
+
+        return await self._write(op)
+
+    async def touch_device(
+        self, group_id: GroupId, device_id: DeviceId, name: str, now: int
+    ) -> DeviceRecord:
+        def op(c: sqlite3.Connection) -> DeviceRecord:
+            c.execute(
+                "INSERT INTO devices (group_id, device_id, name, first_seen, last_seen)"
+                " VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (group_id, device_id) DO UPDATE SET"
+                " last_seen = excluded.last_seen,"
+                " name = CASE WHEN excluded.name = '' THEN name ELSE excluded.name END",
+                (group_id, device_id, name, now, now),
+            )
+            record = _device(c, group_id, device_id)
+            assert record is not None
+            return record
+
+        return await self._write(op)
+
+    async def get_device(self, group_id: GroupId, device_id: DeviceId) -> DeviceRecord | None:
+        return await self._read(lambda c: _device(c, group_id, device_id))
+
+    async def list_devices(self, group_id: GroupId) -> list[DeviceRecord]:
+        def op(c: sqlite3.Connection) -> list[DeviceRecord]:
+            rows = c.execute(
+                f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE group_id = ? ORDER BY first_seen",
+                (group_id,),
+            ).fetchall()
+            return [_device_from_row(r) for r in rows]
+
+        return await self._read(op)
+
+    async def revoke_device(
+        self, group_id: GroupId, device_id: DeviceId, by: DeviceId, reason: str, now: int
+    ) -> DeviceRecord:
+        def op(c: sqlite3.Connection) -> DeviceRecord:
+            # A device never seen here can still be revoked in advance.
+            c.execute(
+                "INSERT INTO devices (group_id, device_id, first_seen, last_seen,"
+                " revoked_at, revoked_by, revoke_reason) VALUES (?, ?, ?, 0, ?, ?, ?)"
+                " ON CONFLICT (group_id, device_id) DO UPDATE SET"
+                " revoked_at = COALESCE(revoked_at, excluded.revoked_at),"
+                " revoked_by = COALESCE(revoked_by, excluded.revoked_by),"
+                " revoke_reason = COALESCE(revoke_reason, excluded.revoke_reason),"
+                " push_token = NULL, push_platform = NULL, push_app_id = NULL",
+                (group_id, device_id, now, now, by, reason),
+            )
+            record = _device(c, group_id, device_id)
+            assert record is not None
+            return record
+
+        return await self._write(op)
+
+    async def set_push_token(
+        self,
+        group_id: GroupId,
+        device_id: DeviceId,
+        token: str | None,
+        platform: str | None,
+        app_id: str | None,
+    ) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            c.execute(
+                "UPDATE devices SET push_token = ?, push_platform = ?, push_app_id = ?"
+                " WHERE group_id = ? AND device_id = ?",
+                (token, platform, app_id, group_id, device_id),
+            )
+
+        await self._write(op)
+
+    # -- blobs ----------------------------------------------------------------------------
+
+    async def push(
+        self,
+        group_id: GroupId,
+        blob_id: BlobId,
+        sender: DeviceId,
+        ciphertext: bytes,
+        *,
+        now: int,
+        expires_at: int,
+        max_group_bytes: int,
+    ) -> PushOutcome:
+        size = len(ciphertext)
+
+        def op(c: sqlite3.Connection) -> PushOutcome:
+            known = c.execute(
+                "SELECT cursor, created_at FROM blobs WHERE group_id = ? AND blob_id = ?",
+                (group_id, blob_id),
+            ).fetchone()
+            if known is not None:
+                return PushOutcome(known[0], known[1], duplicate=True)
+            row = c.execute(
+                "UPDATE groups SET max_cursor = max_cursor + 1,"
+                " bytes_stored = bytes_stored + ?, blob_count = blob_count + 1"
+                " WHERE group_id = ? AND bytes_stored + ? <= ? RETURNING max_cursor",
+                (size, group_id, size, max_group_bytes),
+            ).fetchone()
+            if row is None:
+                if _group(c, group_id) is None:
+                    raise StorageError(f"unknown group {group_id}")
+                return PushOutcome(0, now, quota_exceeded=True)
+            c.execute(
+                "INSERT INTO blobs (group_id, cursor, blob_id, sender, size, ciphertext,"
+                " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (group_id, row[0], blob_id, sender, size, ciphertext, now, expires_at),
+            )
+            return PushOutcome(row[0], now)
+
+        return await self._write(op)
+
+    async def pull(self, group_id: GroupId, after: int, limit: int, max_bytes: int) -> PullPage:
+        def op(c: sqlite3.Connection) -> PullPage:
+            # Sizes first, so that a page never loads more ciphertext than it will send.
+            sizes = c.execute(
+                "SELECT cursor, size FROM blobs"
+                " WHERE group_id = ? AND cursor > ? AND ciphertext IS NOT NULL"
+                " ORDER BY cursor LIMIT ?",
+                (group_id, after, limit + 1),
+            ).fetchall()
+            take, total = 0, 0
+            for _, size in sizes[:limit]:
+                if take and total + size > max_bytes:
+                    break
+                take, total = take + 1, total + size
+            group = _group(c, group_id)
+            if not take:
+                return PullPage([], False, group.max_cursor if group else 0)
+            rows = c.execute(
+                "SELECT blob_id, cursor, sender, ciphertext, created_at FROM blobs"
+                " WHERE group_id = ? AND cursor > ? AND cursor <= ? AND ciphertext IS NOT NULL"
+                " ORDER BY cursor",
+                (group_id, after, sizes[take - 1][0]),
+            ).fetchall()
+            blobs = [
+                StoredBlob(
+                    blob_id=BlobId(r[0]),
+                    cursor=r[1],
+                    sender=DeviceId(r[2]),
+                    ciphertext=r[3],
+                    timestamp=r[4],
+                )
+                for r in rows
+            ]
+            return PullPage(blobs, len(sizes) > take, group.max_cursor if group else 0)
+
+        return await self._read(op)
+
+    async def ack(self, group_id: GroupId, device_id: DeviceId, cursor: int) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            c.execute(
+                "UPDATE devices SET acked_cursor = MAX(acked_cursor, MIN(?,"
+                " (SELECT max_cursor FROM groups WHERE group_id = ?)))"
+                " WHERE group_id = ? AND device_id = ?",
+                (cursor, group_id, group_id, device_id),
+            )
+
+        await self._write(op)
+
+    async def delete_blob(
+        self, group_id: GroupId, blob_id: BlobId, device_id: DeviceId, *, force: bool
+    ) -> DeleteOutcome:
+        def op(c: sqlite3.Connection) -> DeleteOutcome:
+            row = c.execute(
+                "SELECT cursor, sender, ciphertext IS NOT NULL FROM blobs"
+                " WHERE group_id = ? AND blob_id = ?",
+                (group_id, blob_id),
+            ).fetchone()
+            if row is None:
+                return DeleteOutcome(found=False, owner=False, deleted=False)
+            cursor, sender, live = row
+            if sender != device_id:
+                return DeleteOutcome(found=True, owner=False, deleted=False)
+            if not live:
+                return DeleteOutcome(found=True, owner=True, deleted=True)
+            if not force and cursor > _min_acked(c, group_id):
+                return DeleteOutcome(found=True, owner=True, deleted=False)
+            _tombstone(c, group_id, "cursor = ?", (cursor,))
+            return DeleteOutcome(found=True, owner=True, deleted=True)
+
+        return await self._write(op)
+
+    async def pending_for(self, group_id: GroupId, device_id: DeviceId) -> int:
+        def op(c: sqlite3.Connection) -> int:
+            (count,) = c.execute(
+                "SELECT COUNT(*) FROM blobs WHERE group_id = ? AND ciphertext IS NOT NULL"
+                " AND cursor > COALESCE((SELECT acked_cursor FROM devices"
+                " WHERE group_id = ? AND device_id = ?), 0)",
+                (group_id, group_id, device_id),
+            ).fetchone()
+            return int(count)
+
+        return await self._read(op)
+
+    # -- invites --------------------------------------------------------------------------
+
+    async def put_invite(self, lookup: bytes, payload: bytes, expires_at: int) -> bool:
+        def op(c: sqlite3.Connection) -> bool:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO invites (lookup, payload, expires_at) VALUES (?, ?, ?)",
+                (lookup, payload, expires_at),
+            )
+            return cur.rowcount == 1
+
+        return await self._write(op)
+
+    async def take_invite(self, lookup: bytes, now: int) -> bytes | None:
+        def op(c: sqlite3.Connection) -> bytes | None:
+            row = c.execute(
+                "DELETE FROM invites WHERE lookup = ? RETURNING payload, expires_at", (lookup,)
+            ).fetchone()
+            if row is None or row[1] <= now:
+                return None
+            return bytes(row[0])
+
+        return await self._write(op)
+
+    async def delete_invite(self, lookup: bytes) -> bool:
+        def op(c: sqlite3.Connection) -> bool:
+            return c.execute("DELETE FROM invites WHERE lookup = ?", (lookup,)).rowcount == 1
+
+        return await self._write(op)
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    async def cleanup(self, now: int) -> CleanupStats:
+        def op(c: sqlite3.Connection) -> CleanupStats:
+            expired = _delete_expired(c, now)
+            acked = 0
+            for (group_id,) in c.execute("SELECT group_id FROM groups").fetchall():
+                acked += _tombstone(c, group_id, "cursor <= ?", (_min_acked(c, group_id),))
+            invites = c.execute("DELETE FROM invites WHERE expires_at <= ?", (now,)).rowcount
+            return CleanupStats(expired, acked, invites)
+
+        return await self._write(op)
+
+    async def vacuum(self) -> None:
+        await self._write(lambda c: c.execute("PRAGMA incremental_vacuum"))
+
+    async def stats(self) -> tuple[int, int]:
+        def op(c: sqlite3.Connection) -> tuple[int, int]:
+            groups, blobs = c.execute(
+                "SELECT COUNT(*), COALESCE(SUM(blob_count), 0) FROM groups"
+            ).fetchone()
+            return int(groups), int(blobs)
+
+        return await self._read(op)
+
+
+_DEVICE_COLUMNS = (
+    "group_id, device_id, name, last_seen, acked_cursor, revoked_at, revoked_by,"
+    " revoke_reason, push_token, push_platform, push_app_id"
+)
+
+
+def _device_from_row(r: tuple[Any, ...]) -> DeviceRecord:
+    return DeviceRecord(
+        group_id=GroupId(r[0]),
+        device_id=DeviceId(r[1]),
+        name=r[2],
+        last_seen=r[3],
+        acked_cursor=r[4],
+        revoked_at=r[5],
+        revoked_by=DeviceId(r[6]) if r[6] is not None else None,
+        revoke_reason=r[7],
+        push_token=r[8],
+        push_platform=r[9],
+        push_app_id=r[10],
+    )
+
+
+def _device(c: sqlite3.Connection, group_id: bytes, device_id: bytes) -> DeviceRecord | None:
+    row = c.execute(
+        f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE group_id = ? AND device_id = ?",
+        (group_id, device_id),
+    ).fetchone()
+    return _device_from_row(row) if row else None
+
+
+def _group(c: sqlite3.Connection, group_id: bytes) -> GroupRecord | None:
+    row = c.execute(
+        "SELECT group_id, auth_key, max_cursor, bytes_stored, created_at FROM groups"
+        " WHERE group_id = ?",
+        (group_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return GroupRecord(GroupId(row[0]), bytes(row[1]), row[2], row[3], row[4])
+
+
+def _min_acked(c: sqlite3.Connection, group_id: bytes) -> int:
+    """The cursor every known, non-revoked device has acked (0 if there is none)."""
+    (value,) = c.execute(
+        "SELECT COALESCE(MIN(acked_cursor), 0) FROM devices"
+        " WHERE group_id = ? AND revoked_at IS NULL",
+        (group_id,),
+    ).fetchone()
+    return int(value)
+
+
+def _tombstone(c: sqlite3.Connection, group_id: bytes, where: str, args: tuple[Any, ...]) -> int:
+    """Drop the ciphertext of live blobs matching ``where``; keep the group's totals right."""
+    row = c.execute(
+        f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs WHERE group_id = ?"
+        f" AND ciphertext IS NOT NULL AND {where}",
+        (group_id, *args),
+    ).fetchone()
+    count, size = int(row[0]), int(row[1])
+    if count:
+        c.execute(
+            f"UPDATE blobs SET ciphertext = NULL WHERE group_id = ?"
+            f" AND ciphertext IS NOT NULL AND {where}",
+            (group_id, *args),
+        )
+        c.execute(
+            "UPDATE groups SET bytes_stored = bytes_stored - ?, blob_count = blob_count - ?"
+            " WHERE group_id = ?",
+            (size, count, group_id),
+        )
+    return count
+
+
+def _delete_expired(c: sqlite3.Connection, now: int) -> int:
+    """Delete blobs (live or tombstones) past their TTL; return how many live ones went."""
+    live = c.execute(
+        "SELECT group_id, COUNT(*), SUM(size) FROM blobs"
+        " WHERE expires_at <= ? AND ciphertext IS NOT NULL GROUP BY group_id",
+        (now,),
+    ).fetchall()
+    for group_id, count, size in live:
+        c.execute(
+            "UPDATE groups SET bytes_stored = bytes_stored - ?, blob_count = blob_count - ?"
+            " WHERE group_id = ?",
+            (size, count, group_id),
+        )
+    c.execute("DELETE FROM blobs WHERE expires_at <= ?", (now,))
+    return sum(int(r[1]) for r in live)

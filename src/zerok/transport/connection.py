@@ -1,0 +1,219 @@
+"""A client's connection to a relay: a ClientSession driven over a WebSocket.
+
+``RelayConnection.open`` returns once the relay's WELCOME arrived; then ``request`` sends
+a request and waits for its answer, and ``events`` yields what the relay sends unasked
+(NOTIFY, DEVICE_REVOKED, non-fatal ERRORs) and finally the ConnectionClosed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+import aiohttp
+
+from zerok import __version__
+from zerok.crypto.identity import DeviceIdentity
+from zerok.crypto.keys import GroupKeys
+from zerok.errors import ProtocolError, RemoteError, SyncError
+from zerok.protocol import (
+    CLASSIC,
+    HYBRID,
+    ClientSession,
+    ConnectionClosed,
+    Event,
+    MessageReceived,
+    RequestFailed,
+    ResponseReceived,
+    Variant,
+    Welcomed,
+    variant_for,
+)
+from zerok.wire import Message, Welcome
+
+
+class ConnectError(SyncError):
+    """The relay could not be reached or refused the connection."""
+
+
+class RelayConnection:
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        ws: aiohttp.ClientWebSocketResponse,
+        session: ClientSession,
+    ) -> None:
+        self._http = http
+        self._ws = ws
+        self.session = session
+        self.loop = asyncio.get_running_loop()
+        self.welcome: Welcome | None = None
+        self.closed_event: ConnectionClosed | None = None
+        self._waiting: dict[int, asyncio.Future[Message]] = {}
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._welcomed: asyncio.Future[Welcome] = self.loop.create_future()
+        self._send_lock = asyncio.Lock()
+        self._reader = self.loop.create_task(self._read_loop())
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        identity: DeviceIdentity,
+        keys: GroupKeys,
+        *,
+        variants: Sequence[Variant] = (HYBRID, CLASSIC),
+        device_name: str = "",
+        last_cursor: int = 0,
+        timeout: float = 10.0,
+        heartbeat: float | None = 30.0,
+    ) -> RelayConnection:
+        """Connect, run the handshake and HELLO; raise ConnectError or RemoteError."""
+        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=timeout))
+        try:
+            ws = await http.ws_connect(
+                url,
+                protocols=[v.subprotocol for v in variants],
+                compress=0,
+                max_msg_size=65535,
+                autoping=True,
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            await http.close()
+            raise ConnectError(f"cannot connect to {url}: {exc}") from None
+        if ws.protocol is None:
+            await ws.close()
+            await http.close()
+            raise ConnectError(f"{url} is not a 0k-Sync relay (no subprotocol agreed)")
+        loop = asyncio.get_running_loop()
+        session = ClientSession(
+            identity,
+            keys,
+            now=loop.time(),
+            variant=variant_for(ws.protocol),
+            device_name=device_name,
+            last_cursor=last_cursor,
+            client=f"zerok-python/{__version__}",
+            handshake_timeout=timeout,
+            heartbeat_interval=heartbeat,
+        )
+        conn = cls(http, ws, session)
+        await conn._flush()
+        try:
+            conn.welcome = await asyncio.shield(conn._welcomed)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    # -- I/O ------------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        async with self._send_lock:
+            for data in self.session.data_to_send():
+                if self._ws.closed:
+                    return
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await self._ws.send_bytes(data)
+
+    async def _read_loop(self) -> None:
+        session = self.session
+        try:
+            while not session.closed:
+                deadline = session.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - self.loop.time())
+                try:
+                    msg = await self._ws.receive(timeout=timeout)
+                except TimeoutError:
+                    self._dispatch(session.check_timeouts(self.loop.time()))
+                    await self._flush()
+                    continue
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    self._dispatch(session.receive(msg.data, self.loop.time()))
+                else:
+                    self._dispatch(session.close(None, "the relay closed the connection"))
+                await self._flush()
+        finally:
+            if not session.closed:
+                self._dispatch(session.close(None, "connection lost"))
+            await self._flush()
+            await self._ws.close()
+            await self._http.close()
+
+    def _dispatch(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Welcomed):
+                if not self._welcomed.done():
+                    self._welcomed.set_result(event.welcome)
+            elif isinstance(event, ResponseReceived):
+                fut = self._waiting.pop(event.request_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(event.message)
+            elif isinstance(event, RequestFailed):
+                fut = self._waiting.pop(event.request_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(RemoteError(event.code, event.message))
+            elif isinstance(event, ConnectionClosed):
+                self.closed_event = event
+                error: SyncError = (
+                    RemoteError(event.code, event.reason)
+                    if event.code is not None
+                    else ConnectError(event.reason)
+                )
+                if not self._welcomed.done():
+                    self._welcomed.set_exception(error)
+                for fut in self._waiting.values():
+                    if not fut.done():
+                        fut.set_exception(error)
+                self._waiting.clear()
+                self._events.put_nowait(event)
+            elif isinstance(event, MessageReceived):
+                self._events.put_nowait(event)
+
+    # -- API ------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.session.closed
+
+    async def request(self, message: Message) -> Message:
+        """Send a request and return the relay's answer; RemoteError if it is an ERROR."""
+        if self.session.closed:
+            raise ConnectError("the connection is closed")
+        request_id = self.session.send_request(message, self.loop.time())
+        fut: asyncio.Future[Message] = self.loop.create_future()
+        self._waiting[request_id] = fut
+        await self._flush()
+        return await fut
+
+    async def send(self, message: Message) -> None:
+        """Send a message that wants no answer."""
+        if self.session.closed:
+            raise ConnectError("the connection is closed")
+        self.session.send_message(message, self.loop.time())
+        await self._flush()
+
+    async def next_event(self, timeout: float | None = None) -> Event:
+        return await asyncio.wait_for(self._events.get(), timeout)
+
+    async def events(self) -> AsyncIterator[Event]:
+        while True:
+            event = await self._events.get()
+            yield event
+            if isinstance(event, ConnectionClosed):
+                return
+
+    async def close(self) -> None:
+        if not self.session.closed:
+            self._dispatch(self.session.close(None, "closed by the client"))
+        await self._ws.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+    async def wait_closed(self) -> ConnectionClosed:
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        if self.closed_event is None:
+            raise ProtocolError("connection ended without a close event")
+        return self.closed_event
