@@ -10,7 +10,8 @@ from bench.harness import print_table
 
 
 def main() -> None:
-    print(f"0k-Sync benchmarks on {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    machine = platform.processor() or platform.machine()
+    print(f"0k-Sync benchmarks on {machine}, {os.cpu_count()} cores")
     print_table("Foundation (one process, no network; medians of 5 runs)", all_figures())
 
 

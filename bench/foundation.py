@@ -132,7 +132,9 @@ def blob_figures() -> list[Figure]:
 
     def ours() -> None:
         for _ in range(n):
-            cipher.open(cipher.seal(KIB, blob_id=blob_id, sender=sender), blob_id=blob_id, sender=sender)
+            cipher.open(
+                cipher.seal(KIB, blob_id=blob_id, sender=sender), blob_id=blob_id, sender=sender
+            )
 
     key, nonce, ad = bytes(32), bytes(24), bytes(80)
 
@@ -189,7 +191,9 @@ def session_figures() -> list[Figure]:
                     assert isinstance(ev, RequestReceived)
                     msg = ev.message
                     assert isinstance(msg, Push)
-                    relay.send(PushAck(blob_id=msg.blob_id, cursor=i + 1, timestamp=0), ev.request_id)
+                    relay.send(
+                        PushAck(blob_id=msg.blob_id, cursor=i + 1, timestamp=0), ev.request_id
+                    )
             for m in relay.data_to_send():
                 for resp in client.receive(m, 0):
                     assert isinstance(resp, ResponseReceived)

@@ -40,7 +40,14 @@ class ProtocolError(SyncError):
 
 
 class FrameTooLargeError(ProtocolError):
-    """A frame exceeds the size limit agreed for the connection."""
+    """A frame exceeds the size limit agreed for the connection.
+
+    ``head`` holds the first bytes of a received frame, enough to find its request id.
+    """
+
+    def __init__(self, message: str, *, head: bytes = b"") -> None:
+        super().__init__(message)
+        self.head = head
 
 
 class HandshakeTimeoutError(ProtocolError):

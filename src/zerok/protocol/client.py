@@ -10,6 +10,7 @@ from __future__ import annotations
 from zerok.crypto.identity import DeviceIdentity
 from zerok.crypto.keys import GroupKeys
 from zerok.crypto.membership import make_hello
+from zerok.crypto.noise.transport import MAX_SEND_FRAME
 from zerok.errors import FrameTooLargeError, ProtocolError
 from zerok.protocol.events import (
     ConnectionClosed,
@@ -44,6 +45,7 @@ from zerok.wire import (
     PushAck,
     RevokeDevice,
     Welcome,
+    encode,
 )
 
 #: The result type of each request; requests not listed are confirmed by their own echo.
@@ -126,7 +128,13 @@ class ClientSession(Session):
                 raise FrameTooLargeError(
                     f"blob of {len(message.ciphertext)} bytes exceeds the relay's limit of {limit}"
                 )
-        self._send_frame(message, request_id)
+        frame = encode(message, request_id=request_id)
+        frame_limit = self.welcome.limits.max_frame_size if self.welcome is not None else 0
+        if frame_limit and len(frame) > frame_limit:
+            raise FrameTooLargeError(
+                f"frame of {len(frame)} bytes exceeds the relay's limit of {frame_limit}"
+            )
+        self._send_encoded(frame)
         self.last_sent = now
 
     def _allocate_id(self) -> int:
@@ -200,10 +208,17 @@ class ClientSession(Session):
             return self._close(
                 ErrorCode.INVALID_MESSAGE, f"expected WELCOME, got {message.TYPE.name}"
             )
+        if message.relay_id != self.peer_static:
+            return self._close(
+                ErrorCode.INVALID_MESSAGE, "WELCOME names another relay than the handshake"
+            )
         self.welcome = message
         if message.limits.max_frame_size and self._transport is not None:
-            # PULL responses are sized to the relay's frame limit; accept what it announced.
-            self._transport.max_frame = max(self.max_frame, message.limits.max_frame_size)
+            # PULL responses are sized to the relay's frame limit: accept what it announced,
+            # up to the wire's own cap so that a relay cannot make us buffer without bound.
+            self._transport.max_frame = min(
+                MAX_SEND_FRAME, max(self.max_frame, message.limits.max_frame_size)
+            )
         self.state = SessionState.OPEN
         return [Welcomed(message, self.peer_static)]
 

@@ -42,6 +42,7 @@ from zerok.wire import (
     RevokeDevice,
     UnregisterPush,
     Welcome,
+    peek_request_id,
 )
 
 #: What a client may send once the session is open.
@@ -84,12 +85,14 @@ class RelaySession(Session):
 
     # -- decisions of the relay ---------------------------------------------------------
 
-    def accept(self, welcome: Welcome) -> None:
-        """Admit the device whose HELLO was received."""
+    def accept(self, welcome: Welcome, now: float | None = None) -> None:
+        """Admit the device whose HELLO was received; ``now`` restarts the idle timer."""
         if self.state is not SessionState.HELLO_PENDING:
             raise ProtocolError(f"accept() needs a pending HELLO, session is {self.state.value}")
         self._send_frame(welcome, self._hello_request_id)
         self.state = SessionState.OPEN
+        if now is not None:
+            self.last_received = max(self.last_received, now)
 
     def reject(self, code: ErrorCode, message: str) -> list[Event]:
         """Refuse the pending HELLO with an ERROR and close."""
@@ -108,7 +111,9 @@ class RelaySession(Session):
         self._send_frame(message, request_id)
 
     def error(self, code: ErrorCode, message: str, request_id: int = 0) -> list[Event]:
-        """Answer with an ERROR; fatal codes also close the session."""
+        """Answer with an ERROR; fatal codes also close the session. No-op once closed."""
+        if self.state is SessionState.CLOSED:
+            return []
         if code.fatal:
             return self._close(code, message)
         self.send(Error(code=int(code), message=message), request_id)
@@ -137,12 +142,14 @@ class RelaySession(Session):
         self.state = SessionState.AWAIT_HELLO
         return []
 
-    def _frame_too_large(self, reason: str) -> list[Event]:
+    def _frame_too_large(self, reason: str, head: bytes) -> list[Event]:
         if self.state is SessionState.OPEN:
-            # The frame's fragments are skipped; the connection stays usable.
-            self._send_frame(Error(code=ErrorCode.BLOB_TOO_LARGE, message=reason))
+            # The frame's fragments are skipped and the connection stays usable; the
+            # answer carries the request id when the frame's first bytes reveal it.
+            request_id = peek_request_id(head) or 0
+            self._send_frame(Error(code=ErrorCode.BLOB_TOO_LARGE, message=reason), request_id)
             return []
-        return super()._frame_too_large(reason)
+        return super()._frame_too_large(reason, head)
 
     def _receive_frame(self, frame: Frame, now: float) -> list[Event]:
         message = frame.message

@@ -118,7 +118,7 @@ class Session:
         try:
             frame_bytes = self._transport.decrypt_message(data)
         except FrameTooLargeError as exc:
-            return self._frame_too_large(str(exc))
+            return self._frame_too_large(str(exc), exc.head)
         except DecryptionError:
             return self._close(ErrorCode.INVALID_MESSAGE, "message failed authentication")
         except (ProtocolError, NonceExhaustedError) as exc:
@@ -145,18 +145,21 @@ class Session:
     def _on_handshake_complete(self) -> list[Event]:
         raise NotImplementedError
 
-    def _frame_too_large(self, reason: str) -> list[Event]:
+    def _frame_too_large(self, reason: str, head: bytes) -> list[Event]:
         return self._close(ErrorCode.INVALID_MESSAGE, reason)
 
     def _send_frame(self, message: Message, request_id: int = 0) -> None:
+        self._send_encoded(encode(message, request_id=request_id))
+
+    def _send_encoded(self, frame: bytes) -> None:
         if self._transport is None:
             raise ProtocolError("cannot send before the handshake is complete")
-        self._outgoing.extend(self._transport.encrypt_frame(encode(message, request_id=request_id)))
+        self._outgoing.extend(self._transport.encrypt_frame(frame))
 
     def _close(self, code: int | None, reason: str, *, by_peer: bool = False) -> list[Event]:
         if code is not None and not by_peer and self._transport is not None:
             # On an exhausted channel nothing more can be said; close all the same.
-            with contextlib.suppress(NonceExhaustedError):
+            with contextlib.suppress(NonceExhaustedError, FrameTooLargeError):
                 self._send_frame(Error(code=int(code), message=reason[:1024]))
         self.state = SessionState.CLOSED
         self.close_code = int(code) if code is not None else None
@@ -171,7 +174,10 @@ class Session:
         if self._handshake.my_turn():
             return self._close(None, "received a handshake message out of turn")
         try:
-            self._handshake.read_message(data)
+            if self._handshake.read_message(data):
+                # Payloads are empty in this protocol version; one here means the peer runs
+                # another pattern (e.g. a hybrid client talking to a classic relay).
+                raise HandshakeError("unexpected handshake payload: the variants differ")
             if not self._handshake.complete:
                 self._outgoing.append(self._handshake.write_message(b""))
         except HandshakeError as exc:

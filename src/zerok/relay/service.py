@@ -124,7 +124,8 @@ class RelayService:
                 pending=pending,
                 limits=self.limits,
                 server_time=now,
-            )
+            ),
+            now=conn.loop.time(),
         )
         conn.group_id, conn.device_id = hello.group_id, device_id
         self.groups[hello.group_id].add(conn)

@@ -1,6 +1,6 @@
 """Wire layer: message types, MessagePack framing, ids and error codes. Pure data."""
 
-from zerok.wire.codec import Frame, decode, decode_frame, encode
+from zerok.wire.codec import Frame, decode, decode_frame, encode, peek_request_id
 from zerok.wire.codes import (
     PROTOCOL_VERSION,
     ErrorCode,
@@ -72,4 +72,5 @@ __all__ = [
     "decode",
     "decode_frame",
     "encode",
+    "peek_request_id",
 ]

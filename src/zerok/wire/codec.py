@@ -66,8 +66,10 @@ def decode_frame(data: bytes) -> Frame:
     """Decode one frame into its request id and message; raise WireError on any defect."""
     try:
         envelope = _envelope_decoder.decode(data)
-    except (msgspec.DecodeError, TypeError) as exc:
+    except (msgspec.DecodeError, TypeError, ValueError) as exc:
         raise WireError(f"malformed frame: {exc}") from None
+    except RecursionError:
+        raise WireError("malformed frame: nested too deeply") from None
     if envelope.version != PROTOCOL_VERSION:
         raise WireError(
             f"unsupported protocol version {envelope.version} (this peer speaks {PROTOCOL_VERSION})"
@@ -76,13 +78,40 @@ def decode_frame(data: bytes) -> Frame:
         raise WireError(f"request_id {envelope.request_id} is outside 0..{U32_MAX}")
     entry = _body_decoders.get(envelope.type)
     if entry is None:
-        raise WireError(f"unknown message type 0x{envelope.type:02x}")
+        raise WireError(f"unknown message type {envelope.type:#04x}")
     cls, decoder = entry
     try:
         message = decoder.decode(envelope.body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, ValueError) as exc:  # ValueError: invalid UTF-8 in a string
         raise WireError(f"invalid {MessageType(cls.TYPE).name} message: {exc}") from None
+    except RecursionError:
+        raise WireError(
+            f"invalid {MessageType(cls.TYPE).name} message: nested too deeply"
+        ) from None
     return Frame(envelope.request_id, message)
+
+
+def peek_request_id(head: bytes) -> int | None:
+    """The request id of a frame from its first bytes alone, or None if they do not tell.
+
+    Used to answer a frame that is too large to be read whole.
+    """
+    if len(head) < 4 or head[0] != 0x94 or head[1] != PROTOCOL_VERSION:
+        return None
+    pos = 2
+    for _ in range(2):  # skip the type, then read the request id
+        if pos >= len(head):
+            return None
+        lead = head[pos]
+        width = {0xCC: 1, 0xCD: 2, 0xCE: 4}.get(lead, 0)
+        if lead <= 0x7F:
+            value, pos = lead, pos + 1
+        elif width and pos + 1 + width <= len(head):
+            value = int.from_bytes(head[pos + 1 : pos + 1 + width], "big")
+            pos += 1 + width
+        else:
+            return None
+    return value
 
 
 def decode(data: bytes) -> Message:

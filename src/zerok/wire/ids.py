@@ -10,9 +10,13 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 from typing import ClassVar, Self
 
 from zerok.errors import WireError
+
+_B32 = re.compile(r"[A-Za-z2-7]*")
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 def _b32encode(raw: bytes) -> str:
@@ -52,15 +56,15 @@ class FixedId(bytes):
         b32_len = len(_b32encode(bytes(cls.SIZE)))
         b64_len = len(base64.urlsafe_b64encode(bytes(cls.SIZE)).rstrip(b"="))
         try:
-            if len(text) == b32_len:
+            if len(text) == b32_len and _B32.fullmatch(text):
                 return cls(_b32decode(text))
-            if len(text) == b64_len:
+            if len(text) == b64_len and _B64URL.fullmatch(text):
                 return cls(_b64url_decode(text))
         except (binascii.Error, ValueError) as exc:
             raise WireError(f"not a valid {cls.__name__}: {text!r}") from exc
         raise WireError(
             f"not a valid {cls.__name__}: expected {b32_len} base32 or {b64_len} base64url "
-            f"characters, got {len(text)}"
+            f"characters, got {text!r}"
         )
 
     @property

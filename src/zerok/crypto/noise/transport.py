@@ -16,10 +16,15 @@ FRAGMENT_LAST = 0x00
 FRAGMENT_MORE = 0x01
 MAX_FRAGMENT_PAYLOAD = MAX_MESSAGE - TAGLEN - 1  # 65518
 REKEY_INTERVAL = 2**16
+MAX_SEND_FRAME = 16 * 1024 * 1024 + 64 * 1024  # the wire's largest blob plus its envelope
 
 
 class NoiseTransport:
-    """Encrypts frames into Noise messages and reassembles received ones."""
+    """Encrypts frames into Noise messages and reassembles received ones.
+
+    ``max_frame`` bounds what is received (and buffered); what is sent is bounded by the
+    wire's own cap, MAX_SEND_FRAME: the sender checks the peer's limit itself.
+    """
 
     def __init__(
         self,
@@ -41,9 +46,12 @@ class NoiseTransport:
         self._discarding = False
 
     def encrypt_frame(self, frame: bytes) -> list[bytes]:
-        """Split a frame into fragments and encrypt each into one Noise message."""
-        if len(frame) > self.max_frame:
-            raise FrameTooLargeError(f"frame of {len(frame)} bytes exceeds {self.max_frame}")
+        """Split a frame into fragments and encrypt each into one Noise message.
+
+        Raises FrameTooLargeError, before encrypting anything, above MAX_SEND_FRAME.
+        """
+        if len(frame) > MAX_SEND_FRAME:
+            raise FrameTooLargeError(f"frame of {len(frame)} bytes exceeds {MAX_SEND_FRAME}")
         view = memoryview(frame)
         out: list[bytes] = []
         pos = 0
@@ -77,10 +85,11 @@ class NoiseTransport:
         self._parts.append(plain[1:])
         self._pending += len(plain) - 1
         if self._pending > self.max_frame:
+            head = (self._parts[0] if self._parts else b"")[:16]
             self._parts.clear()
             self._pending = 0
             self._discarding = not last
-            raise FrameTooLargeError(f"frame exceeds the {self.max_frame}-byte limit")
+            raise FrameTooLargeError(f"frame exceeds the {self.max_frame}-byte limit", head=head)
         if not last:
             return None
         frame = b"".join(self._parts)
