@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import x25519
@@ -44,11 +45,16 @@ class DeviceIdentity:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the key file with mode 0600, atomically; never overwrites a different key."""
         target = Path(path)
+        try:
+            self._save(target)
+        except OSError as exc:
+            raise KeyFileError(f"cannot write device key {target}: {exc.strerror or exc}") from None
+
+    def _save(self, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
-            if DeviceIdentity.load(target).device_id == self.device_id:
-                return
-            raise KeyFileError(f"{target} already holds another device key; refusing to replace it")
+            self._check_same(target)
+            return
         body = json.dumps(
             {
                 "version": KEY_FILE_VERSION,
@@ -57,17 +63,24 @@ class DeviceIdentity:
                 "device_id": str(self.device_id),
             }
         ).encode()
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        tmp = Path(tmp_name)
         try:
+            os.fchmod(fd, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(body)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
+            # link() fails if the target appeared meanwhile, where rename() would replace it.
+            os.link(tmp, target)
+        except FileExistsError:
+            self._check_same(target)
+        finally:
             tmp.unlink(missing_ok=True)
-            raise
+
+    def _check_same(self, target: Path) -> None:
+        if DeviceIdentity.load(target).device_id != self.device_id:
+            raise KeyFileError(f"{target} already holds another device key; refusing to replace it")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> DeviceIdentity:

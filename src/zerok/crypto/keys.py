@@ -81,19 +81,27 @@ class KdfParams:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> KdfParams:
+        """Parameters from an invite or a stored group; CryptoError if anything is off."""
         try:
+            numbers = {k: doc[k] for k in ("memory_kib", "iterations", "parallelism")}
+            for key, value in numbers.items():
+                if type(value) is not int:
+                    raise TypeError(f"{key} must be an integer, not {value!r}")
             return cls(
                 salt=bytes.fromhex(doc["salt"]),
-                memory_kib=int(doc["memory_kib"]),
-                iterations=int(doc["iterations"]),
-                parallelism=int(doc["parallelism"]),
                 algorithm=str(doc["algorithm"]),
+                **numbers,
             )
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise CryptoError(f"invalid KDF parameters: {exc}") from None
 
     def derive(self, passphrase: str | bytes) -> bytes:
-        secret = passphrase.encode("utf-8") if isinstance(passphrase, str) else passphrase
+        try:
+            secret = passphrase.encode("utf-8") if isinstance(passphrase, str) else passphrase
+        except UnicodeEncodeError:
+            raise CryptoError(
+                "the passphrase is not valid text (it cannot be UTF-8 encoded)"
+            ) from None
         if not secret:
             raise CryptoError("the passphrase is empty")
         return hash_secret_raw(

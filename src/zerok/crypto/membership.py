@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import struct
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from nacl.exceptions import BadSignatureError
+from nacl.exceptions import ValueError as NaclValueError
+from nacl.signing import VerifyKey
 
 from zerok.crypto.keys import GroupKeys
 from zerok.errors import InvalidProofError
@@ -97,7 +98,9 @@ def verify_hello(hello: Hello, handshake_hash: bytes, device_id: DeviceId) -> No
         device_name=hello.device_name,
         client=hello.client,
     )
+    # libsodium's verifier rejects small-order public keys: with one of those, a forged
+    # "signature" would verify for any transcript (pyca/OpenSSL accepts them).
     try:
-        ed25519.Ed25519PublicKey.from_public_bytes(hello.auth_key).verify(hello.proof, transcript)
-    except (InvalidSignature, ValueError):
+        VerifyKey(bytes(hello.auth_key)).verify(transcript, bytes(hello.proof))
+    except (BadSignatureError, NaclValueError, ValueError):
         raise InvalidProofError("membership proof does not verify") from None

@@ -40,11 +40,11 @@ class ConnectError(SyncError):
 class RelayConnection:
     def __init__(
         self,
-        http: aiohttp.ClientSession,
+        http: aiohttp.ClientSession | None,
         ws: aiohttp.ClientWebSocketResponse,
         session: ClientSession,
     ) -> None:
-        self._http = http
+        self._http = http  # owned (closed with the connection) unless it was passed in
         self._ws = ws
         self.session = session
         self.loop = asyncio.get_running_loop()
@@ -68,9 +68,15 @@ class RelayConnection:
         last_cursor: int = 0,
         timeout: float = 10.0,
         heartbeat: float | None = 30.0,
+        http: aiohttp.ClientSession | None = None,
     ) -> RelayConnection:
-        """Connect, run the handshake and HELLO; raise ConnectError or RemoteError."""
-        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=timeout))
+        """Connect, run the handshake and HELLO; raise ConnectError or RemoteError.
+
+        ``http`` lets many connections share one aiohttp session (and its connector).
+        """
+        owned = http is None
+        if http is None:
+            http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=timeout))
         try:
             ws = await http.ws_connect(
                 url,
@@ -80,11 +86,13 @@ class RelayConnection:
                 autoping=True,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            await http.close()
+            if owned:
+                await http.close()
             raise ConnectError(f"cannot connect to {url}: {exc}") from None
         if ws.protocol is None:
             await ws.close()
-            await http.close()
+            if owned:
+                await http.close()
             raise ConnectError(f"{url} is not a 0k-Sync relay (no subprotocol agreed)")
         loop = asyncio.get_running_loop()
         session = ClientSession(
@@ -98,7 +106,7 @@ class RelayConnection:
             handshake_timeout=timeout,
             heartbeat_interval=heartbeat,
         )
-        conn = cls(http, ws, session)
+        conn = cls(http if owned else None, ws, session)
         await conn._flush()
         try:
             conn.welcome = await asyncio.shield(conn._welcomed)
@@ -139,7 +147,8 @@ class RelayConnection:
                 self._dispatch(session.close(None, "connection lost"))
             await self._flush()
             await self._ws.close()
-            await self._http.close()
+            if self._http is not None:
+                await self._http.close()
 
     def _dispatch(self, events: list[Event]) -> None:
         for event in events:
