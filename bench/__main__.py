@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 
-from bench.foundation import all_figures
+from bench import foundation, relay
 from bench.harness import print_table
 
 
 def main() -> None:
     machine = platform.processor() or platform.machine()
     print(f"0k-Sync benchmarks on {machine}, {os.cpu_count()} cores")
-    print_table("Foundation (one process, no network; medians of 5 runs)", all_figures())
+    sections = sys.argv[1:] or ["foundation", "relay"]
+    if "foundation" in sections:
+        print_table(
+            "Foundation (one process, no network; medians of 5 runs)", foundation.all_figures()
+        )
+    if "relay" in sections:
+        print_table(
+            "Relay (a relay process driven over loopback from this process)",
+            relay.all_figures(),
+        )
 
 
 if __name__ == "__main__":

@@ -33,6 +33,10 @@ def rate(fn: Callable[[], object], *, ops: int, repeats: int = 5) -> float:
     return statistics.median(samples)
 
 
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+
+
 def print_table(title: str, figures: list[Figure]) -> None:
     print(f"\n{title}")
     header = f"{'measure':<44}{'value':>14}  {'baseline':<34}{'value':>14}{'ratio':>8}"
@@ -40,6 +44,6 @@ def print_table(title: str, figures: list[Figure]) -> None:
     print("-" * len(header))
     for f in figures:
         print(
-            f"{f.name:<44}{f.value:>10,.0f} {f.unit:<3}  {f.baseline_name:<34}"
-            f"{f.baseline:>10,.0f} {f.unit:<3}{f.ratio:>7.2f}x"
+            f"{f.name:<44}{_num(f.value):>10} {f.unit:<3}  {f.baseline_name:<34}"
+            f"{_num(f.baseline):>10} {f.unit:<3}{f.ratio:>7.2f}x"
         )

@@ -24,6 +24,7 @@ from zerok.protocol import (
     SessionState,
     Variant,
 )
+from zerok.transport.wsframe import binary_frames
 from zerok.wire import DeviceId, ErrorCode, GroupId, Message
 
 if TYPE_CHECKING:
@@ -49,12 +50,14 @@ class Connection:
     def __init__(
         self,
         service: RelayService,
+        request: web.Request,
         ws: web.WebSocketResponse,
-        remote: str,
         variant: Variant,
     ) -> None:
         self.service = service
+        self.request = request
         self.ws = ws
+        remote = request.remote or "?"
         self.remote = remote
         self.loop = asyncio.get_running_loop()
         config = service.config
@@ -102,15 +105,17 @@ class Connection:
             out = self.session.data_to_send()
             if not out or self.ws.closed:
                 return
-            sent = 0
-            try:
-                for data in out:
-                    await self.ws.send_bytes(data)
-                    sent += len(data)
-            except (ConnectionError, RuntimeError):
-                pass  # the peer went away; the read loop notices and cleans up
-            finally:
-                self.service.metrics.bytes_transferred.labels("out").inc(sent)
+            transport, protocol = self.request.transport, self.request.protocol
+            if transport is None or transport.is_closing():
+                return  # the peer went away; the read loop notices and cleans up
+            # One write for the whole burst (see zerok.transport.wsframe); the WebSocket
+            # writer of aiohttp only ever writes whole frames too, so frames never interleave.
+            transport.write(binary_frames(out))
+            self.service.metrics.bytes_transferred.labels("out").inc(sum(map(len, out)))
+            if protocol.writing_paused:
+                # The kernel's buffer is full: wait, as aiohttp's own writer does.
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await protocol._drain_helper()
 
     # -- the read loop --------------------------------------------------------------------
 

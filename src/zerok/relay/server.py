@@ -175,7 +175,7 @@ class Relay:
             autoping=True,
         )
         await ws.prepare(request)
-        conn = Connection(self.service, ws, ip, variant_for(chosen))
+        conn = Connection(self.service, request, ws, variant_for(chosen))
         self.service.connections.add(conn)
         self.service.metrics.connections_total.inc()
         self._per_ip[ip] += 1
