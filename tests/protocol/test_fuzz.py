@@ -41,6 +41,7 @@ from zerok.protocol import (
     Welcomed,
 )
 from zerok.protocol.relay import CLIENT_REQUESTS
+from zerok.protocol.variants import prologue
 from zerok.wire import (
     ALL_MESSAGES,
     U32_MAX,
@@ -534,7 +535,7 @@ def new_link(
         hs = HandshakeState(
             variant.noise_protocol,
             initiator=True,
-            prologue=variant.prologue,
+            prologue=prologue((variant.subprotocol,), variant),
             static=IDENTITY.private_key,
         )
         assert relay.receive(hs.write_message(b""), 0.0) == []

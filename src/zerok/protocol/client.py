@@ -7,6 +7,8 @@ must answer an outstanding request with the type that request expects.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from zerok.crypto.identity import DeviceIdentity
 from zerok.crypto.keys import GroupKeys
 from zerok.crypto.membership import make_hello
@@ -47,6 +49,7 @@ from zerok.wire import (
     Welcome,
     encode,
 )
+from zerok.wire.messages import MAX_NAME_CHARS
 
 #: The result type of each request; requests not listed are confirmed by their own echo.
 RESPONSE_TYPES: dict[type[Message], type[Message]] = {
@@ -72,6 +75,7 @@ class ClientSession(Session):
         *,
         now: float,
         variant: Variant = HYBRID,
+        offered: Sequence[str] | None = None,
         device_name: str = "",
         last_cursor: int = 0,
         client: str = "",
@@ -83,9 +87,13 @@ class ClientSession(Session):
             identity.private_key,
             now=now,
             variant=variant,
+            offered=offered,
             handshake_timeout=handshake_timeout,
             max_frame=max_frame,
         )
+        for label, text in (("device name", device_name), ("client", client)):
+            if len(text) > MAX_NAME_CHARS:
+                raise ProtocolError(f"{label} is longer than {MAX_NAME_CHARS} characters")
         self.identity = identity
         self.keys = keys
         self.device_name = device_name

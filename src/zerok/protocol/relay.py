@@ -8,6 +8,8 @@ ERROR 1000.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from zerok.crypto.membership import verify_hello
@@ -44,6 +46,7 @@ from zerok.wire import (
     Welcome,
     peek_request_id,
 )
+from zerok.wire.messages import MAX_TEXT_CHARS
 
 #: What a client may send once the session is open.
 CLIENT_REQUESTS: frozenset[type[Message]] = frozenset(
@@ -54,6 +57,8 @@ CLIENT_REQUESTS: frozenset[type[Message]] = frozenset(
 _RESULTS: tuple[type[Message], ...] = (PushAck, PullResponse, Notify, DeviceRevoked, Devices, Error)
 _ECHOED: tuple[type[Message], ...] = (Presence, Ack, Delete, RegisterPush, UnregisterPush)
 RELAY_MESSAGES: frozenset[type[Message]] = frozenset((*_RESULTS, *_ECHOED))
+#: What the relay sends without being asked (request id 0).
+UNSOLICITED: frozenset[type[Message]] = frozenset((Notify, DeviceRevoked, Error))
 
 
 class RelaySession(Session):
@@ -67,6 +72,7 @@ class RelaySession(Session):
         *,
         now: float,
         variant: Variant = HYBRID,
+        offered: Sequence[str] | None = None,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         max_frame: int = DEFAULT_MAX_FRAME,
         idle_timeout: float | None = None,
@@ -75,6 +81,7 @@ class RelaySession(Session):
             static_key,
             now=now,
             variant=variant,
+            offered=offered,
             handshake_timeout=handshake_timeout,
             max_frame=max_frame,
         )
@@ -101,13 +108,19 @@ class RelaySession(Session):
         return self._close(code, message)
 
     def send(self, message: Message, request_id: int = 0) -> None:
-        """Send a response (with the request's id) or an unsolicited message (id 0)."""
+        """Send a response (with the request's id) or an unsolicited message (id 0).
+
+        A request sent with id 0 wants no answer: a result or confirmation with id 0 is
+        dropped here, so only NOTIFY, DEVICE_REVOKED and ERROR ever go out unasked.
+        """
         if self.state is not SessionState.OPEN:
             raise ProtocolError(
                 f"cannot send {type(message).__name__}: session is {self.state.value}"
             )
         if type(message) not in RELAY_MESSAGES:
             raise ProtocolError(f"a relay does not send {type(message).__name__}")
+        if request_id == 0 and type(message) not in UNSOLICITED:
+            return
         self._send_frame(message, request_id)
 
     def error(self, code: ErrorCode, message: str, request_id: int = 0) -> list[Event]:
@@ -115,8 +128,8 @@ class RelaySession(Session):
         if self.state is SessionState.CLOSED:
             return []
         if code.fatal:
-            return self._close(code, message)
-        self.send(Error(code=int(code), message=message), request_id)
+            return self._close(code, message, request_id=request_id)
+        self.send(Error(code=int(code), message=message[:MAX_TEXT_CHARS]), request_id)
         return []
 
     # -- timeouts -----------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
@@ -23,8 +24,9 @@ from zerok.errors import (
     WireError,
 )
 from zerok.protocol.events import ConnectionClosed, Event, HandshakeComplete
-from zerok.protocol.variants import HYBRID, Variant
+from zerok.protocol.variants import HYBRID, Variant, prologue
 from zerok.wire import Error, ErrorCode, Frame, Message, decode_frame, encode
+from zerok.wire.messages import MAX_TEXT_CHARS
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_MAX_FRAME = 1024 * 1024 + 64 * 1024  # 1 MiB blob + room for the envelope
@@ -50,10 +52,14 @@ class Session:
         *,
         now: float,
         variant: Variant = HYBRID,
+        offered: Sequence[str] | None = None,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         max_frame: int = DEFAULT_MAX_FRAME,
     ) -> None:
+        """``offered``: the subprotocols the client offered, in its order (default: only
+        ``variant``'s); both sides must pass the same list or the handshake fails."""
         self.variant = variant
+        self.offered = tuple(offered) if offered is not None else (variant.subprotocol,)
         self.state = SessionState.HANDSHAKE
         self.max_frame = max_frame
         self.handshake_deadline = now + handshake_timeout
@@ -66,7 +72,7 @@ class Session:
         self._handshake = HandshakeState(
             variant.noise_protocol,
             initiator=self.initiator,
-            prologue=variant.prologue,
+            prologue=prologue(self.offered, variant),
             static=static_key,
         )
 
@@ -156,11 +162,14 @@ class Session:
             raise ProtocolError("cannot send before the handshake is complete")
         self._outgoing.extend(self._transport.encrypt_frame(frame))
 
-    def _close(self, code: int | None, reason: str, *, by_peer: bool = False) -> list[Event]:
+    def _close(
+        self, code: int | None, reason: str, *, by_peer: bool = False, request_id: int = 0
+    ) -> list[Event]:
         if code is not None and not by_peer and self._transport is not None:
             # On an exhausted channel nothing more can be said; close all the same.
             with contextlib.suppress(NonceExhaustedError, FrameTooLargeError):
-                self._send_frame(Error(code=int(code), message=reason[:1024]))
+                error = Error(code=int(code), message=reason[:MAX_TEXT_CHARS])
+                self._send_frame(error, request_id)
         self.state = SessionState.CLOSED
         self.close_code = int(code) if code is not None else None
         self.close_reason = reason

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from zerok.errors import ProtocolError
@@ -12,17 +13,21 @@ class Variant:
     subprotocol: str
     noise_protocol: str
 
-    @property
-    def prologue(self) -> bytes:
-        # Binding the negotiated subprotocol into the handshake makes a downgrade by
-        # rewriting the subprotocol header fail the handshake.
-        return self.subprotocol.encode("ascii")
-
 
 HYBRID = Variant("0k-sync.v1.hfs", "Noise_XXhfs_25519+MLKEM768_ChaChaPoly_BLAKE2s")
 CLASSIC = Variant("0k-sync.v1.xx", "Noise_XX_25519_ChaChaPoly_BLAKE2s")
 VARIANTS = (HYBRID, CLASSIC)  # in order of preference
 SUBPROTOCOLS = tuple(v.subprotocol for v in VARIANTS)
+
+
+def prologue(offered: Sequence[str], chosen: Variant) -> bytes:
+    """The Noise prologue: every subprotocol the client offered, in its order, and the one
+    chosen. Both sides must see the same offer, so an attacker who strips the hybrid variant
+    from the client's offer (to force classic Noise) makes the handshake fail.
+    """
+    return (
+        f"0k-sync prologue v1\noffered: {','.join(offered)}\nchosen: {chosen.subprotocol}".encode()
+    )
 
 
 def variant_for(subprotocol: str) -> Variant:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
@@ -53,6 +54,7 @@ class Connection:
         request: web.Request,
         ws: web.WebSocketResponse,
         variant: Variant,
+        offered: Sequence[str],
     ) -> None:
         self.service = service
         self.request = request
@@ -65,6 +67,7 @@ class Connection:
             service.static_key,
             now=self.loop.time(),
             variant=variant,
+            offered=offered,
             handshake_timeout=config.handshake_timeout,
             max_frame=config.frame_limit,
             idle_timeout=config.idle_timeout or None,

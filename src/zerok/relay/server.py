@@ -149,7 +149,12 @@ class Relay:
                 text=f"0k-Sync relay {__version__}: connect with a 0k-Sync client "
                 f"(WebSocket subprotocols {', '.join(SUBPROTOCOLS)}).\n"
             )
-        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        offered = [
+            p.strip()
+            for header in request.headers.getall("Sec-WebSocket-Protocol", [])
+            for p in header.split(",")
+            if p.strip()
+        ]
         chosen = next((p for p in offered if p in SUBPROTOCOLS), None)
         if chosen is None:
             return web.Response(
@@ -175,7 +180,7 @@ class Relay:
             autoping=True,
         )
         await ws.prepare(request)
-        conn = Connection(self.service, request, ws, variant_for(chosen))
+        conn = Connection(self.service, request, ws, variant_for(chosen), offered)
         self.service.connections.add(conn)
         self.service.metrics.connections_total.inc()
         self._per_ip[ip] += 1

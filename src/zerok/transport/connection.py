@@ -100,6 +100,7 @@ class RelayConnection:
             keys,
             now=loop.time(),
             variant=variant_for(ws.protocol),
+            offered=[v.subprotocol for v in variants],
             device_name=device_name,
             last_cursor=last_cursor,
             client=f"zerok-python/{__version__}",
