@@ -1428,3 +1428,68 @@ def test_large_push_is_fragmented_and_arrives_intact(variant: Variant) -> None:
     response = PullResponse(blobs=[blob], has_more=False, max_cursor=1)
     p.relay.send(response, pull)
     assert p.to_client() == [ResponseReceived(pull, response)]
+
+
+# -- downgrade, id-0 requests, fatal errors with an id, bounded names -------------------------
+
+
+def test_an_offer_stripped_of_the_hybrid_variant_fails_the_handshake() -> None:
+    """The client offered hybrid and classic; an attacker removed hybrid from the offer."""
+    hfs, xx = HYBRID.subprotocol, CLASSIC.subprotocol
+    p = new_pair(
+        CLASSIC,
+        client_kwargs={"offered": (hfs, xx)},
+        relay_kwargs={"offered": (xx,)},
+    )
+    p.to_relay()
+    p.to_client()
+    assert state_of(p.client) is SessionState.CLOSED
+    assert closed_event(p.client_events).code is None  # no channel to send an ERROR on
+
+
+def test_the_same_offer_on_both_sides_agrees() -> None:
+    offer = (HYBRID.subprotocol, CLASSIC.subprotocol)
+    p = new_pair(CLASSIC, client_kwargs={"offered": offer}, relay_kwargs={"offered": offer})
+    handshake(p)
+    assert state_of(p.relay) is SessionState.HELLO_PENDING
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        PushAck(blob_id=BLOB, cursor=1, timestamp=0),
+        PullResponse(blobs=[], has_more=False, max_cursor=0),
+        Presence(),
+    ],
+    ids=_name,
+)
+def test_a_request_with_id_0_gets_no_answer(answer: Message) -> None:
+    p = open_pair(CLASSIC)
+    p.relay.send(answer, 0)
+    assert p.relay.data_to_send() == []
+    assert state_of(p.relay) is SessionState.OPEN
+
+
+def test_fatal_error_answers_the_request_and_closes() -> None:
+    p = open_pair(CLASSIC)
+    rid = p.client.send_request(Pull(), 0.0)
+    p.to_relay()
+    p.relay.error(ErrorCode.RELAY_OVERLOADED, "too busy", rid)
+    events = p.to_client()
+    assert events[0] == RequestFailed(rid, int(ErrorCode.RELAY_OVERLOADED), "too busy")
+    assert closed_event(events).code == ErrorCode.RELAY_OVERLOADED
+    assert state_of(p.client) is SessionState.CLOSED
+
+
+def test_error_messages_are_cut_to_the_wire_bound() -> None:
+    p = open_pair(CLASSIC)
+    p.relay.error(ErrorCode.RATE_LIMITED, "x" * 5000)
+    events = p.to_client()
+    assert len(events) == 1 and isinstance(events[0], MessageReceived)
+    assert isinstance(events[0].message, Error)
+    assert len(events[0].message.message) == 1024
+
+
+def test_device_name_longer_than_the_wire_allows_is_refused_up_front() -> None:
+    with pytest.raises(ProtocolError, match="64"):
+        new_pair(CLASSIC, client_kwargs={"device_name": "n" * 65})
