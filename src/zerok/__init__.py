@@ -2,4 +2,21 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from zerok.client import (
+    Blob,
+    Invite,
+    PullResult,
+    PushResult,
+    SyncClient,
+    SyncStatus,
+)
+
+__all__ = [
+    "Blob",
+    "Invite",
+    "PullResult",
+    "PushResult",
+    "SyncClient",
+    "SyncStatus",
+    "__version__",
+]

@@ -1,0 +1,44 @@
+"""Client layer: SyncClient, local state, pairing."""
+
+from zerok.client.events import (
+    BlobAvailable,
+    BlobPushed,
+    Connected,
+    DeviceRevoked,
+    Disconnected,
+    Error,
+    StatusChanged,
+    SyncEvent,
+    SyncStatus,
+)
+from zerok.client.pairing import Invite, InviteError
+from zerok.client.sync import (
+    Blob,
+    BlobTooLargeError,
+    DeviceRevokedError,
+    NotConnectedError,
+    PullResult,
+    PushResult,
+    SyncClient,
+)
+
+__all__ = [
+    "Blob",
+    "BlobAvailable",
+    "BlobPushed",
+    "BlobTooLargeError",
+    "Connected",
+    "DeviceRevoked",
+    "DeviceRevokedError",
+    "Disconnected",
+    "Error",
+    "Invite",
+    "InviteError",
+    "NotConnectedError",
+    "PullResult",
+    "PushResult",
+    "StatusChanged",
+    "SyncClient",
+    "SyncEvent",
+    "SyncStatus",
+]

@@ -1,0 +1,155 @@
+"""The same client for code that is not async: every call runs on a private event loop in
+a background thread and blocks until it is done; iterators become generators."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Any, TypeVar
+
+from zerok.client import sync
+from zerok.client.events import SyncEvent, SyncStatus
+from zerok.client.pairing import Invite
+from zerok.crypto.keys import KdfParams
+from zerok.wire import BlobId, DeviceId, DeviceInfo, GroupId
+
+T = TypeVar("T")
+
+
+class SyncClient:
+    """``zerok.SyncClient`` with blocking methods; use it as a context manager to sync."""
+
+    def __init__(
+        self, data_dir: str | os.PathLike[str], *, device_name: str | None = None, pad: bool = True
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="zerok-client", daemon=True
+        )
+        self._thread.start()
+        self._client: sync.SyncClient = self._call(
+            self._make(data_dir, device_name=device_name, pad=pad)
+        )
+
+    @staticmethod
+    async def _make(
+        data_dir: str | os.PathLike[str], *, device_name: str | None, pad: bool
+    ) -> sync.SyncClient:
+        return sync.SyncClient(data_dir, device_name=device_name, pad=pad)
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result(timeout)
+
+    def _iterate(self, source: AsyncIterator[T]) -> Iterator[T]:
+        try:
+            while True:
+                try:
+                    yield self._call(anext(source))  # type: ignore[arg-type]
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._call(source.aclose())  # type: ignore[attr-defined]
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def __enter__(self) -> SyncClient:
+        self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        self._call(self._client.connect())
+
+    def wait_connected(self, timeout: float | None = sync.DEFAULT_TIMEOUT) -> None:
+        self._call(self._client.wait_connected(timeout))
+
+    def close(self) -> None:
+        self._call(self._client.close())
+
+    def shutdown(self) -> None:
+        """Close, release the state file and stop the background thread."""
+        self.close()
+        self._client.close_state()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+
+    # -- properties -----------------------------------------------------------------------
+
+    @property
+    def device_id(self) -> DeviceId:
+        return self._client.device_id
+
+    @property
+    def group_id(self) -> GroupId | None:
+        return self._client.group_id
+
+    @property
+    def relays(self) -> list[str]:
+        return self._client.relays
+
+    @property
+    def status(self) -> SyncStatus:
+        return self._client.status
+
+    @property
+    def last_cursor(self) -> int:
+        return self._client.last_cursor
+
+    @property
+    def pending_count(self) -> int:
+        return self._client.pending_count
+
+    # -- operations -----------------------------------------------------------------------
+
+    def create_group(
+        self, relays: list[str], passphrase: str | None = None, *, kdf: KdfParams | None = None
+    ) -> GroupId:
+        return self._call(self._client.create_group(relays, passphrase, kdf=kdf))
+
+    def create_invite(self, ttl: float = 600) -> Invite:
+        return self._call(self._client.create_invite(ttl))
+
+    def cancel_invite(self, invite: Invite) -> bool:
+        return self._call(self._client.cancel_invite(invite))
+
+    def join(self, code_or_url: str, *, relay: str | None = None) -> GroupId:
+        return self._call(self._client.join(code_or_url, relay=relay))
+
+    def push(self, data: bytes, *, ttl: int | None = None) -> sync.PushResult:
+        return self._call(self._client.push(data, ttl=ttl))
+
+    def pull(self, after: int | None = None, limit: int = 100) -> sync.PullResult:
+        return self._call(self._client.pull(after, limit))
+
+    def changes(self) -> Iterator[sync.Blob]:
+        return self._iterate(self._client.changes())
+
+    def events(self) -> Iterator[SyncEvent]:
+        return self._iterate(self._client.events())
+
+    def list_devices(self) -> list[DeviceInfo]:
+        return self._call(self._client.list_devices())
+
+    def revoke_device(self, device_id: DeviceId | str, reason: str = "lost") -> None:
+        self._call(self._client.revoke_device(device_id, reason))
+
+    def force_delete(self, blob_id: BlobId | str) -> None:
+        self._call(self._client.force_delete(blob_id))
+
+    def register_push_token(self, token: str, platform: str, app_id: str = "") -> None:
+        self._call(self._client.register_push_token(token, platform, app_id))
+
+    def unregister_push_token(self) -> None:
+        self._call(self._client.unregister_push_token())

@@ -1,0 +1,74 @@
+"""What a SyncClient tells the app, for sync indicators and reactions (``client.events()``)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from zerok.wire import BlobId, DeviceId
+
+
+class SyncStatus(enum.StrEnum):
+    """How an app should show sync state (docs/client.md)."""
+
+    OFFLINE = "offline"  # not connected and not trying (outside ``async with``)
+    CONNECTING = "connecting"  # trying to reach a relay, or waiting to retry
+    SYNCING = "syncing"  # connected; pushes waiting for their ack, or blobs to pull
+    SYNCED = "synced"  # connected; nothing waiting in either direction
+    REVOKED = "revoked"  # this device was removed from the group: it can no longer sync
+
+
+@dataclass(frozen=True, slots=True)
+class SyncEvent:
+    """Base class of client events."""
+
+
+@dataclass(frozen=True, slots=True)
+class Connected(SyncEvent):
+    relay: str
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected(SyncEvent):
+    relay: str | None
+    reason: str
+    retry_in: float | None  # seconds until the next attempt; None when not retrying
+
+
+@dataclass(frozen=True, slots=True)
+class BlobAvailable(SyncEvent):
+    """The relay has a new blob for the group (``changes()`` or ``pull()`` fetch it)."""
+
+    cursor: int
+    blob_id: BlobId
+    sender: DeviceId
+
+
+@dataclass(frozen=True, slots=True)
+class BlobPushed(SyncEvent):
+    """A push reached the relay and is durably stored."""
+
+    blob_id: BlobId
+    cursor: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChanged(SyncEvent):
+    status: SyncStatus
+    pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRevoked(SyncEvent):
+    device_id: DeviceId
+    revoked_by: DeviceId
+    reason: str
+    this_device: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Error(SyncEvent):
+    """Something went wrong that the app may want to show; syncing goes on if it can."""
+
+    code: int | None
+    message: str

@@ -1,0 +1,244 @@
+"""Pairing: invite URLs (for QR codes) and short codes with the relay's invite mailbox.
+
+An invite carries what a new device needs to join: protocol version, relay URLs, the
+group root key, the creator's device id, the expiry and the KDF parameters.
+
+- URL: ``zerok://sync?invite=<base64url(MessagePack invite)>``. It holds the root key
+  itself, so it is shown only as a QR code or passed over a trusted channel.
+- Short code ``XXXX-XXXX-XXXX-XXXX`` (Crockford base32, 75 random bits and a Luhn mod 32
+  check character): the first 8 characters are the mailbox lookup key sent to the relay;
+  the whole code, stretched with Argon2id, is the key that seals the invite in the
+  mailbox. The relay hands the sealed invite out once and forgets it after 10 minutes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Annotated
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
+from nacl.bindings import (
+    crypto_aead_xchacha20poly1305_ietf_decrypt,
+    crypto_aead_xchacha20poly1305_ietf_encrypt,
+)
+from nacl.exceptions import CryptoError as NaclCryptoError
+
+from zerok.crypto.keys import GroupKeys, KdfParams
+from zerok.errors import CryptoError, SyncError
+
+INVITE_VERSION = 1
+URL_PREFIX = "zerok://sync?invite="
+ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford: no I, L, O, U
+_DECODE = {c: i for i, c in enumerate(ALPHABET)} | {"O": 0, "I": 1, "L": 1}
+CODE_CHARS = 16
+LOOKUP_CHARS = 8
+# Stretching of the short code: 35 secret bits cost an attacker who holds the sealed invite
+# 2^35 Argon2id evaluations of 64 MiB each.
+CODE_KDF = {"memory_kib": 64 * 1024, "iterations": 3, "parallelism": 1}
+_CODE_SALT = b"0k-sync/v1/invite-salt"
+_CODE_AAD = b"0k-sync/v1/invite"
+
+
+class InviteError(SyncError):
+    """An invite or short code cannot be used. ``reason`` says why, in one word:
+    mistyped, expired, used, cancelled, wrong, unknown, invalid."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class InvitePayload(msgspec.Struct, frozen=True, kw_only=True):
+    v: int
+    relays: list[str]
+    root_key: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+    creator: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+    expires_at: int  # milliseconds since the Unix epoch
+    kdf: dict[str, str | int] | None = None
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(InvitePayload)
+
+
+def encode_payload(payload: InvitePayload) -> bytes:
+    return _encoder.encode(payload)
+
+
+def decode_payload(data: bytes, *, now_ms: int | None = None) -> InvitePayload:
+    """Decode and check an invite; InviteError if it is malformed, from the future or expired."""
+    try:
+        payload = _decoder.decode(data)
+    except (msgspec.DecodeError, ValueError, RecursionError) as exc:
+        raise InviteError("invalid", f"the invite is damaged: {exc}") from None
+    if payload.v != INVITE_VERSION:
+        raise InviteError(
+            "invalid", f"the invite has version {payload.v}; this zerok reads version 1"
+        )
+    if not payload.relays:
+        raise InviteError("invalid", "the invite names no relay")
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    if payload.expires_at <= now:
+        raise InviteError("expired", "the invite has expired: ask for a new one")
+    return payload
+
+
+def payload_keys(payload: InvitePayload) -> GroupKeys:
+    kdf = None
+    if payload.kdf is not None:
+        try:
+            kdf = KdfParams.from_dict(dict(payload.kdf))
+        except CryptoError as exc:
+            raise InviteError(
+                "invalid", f"the invite's KDF parameters are unusable: {exc}"
+            ) from None
+    return GroupKeys(payload.root_key, kdf)
+
+
+# -- URLs ------------------------------------------------------------------------------------
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def _unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def invite_url(payload: InvitePayload) -> str:
+    return URL_PREFIX + _b64url(encode_payload(payload))
+
+
+def is_url(text: str) -> bool:
+    return "://" in text
+
+
+def parse_url(url: str, *, now_ms: int | None = None) -> InvitePayload:
+    parts = urlsplit(url.strip())
+    if parts.scheme != "zerok" or parts.netloc != "sync":
+        raise InviteError("invalid", f"not a 0k-Sync invite URL (expected {URL_PREFIX}...)")
+    values = parse_qs(parts.query).get("invite")
+    if not values:
+        raise InviteError("invalid", "the invite URL has no invite= parameter")
+    try:
+        raw = _unb64url(values[0])
+    except (binascii.Error, ValueError):
+        raise InviteError("mistyped", "the invite URL is damaged (bad base64)") from None
+    return decode_payload(raw, now_ms=now_ms)
+
+
+# -- short codes -----------------------------------------------------------------------------
+
+
+def _luhn_check(values: list[int]) -> int:
+    """Luhn mod N check value for N = 32: detects every single wrong character."""
+    total = 0
+    factor = 2
+    for value in reversed(values):
+        addend = factor * value
+        total += addend // 32 + addend % 32
+        factor = 3 - factor
+    return (32 - total % 32) % 32
+
+
+def new_short_code() -> str:
+    values = [secrets.randbelow(32) for _ in range(CODE_CHARS - 1)]
+    values.append(_luhn_check(values))
+    text = "".join(ALPHABET[v] for v in values)
+    return "-".join(text[i : i + 4] for i in range(0, CODE_CHARS, 4))
+
+
+def normalize_code(code: str) -> str:
+    """The canonical 16 characters of a short code; InviteError('mistyped') if it is not one."""
+    text = "".join(code.split()).replace("-", "").upper()
+    if len(text) != CODE_CHARS:
+        raise InviteError(
+            "mistyped",
+            f"a short code has {CODE_CHARS} characters (XXXX-XXXX-XXXX-XXXX); got {len(text)}",
+        )
+    bad = sorted({c for c in text if c not in _DECODE})
+    if bad:
+        raise InviteError("mistyped", f"a short code cannot contain {', '.join(bad)}")
+    values = [_DECODE[c] for c in text]
+    if _luhn_check(values[:-1]) != values[-1]:
+        raise InviteError("mistyped", "the short code is mistyped: check each character")
+    return "".join(ALPHABET[v] for v in values)
+
+
+def code_lookup(code: str) -> str:
+    return normalize_code(code)[:LOOKUP_CHARS]
+
+
+def _code_key(canonical: str) -> bytes:
+    salt = hashlib.sha256(_CODE_SALT + canonical[:LOOKUP_CHARS].encode()).digest()[:16]
+    params = KdfParams(salt=salt, **CODE_KDF)  # type: ignore[arg-type]
+    return params.derive(canonical)
+
+
+def seal_for_code(code: str, payload: InvitePayload) -> bytes:
+    canonical = normalize_code(code)
+    nonce = os.urandom(24)
+    aad = _CODE_AAD + canonical[:LOOKUP_CHARS].encode()
+    sealed = crypto_aead_xchacha20poly1305_ietf_encrypt(
+        encode_payload(payload), aad, nonce, _code_key(canonical)
+    )
+    return nonce + sealed
+
+
+def open_with_code(code: str, sealed: bytes, *, now_ms: int | None = None) -> InvitePayload:
+    canonical = normalize_code(code)
+    aad = _CODE_AAD + canonical[:LOOKUP_CHARS].encode()
+    try:
+        plain = crypto_aead_xchacha20poly1305_ietf_decrypt(
+            sealed[24:], aad, sealed[:24], _code_key(canonical)
+        )
+    except (NaclCryptoError, ValueError):
+        raise InviteError(
+            "wrong", "the short code is wrong: its last characters do not open the invite"
+        ) from None
+    return decode_payload(plain, now_ms=now_ms)
+
+
+@dataclass(frozen=True)
+class Invite:
+    """An invite made by ``SyncClient.create_invite``."""
+
+    url: str
+    short_code: str
+    expires_at: float  # seconds since the Unix epoch
+    relay: str  # the relay whose mailbox holds the short code's sealed invite
+
+    def qr(self) -> str:
+        """The URL as a QR code drawn with text, for a terminal."""
+        import segno  # noqa: PLC0415 - only needed by the few callers that draw
+
+        qr = segno.make(self.url, error="m")
+        lines = []
+        matrix = [list(row) for row in qr.matrix_iter(scale=1, border=2)]
+        # Two rows per line with half blocks, so the code is square in a terminal.
+        for top, bottom in zip(matrix[0::2], [*matrix[1::2], [0] * len(matrix[0])], strict=False):
+            lines.append(
+                "".join(
+                    "█" if t and b else "▀" if t else "▄" if b else " "
+                    for t, b in zip(top, bottom, strict=True)
+                )
+            )
+        return "\n".join(lines)
+
+    def qr_png(self, path: str | os.PathLike[str], *, scale: int = 8) -> None:
+        import segno  # noqa: PLC0415
+
+        segno.make(self.url, error="m").save(os.fspath(path), kind="png", scale=scale)
+
+    def qr_svg(self, path: str | os.PathLike[str], *, scale: int = 8) -> None:
+        import segno  # noqa: PLC0415
+
+        segno.make(self.url, error="m").save(os.fspath(path), kind="svg", scale=scale)

@@ -1,0 +1,660 @@
+"""SyncClient: an app's handle on its sync group (DESIGN §6).
+
+Local first: ``push`` writes to the durable outbox before anything else and returns when
+the relay acknowledged the blob, however long that takes; the outbox survives restarts and
+every retry carries the same blob id, so the relay stores each push once. ``changes`` and
+``pull`` save the cursor only after the app has the blobs. Inside ``async with client:``
+a background task keeps a connection to the first reachable relay, reconnecting with
+backoff (1, 2, 4, 8, 16, then 30 s, plus 0–5 s of jitter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from zerok.client import mailbox, pairing
+from zerok.client.events import (
+    BlobAvailable,
+    BlobPushed,
+    Connected,
+    DeviceRevoked,
+    Disconnected,
+    Error,
+    StatusChanged,
+    SyncEvent,
+    SyncStatus,
+)
+from zerok.client.pairing import Invite, InviteError, InvitePayload
+from zerok.client.state import LocalState, StateError
+from zerok.crypto.blob import OVERHEAD, BlobCipher
+from zerok.crypto.identity import DeviceIdentity
+from zerok.crypto.keys import GroupKeys, KdfParams
+from zerok.errors import DecryptionError, RemoteError, SyncError
+from zerok.protocol import Backoff, MessageReceived
+from zerok.protocol.events import ConnectionClosed
+from zerok.protocol.outbox import OutboxEntry
+from zerok.transport import RelayConnection
+from zerok.transport.connection import ConnectError
+from zerok.wire import (
+    Ack,
+    BlobId,
+    Delete,
+    DeviceId,
+    DeviceInfo,
+    Devices,
+    ErrorCode,
+    GroupId,
+    ListDevices,
+    Message,
+    Notify,
+    Pull,
+    PullResponse,
+    Push,
+    PushAck,
+    PushPlatform,
+    RegisterPush,
+    RevokeDevice,
+    RevokeReason,
+    StoredBlob,
+    UnregisterPush,
+)
+from zerok.wire import DeviceRevoked as DeviceRevokedMessage
+from zerok.wire import Error as ErrorMessage
+
+log = logging.getLogger("zerok.client")
+
+KEY_FILE = "device.key"
+MAX_IN_FLIGHT = 32  # pushes sent before their acks
+DEFAULT_MAX_BLOB = 1024 * 1024
+DEFAULT_TIMEOUT = 30.0
+
+
+class NotConnectedError(SyncError):
+    """No relay could be reached in time for an operation that needs one."""
+
+
+class DeviceRevokedError(SyncError):
+    """This device was revoked from its group; it cannot sync any more."""
+
+
+class BlobTooLargeError(SyncError):
+    """The data is larger than the relay accepts in one blob."""
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    blob_id: BlobId
+    cursor: int
+
+
+@dataclass(frozen=True, slots=True)
+class Blob:
+    blob_id: BlobId
+    cursor: int
+    sender: DeviceId
+    data: bytes
+    timestamp: int  # when the relay stored it, milliseconds since the Unix epoch
+
+
+@dataclass(frozen=True, slots=True)
+class PullResult:
+    blobs: list[Blob]
+    has_more: bool
+    max_cursor: int
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _ignore_result(task: asyncio.Task[None]) -> None:
+    # An ACK lost with its connection is sent again with the next one; nothing to report.
+    if not task.cancelled():
+        task.exception()
+
+
+class SyncClient:
+    """One device's membership of one sync group, kept in ``data_dir``."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        device_name: str | None = None,
+        pad: bool = True,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self._state = LocalState(self.data_dir)
+        self._identity = DeviceIdentity.load_or_create(self.data_dir / KEY_FILE)
+        self.device_name = (
+            device_name or os.environ.get("SYNC_DEVICE_NAME") or socket.gethostname()
+        )[:64]
+        self.pad = pad
+        self._keys: GroupKeys | None = None
+        self._cipher: BlobCipher | None = None
+        self._relays: list[str] = []
+        self._conn: RelayConnection | None = None
+        self._relay_url: str | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._new_data = asyncio.Event()
+        self._outbox_kick = asyncio.Event()
+        self._push_waiters: dict[BlobId, list[asyncio.Future[PushResult]]] = {}
+        self._subscribers: set[asyncio.Queue[SyncEvent]] = set()
+        self._status = SyncStatus.OFFLINE
+        self._known_max = 0
+        self._revoked = False
+        self._max_blob = DEFAULT_MAX_BLOB
+        if self._state.has_group():
+            self._load_group()
+
+    # -- identity and group -----------------------------------------------------------------
+
+    @property
+    def device_id(self) -> DeviceId:
+        return self._identity.device_id
+
+    @property
+    def group_id(self) -> GroupId | None:
+        return self._keys.group_id if self._keys else None
+
+    @property
+    def relays(self) -> list[str]:
+        return list(self._relays)
+
+    @property
+    def status(self) -> SyncStatus:
+        return self._status
+
+    @property
+    def last_cursor(self) -> int:
+        return self._state.cursor
+
+    @property
+    def pending_count(self) -> int:
+        return self._state.outbox_count()
+
+    def _load_group(self) -> None:
+        group = self._state.load_group()
+        self._keys = group.keys
+        self._cipher = BlobCipher(group.keys.blob_key, group.keys.group_id)
+        self._relays = group.relays
+
+    def _require_group(self) -> tuple[GroupKeys, BlobCipher]:
+        if self._keys is None or self._cipher is None:
+            raise StateError("this device is in no group yet: create_group() or join() first")
+        if self._revoked:
+            raise DeviceRevokedError("this device was revoked from its group")
+        return self._keys, self._cipher
+
+    async def create_group(
+        self,
+        relays: list[str],
+        passphrase: str | None = None,
+        *,
+        kdf: KdfParams | None = None,
+    ) -> GroupId:
+        """Start a new group synced through ``relays`` (tried in order)."""
+        if self._state.has_group():
+            raise StateError(f"{self.data_dir} already belongs to a group")
+        if not relays:
+            raise SyncError("a group needs at least one relay URL")
+        for relay in relays:
+            mailbox.http_base(relay)  # validates the URL
+        if passphrase is None:
+            keys = GroupKeys.generate()
+        else:
+            params = kdf or KdfParams.default()
+            keys = await asyncio.to_thread(GroupKeys.from_passphrase, passphrase, params)
+        self._state.save_group(keys, list(relays))
+        self._load_group()
+        return keys.group_id
+
+    async def create_invite(self, ttl: float = 600) -> Invite:
+        """An invite for another device: a URL (for a QR code) and a short code."""
+        keys, _ = self._require_group()
+        if not 0 < ttl <= 600:
+            raise SyncError("an invite lives at most 600 seconds (the relay's mailbox limit)")
+        expires_ms = _now_ms() + int(ttl * 1000)
+        payload = InvitePayload(
+            v=pairing.INVITE_VERSION,
+            relays=self._relays,
+            root_key=keys.root_key,
+            creator=bytes(self.device_id),
+            expires_at=expires_ms,
+            kdf=keys.kdf.to_dict() if keys.kdf else None,
+        )
+        code = pairing.new_short_code()
+        sealed = await asyncio.to_thread(pairing.seal_for_code, code, payload)
+        relay = self._relays[0]
+        await mailbox.post_invite(relay, pairing.code_lookup(code), sealed)
+        return Invite(pairing.invite_url(payload), code, expires_ms / 1000, relay)
+
+    async def cancel_invite(self, invite: Invite) -> bool:
+        """Withdraw an invite's short code; True if it was still waiting."""
+        return await mailbox.cancel_invite(invite.relay, pairing.code_lookup(invite.short_code))
+
+    async def join(self, code_or_url: str, *, relay: str | None = None) -> GroupId:
+        """Join the group of an invite URL or short code (a short code needs the relay:
+        ``relay=`` or ``SYNC_RELAY_URL``)."""
+        if self._state.has_group():
+            raise StateError(f"{self.data_dir} already belongs to a group")
+        if pairing.is_url(code_or_url):
+            payload = pairing.parse_url(code_or_url)
+        else:
+            lookup = pairing.code_lookup(code_or_url)  # InviteError('mistyped') first
+            relay = relay or os.environ.get("SYNC_RELAY_URL")
+            if not relay:
+                raise InviteError(
+                    "invalid",
+                    "a short code needs the relay URL: pass --relay or set SYNC_RELAY_URL",
+                )
+            sealed = await mailbox.take_invite(relay, lookup)
+            payload = await asyncio.to_thread(pairing.open_with_code, code_or_url, sealed)
+        keys = pairing.payload_keys(payload)
+        self._state.save_group(keys, list(payload.relays))
+        self._load_group()
+        return keys.group_id
+
+    # -- connection lifecycle ---------------------------------------------------------------
+
+    async def __aenter__(self) -> SyncClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Start syncing in the background; returns at once (see ``wait_connected``)."""
+        self._require_group()
+        if self._runner is not None and not self._runner.done():
+            return
+        self._closing = asyncio.Event()
+        self._runner = asyncio.get_running_loop().create_task(self._run())
+        self._set_status(SyncStatus.CONNECTING)
+
+    async def wait_connected(self, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        """Wait until a relay accepted this device; NotConnectedError after ``timeout``."""
+        if self._revoked:
+            raise DeviceRevokedError("this device was revoked from its group")
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            raise NotConnectedError(
+                f"no relay reachable within {timeout:g} s (tried {', '.join(self._relays)})"
+            ) from None
+
+    async def close(self) -> None:
+        """Stop syncing. Pending pushes stay in the outbox for the next connection."""
+        self._closing.set()
+        if self._conn is not None:
+            await self._conn.close()
+        if self._runner is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None
+        if not self._revoked:
+            self._set_status(SyncStatus.OFFLINE)
+
+    def close_state(self) -> None:
+        """Release the local state file (after ``close``)."""
+        self._state.close()
+
+    async def _run(self) -> None:
+        backoff = Backoff()
+        while not self._closing.is_set() and not self._revoked:
+            was_online = False
+            for url in self._relays:
+                if self._closing.is_set():
+                    return
+                conn = await self._open(url)
+                if conn is None:
+                    continue
+                backoff.reset()
+                was_online = True
+                await self._serve(conn, url)
+                break
+            if self._closing.is_set() or self._revoked:
+                return
+            delay = 0.0 if was_online else backoff.next_delay()
+            self._emit(Disconnected(self._relay_url, "disconnected", delay))
+            self._set_status(SyncStatus.CONNECTING)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), delay)
+
+    async def _open(self, url: str) -> RelayConnection | None:
+        keys, _ = self._require_group()
+        try:
+            return await RelayConnection.open(
+                url,
+                self._identity,
+                keys,
+                device_name=self.device_name,
+                last_cursor=self._state.cursor,
+            )
+        except RemoteError as exc:
+            if exc.code == ErrorCode.DEVICE_REVOKED:
+                self._become_revoked(self.device_id, self.device_id, exc.message)
+            else:
+                self._emit(Error(exc.code, f"{url}: {exc.message}"))
+            return None
+        except ConnectError as exc:
+            log.info("relay %s unreachable: %s", url, exc)
+            return None
+
+    async def _serve(self, conn: RelayConnection, url: str) -> None:
+        self._conn, self._relay_url = conn, url
+        welcome = conn.welcome
+        assert welcome is not None
+        if welcome.limits.max_blob_size:
+            self._max_blob = welcome.limits.max_blob_size
+        self._known_max = max(self._known_max, welcome.max_cursor)
+        self._connected.set()
+        self._emit(Connected(url))
+        self._new_data.set()
+        self._refresh_status()
+        sender = asyncio.get_running_loop().create_task(self._send_outbox(conn))
+        try:
+            async for event in conn.events():
+                if isinstance(event, MessageReceived):
+                    self._on_message(event.message)
+                elif isinstance(event, ConnectionClosed):
+                    if event.code == ErrorCode.DEVICE_REVOKED:
+                        self._become_revoked(self.device_id, self.device_id, event.reason)
+                    elif event.code is not None and event.by_peer:
+                        self._emit(Error(event.code, event.reason))
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+            self._connected.clear()
+            self._conn = None
+            await conn.close()
+
+    def _on_message(self, message: Message) -> None:
+        if isinstance(message, Notify):
+            self._known_max = max(self._known_max, message.cursor)
+            if message.sender != self.device_id:
+                self._emit(BlobAvailable(message.cursor, message.blob_id, message.sender))
+            self._new_data.set()
+            self._refresh_status()
+        elif isinstance(message, DeviceRevokedMessage):
+            self._become_revoked(message.device_id, message.revoked_by, message.reason.value)
+        elif isinstance(message, ErrorMessage):
+            self._emit(Error(message.code, message.message))
+
+    def _become_revoked(self, device_id: DeviceId, by: DeviceId, reason: str) -> None:
+        this = device_id == self.device_id
+        self._emit(DeviceRevoked(device_id, by, reason, this))
+        if this:
+            self._revoked = True
+            self._closing.set()
+            self._set_status(SyncStatus.REVOKED)
+            for waiters in self._push_waiters.values():
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_exception(DeviceRevokedError("this device was revoked"))
+
+    # -- status and events ------------------------------------------------------------------
+
+    def _set_status(self, status: SyncStatus) -> None:
+        if status != self._status:
+            self._status = status
+            self._emit(StatusChanged(status, self.pending_count))
+
+    def _refresh_status(self) -> None:
+        if self._revoked:
+            return
+        if self._conn is None:
+            self._set_status(SyncStatus.CONNECTING if self._runner else SyncStatus.OFFLINE)
+        elif self.pending_count or self._known_max > self._state.cursor:
+            self._set_status(SyncStatus.SYNCING)
+        else:
+            self._set_status(SyncStatus.SYNCED)
+
+    def _emit(self, event: SyncEvent) -> None:
+        for queue in self._subscribers:
+            queue.put_nowait(event)
+
+    async def events(self) -> AsyncIterator[SyncEvent]:
+        """Every event from now on, for as long as the caller iterates."""
+        queue: asyncio.Queue[SyncEvent] = asyncio.Queue()
+        self._subscribers.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.discard(queue)
+
+    # -- pushing ----------------------------------------------------------------------------
+
+    async def push(self, data: bytes, *, ttl: int | None = None) -> PushResult:
+        """Seal ``data`` and store it in the outbox; return once the relay has it."""
+        _, cipher = self._require_group()
+        blob_id = BlobId.random()
+        sealed = cipher.seal(bytes(data), blob_id=blob_id, sender=self.device_id, pad=self.pad)
+        if len(sealed) > self._max_blob:
+            raise BlobTooLargeError(
+                f"{len(data)} bytes seal to {len(sealed)}, over the relay's limit of "
+                f"{self._max_blob} bytes ({self._max_blob - OVERHEAD} bytes of data at most)"
+            )
+        entry = OutboxEntry(blob_id, sealed, int(ttl or 0))
+        self._state.outbox_add(entry, _now_ms())  # durable before anything else
+        fut: asyncio.Future[PushResult] = asyncio.get_running_loop().create_future()
+        self._push_waiters.setdefault(blob_id, []).append(fut)
+        self._refresh_status()
+        self._outbox_kick.set()
+        return await fut
+
+    async def _send_outbox(self, conn: RelayConnection) -> None:
+        slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        in_flight: set[BlobId] = set()
+        tasks: set[asyncio.Task[None]] = set()
+        while not conn.closed:
+            self._outbox_kick.clear()
+            for entry in self._state.outbox_load():
+                if entry.blob_id in in_flight:
+                    continue
+                await slots.acquire()
+                if conn.closed:
+                    return
+                in_flight.add(entry.blob_id)
+                task = asyncio.get_running_loop().create_task(
+                    self._push_one(conn, entry, slots, in_flight)
+                )
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            await self._outbox_kick.wait()
+
+    async def _push_one(
+        self,
+        conn: RelayConnection,
+        entry: OutboxEntry,
+        slots: asyncio.Semaphore,
+        in_flight: set[BlobId],
+    ) -> None:
+        try:
+            self._state.outbox_attempt(entry.blob_id)
+            reply = await conn.request(
+                Push(blob_id=entry.blob_id, ciphertext=entry.ciphertext, ttl=entry.ttl)
+            )
+            assert isinstance(reply, PushAck)
+            self._state.outbox_remove(entry.blob_id)
+            self._known_max = max(self._known_max, reply.cursor)
+            result = PushResult(entry.blob_id, reply.cursor)
+            for fut in self._push_waiters.pop(entry.blob_id, []):
+                if not fut.done():
+                    fut.set_result(result)
+            self._emit(BlobPushed(entry.blob_id, reply.cursor))
+            self._refresh_status()
+        except RemoteError as exc:
+            await self._push_refused(entry, exc)
+        except (ConnectError, SyncError):
+            pass  # the connection dropped: the entry stays queued for the next one
+        finally:
+            in_flight.discard(entry.blob_id)
+            slots.release()
+
+    async def _push_refused(self, entry: OutboxEntry, exc: RemoteError) -> None:
+        if exc.code in (ErrorCode.RATE_LIMITED, ErrorCode.RELAY_OVERLOADED):
+            await asyncio.sleep(1.0)  # the relay said: later. The entry stays queued.
+            self._outbox_kick.set()
+            return
+        if exc.code == ErrorCode.GROUP_QUOTA_EXCEEDED:
+            self._emit(Error(exc.code, exc.message))  # stays queued: space frees up over time
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), 30.0)
+            self._outbox_kick.set()
+            return
+        # Any other refusal is final for this blob: it would be refused again.
+        self._state.outbox_remove(entry.blob_id)
+        self._emit(Error(exc.code, f"push {entry.blob_id} refused: {exc.message}"))
+        for fut in self._push_waiters.pop(entry.blob_id, []):
+            if not fut.done():
+                fut.set_exception(exc)
+        self._refresh_status()
+
+    # -- pulling ----------------------------------------------------------------------------
+
+    async def _connection(self, timeout: float | None = DEFAULT_TIMEOUT) -> RelayConnection:
+        self._require_group()
+        if self._runner is None:
+            raise NotConnectedError("not connected: use `async with client:` or connect() first")
+        await self.wait_connected(timeout)
+        if self._conn is None:
+            raise NotConnectedError("the connection dropped; try again")
+        return self._conn
+
+    def _open_blob(self, stored: StoredBlob) -> Blob | None:
+        _, cipher = self._require_group()
+        try:
+            data = cipher.open(stored.ciphertext, blob_id=stored.blob_id, sender=stored.sender)
+        except DecryptionError as exc:
+            self._emit(Error(None, f"blob {stored.blob_id} at cursor {stored.cursor}: {exc}"))
+            return None
+        return Blob(stored.blob_id, stored.cursor, stored.sender, data, stored.timestamp)
+
+    async def _fetch(self, after: int, limit: int) -> PullResponse:
+        conn = await self._connection()
+        reply = await conn.request(Pull(after=after, limit=limit))
+        assert isinstance(reply, PullResponse)
+        self._known_max = max(self._known_max, reply.max_cursor)
+        return reply
+
+    def _acknowledge(self, cursor: int, *, tell_relay: bool = True) -> None:
+        """Save the cursor, then tell the relay (so it may free what everyone has)."""
+        self._state.save_cursor(cursor)
+        conn = self._conn
+        if tell_relay and conn is not None and not conn.closed:
+            task = asyncio.get_running_loop().create_task(conn.send(Ack(cursor=cursor)))
+            task.add_done_callback(_ignore_result)
+        self._refresh_status()
+
+    def _seen(self, stored: StoredBlob) -> bool:
+        """This device's own blob, or one already handed to the app."""
+        return stored.sender == self.device_id or self._state.is_delivered(stored.blob_id)
+
+    async def pull(self, after: int | None = None, limit: int = 100) -> PullResult:
+        """One page of blobs after ``after``. With ``after=None`` it continues from the saved
+        cursor, skips this device's own blobs and blobs already delivered, and saves the
+        cursor before returning."""
+        resume = after is None
+        start = self._state.cursor if after is None else after
+        reply = await self._fetch(start, limit)
+        blobs: list[Blob] = []
+        for stored in reply.blobs:
+            if resume and self._seen(stored):
+                continue
+            blob = self._open_blob(stored)
+            if blob is not None:
+                blobs.append(blob)
+        if resume and reply.blobs:
+            for blob in blobs:
+                self._state.mark_delivered(blob.blob_id, blob.cursor)
+            self._acknowledge(reply.blobs[-1].cursor)
+        return PullResult(blobs, reply.has_more, reply.max_cursor)
+
+    async def changes(self) -> AsyncIterator[Blob]:
+        """Every new blob of the other devices, live, from the saved cursor on. The cursor
+        moves past a blob once the loop body that received it asks for the next one."""
+        while True:
+            self._new_data.clear()
+            reply = await self._fetch(self._state.cursor, 100)
+            for stored in reply.blobs:
+                if not self._seen(stored):
+                    blob = self._open_blob(stored)
+                    if blob is not None:
+                        yield blob  # resumes when the app is done with it
+                        self._state.mark_delivered(blob.blob_id, blob.cursor)
+                self._acknowledge(stored.cursor, tell_relay=False)
+            if reply.blobs:
+                self._acknowledge(reply.blobs[-1].cursor)
+            if reply.has_more:
+                continue
+            await self._wait_new_data()
+
+    async def _wait_new_data(self) -> None:
+        closing = asyncio.ensure_future(self._closing.wait())
+        new = asyncio.ensure_future(self._new_data.wait())
+        try:
+            await asyncio.wait({closing, new}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            new.cancel()
+        if self._revoked:
+            raise DeviceRevokedError("this device was revoked from its group")
+        if self._closing.is_set() and not self._new_data.is_set():
+            raise NotConnectedError("the client was closed")
+
+    # -- group management -------------------------------------------------------------------
+
+    async def _request(self, message: Message) -> Message:
+        conn = await self._connection()
+        return await conn.request(message)
+
+    async def list_devices(self) -> list[DeviceInfo]:
+        reply = await self._request(ListDevices())
+        assert isinstance(reply, Devices)
+        return list(reply.devices)
+
+    async def revoke_device(self, device_id: DeviceId | str, reason: str = "lost") -> None:
+        """Remove a device from the group; it is refused by the relay from now on."""
+        target = device_id if isinstance(device_id, DeviceId) else DeviceId.parse(device_id)
+        try:
+            why = RevokeReason(reason)
+        except ValueError:
+            choices = ", ".join(r.value for r in RevokeReason)
+            raise SyncError(f"reason must be one of {choices}, not {reason!r}") from None
+        await self._request(RevokeDevice(device_id=target, reason=why))
+
+    async def force_delete(self, blob_id: BlobId | str) -> None:
+        """Delete one of this device's blobs from the relay now."""
+        target = blob_id if isinstance(blob_id, BlobId) else BlobId.parse(blob_id)
+        await self._request(Delete(blob_id=target, force=True))
+
+    async def register_push_token(self, token: str, platform: str, app_id: str = "") -> None:
+        try:
+            kind = PushPlatform(platform)
+        except ValueError:
+            choices = ", ".join(p.value for p in PushPlatform)
+            raise SyncError(f"platform must be one of {choices}, not {platform!r}") from None
+        await self._request(RegisterPush(token=token, platform=kind, app_id=app_id))
+
+    async def unregister_push_token(self) -> None:
+        await self._request(UnregisterPush(reason="unregistered by the app"))
