@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
 import os
 import secrets
 import time
@@ -24,6 +25,7 @@ from typing import Annotated
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
+import segno
 from nacl.bindings import (
     crypto_aead_xchacha20poly1305_ietf_decrypt,
     crypto_aead_xchacha20poly1305_ietf_encrypt,
@@ -217,28 +219,13 @@ class Invite:
     relay: str  # the relay whose mailbox holds the short code's sealed invite
 
     def qr(self) -> str:
-        """The URL as a QR code drawn with text, for a terminal."""
-        import segno  # noqa: PLC0415 - only needed by the few callers that draw
-
-        qr = segno.make(self.url, error="m")
-        lines = []
-        matrix = [list(row) for row in qr.matrix_iter(scale=1, border=2)]
-        # Two rows per line with half blocks, so the code is square in a terminal.
-        for top, bottom in zip(matrix[0::2], [*matrix[1::2], [0] * len(matrix[0])], strict=False):
-            lines.append(
-                "".join(
-                    "█" if t and b else "▀" if t else "▄" if b else " "
-                    for t, b in zip(top, bottom, strict=True)
-                )
-            )
-        return "\n".join(lines)
+        """The URL as a QR code drawn with block characters, for a terminal."""
+        out = io.StringIO()
+        segno.make(self.url, error="m").terminal(out=out, compact=True, border=2)
+        return out.getvalue()
 
     def qr_png(self, path: str | os.PathLike[str], *, scale: int = 8) -> None:
-        import segno  # noqa: PLC0415
-
         segno.make(self.url, error="m").save(os.fspath(path), kind="png", scale=scale)
 
     def qr_svg(self, path: str | os.PathLike[str], *, scale: int = 8) -> None:
-        import segno  # noqa: PLC0415
-
         segno.make(self.url, error="m").save(os.fspath(path), kind="svg", scale=scale)

@@ -67,9 +67,9 @@ class LocalState:
             self._db.executescript(SCHEMA)
         except sqlite3.Error as exc:
             raise StateError(f"cannot open the local state {self.path}: {exc}") from None
-        version = self._get("state_version")
+        version = self.get_value("state_version")
         if version is None:
-            self._set("state_version", STATE_VERSION)
+            self.set_value("state_version", STATE_VERSION)
         elif version != STATE_VERSION:
             raise StateError(
                 f"{self.path} was written by a newer zerok (state version {version}); upgrade"
@@ -81,12 +81,12 @@ class LocalState:
 
     # -- key/value ------------------------------------------------------------------------
 
-    def _get(self, key: str) -> str | None:
+    def get_value(self, key: str) -> str | None:
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
-    def _set(self, key: str, value: str) -> None:
+    def set_value(self, key: str, value: str) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?)"
@@ -97,7 +97,7 @@ class LocalState:
     # -- group ----------------------------------------------------------------------------
 
     def has_group(self) -> bool:
-        return self._get("group") is not None
+        return self.get_value("group") is not None
 
     def save_group(self, keys: GroupKeys, relays: list[str]) -> None:
         doc = {
@@ -105,10 +105,10 @@ class LocalState:
             "relays": relays,
             "kdf": keys.kdf.to_dict() if keys.kdf else None,
         }
-        self._set("group", json.dumps(doc))
+        self.set_value("group", json.dumps(doc))
 
     def load_group(self) -> GroupConfig:
-        raw = self._get("group")
+        raw = self.get_value("group")
         if raw is None:
             raise StateError("this device is in no group yet: create one or join one")
         try:
@@ -128,7 +128,7 @@ class LocalState:
 
     @property
     def cursor(self) -> int:
-        return int(self._get("cursor") or 0)
+        return int(self.get_value("cursor") or 0)
 
     def is_delivered(self, blob_id: bytes) -> bool:
         with self._lock:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -238,7 +239,17 @@ class SyncClient:
         sealed = await asyncio.to_thread(pairing.seal_for_code, code, payload)
         relay = self._relays[0]
         await mailbox.post_invite(relay, pairing.code_lookup(code), sealed)
-        return Invite(pairing.invite_url(payload), code, expires_ms / 1000, relay)
+        invite = Invite(pairing.invite_url(payload), code, expires_ms / 1000, relay)
+        self._state.set_value("last_invite", json.dumps([code, relay, invite.expires_at]))
+        return invite
+
+    def last_invite(self) -> Invite | None:
+        """The invite this device made last (its URL is not kept: it holds the root key)."""
+        raw = self._state.get_value("last_invite")
+        if raw is None:
+            return None
+        code, relay, expires_at = json.loads(raw)
+        return Invite("", str(code), float(expires_at), str(relay))
 
     async def cancel_invite(self, invite: Invite) -> bool:
         """Withdraw an invite's short code; True if it was still waiting."""

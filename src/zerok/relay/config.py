@@ -17,6 +17,8 @@ from typing import Any
 
 from zerok.errors import SyncError
 
+_BIND = re.compile(r"\[([^\]]+)\]:(\S*)|([^:\[\]]+):(\S*)")
+
 
 class ConfigError(SyncError):
     """A configuration value is missing, unknown or malformed."""
@@ -67,7 +69,7 @@ def parse_bool(value: Any) -> bool:
 
 
 def parse_int(value: Any) -> int:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         raise ValueError(f"not an integer: {value!r}")
     return int(value)
 
@@ -132,10 +134,14 @@ class RelayConfig:
         return Path(self.database).parent / "relay.key"
 
     def validate(self) -> RelayConfig:
-        if ":" not in self.bind:
-            raise ConfigError(f"bind must be HOST:PORT, got {self.bind!r}")
+        match = _BIND.fullmatch(self.bind)
+        if match is None:
+            hint = " (an IPv6 address needs brackets)" if self.bind.count(":") > 1 else ""
+            raise ConfigError(
+                f"bind must be HOST:PORT, e.g. 127.0.0.1:8080{hint}, not {self.bind!r}"
+            )
         try:
-            port = self.port
+            port = int(match.group(2) or match.group(4))
         except ValueError:
             raise ConfigError(f"bind port must be a number, got {self.bind!r}") from None
         if not 0 <= port <= 65535:
@@ -164,6 +170,8 @@ class RelayConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.idle_timeout < 0:
+            raise ConfigError("idle_timeout must be 0 (never) or positive")
         if self.default_ttl > self.max_ttl:
             raise ConfigError("default_ttl must not exceed max_ttl")
         return self
@@ -316,6 +324,8 @@ def load_config(
         if option.env in environ:
             _apply(values, option, environ[option.env], option.env)
     for name, raw in (overrides or {}).items():
+        if name not in _BY_NAME:
+            raise ConfigError(f"unknown option {name!r}")
         if raw is not None:
             _apply(values, _BY_NAME[name], raw, _BY_NAME[name].flag)
     return RelayConfig(**values).validate()

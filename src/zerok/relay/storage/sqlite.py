@@ -17,6 +17,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,6 +40,13 @@ CHECKPOINT_PAGES = 4096  # checkpoint once the WAL holds this many pages and the
 _STOP = object()
 
 
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    op: WriteOp
+    future: asyncio.Future[Any]
+    solo: bool  # runs alone, outside the batch transaction
+
+
 class SQLiteStorage:
     def __init__(
         self,
@@ -54,6 +62,7 @@ class SQLiteStorage:
         self.synchronous = synchronous.upper()
         self.busy_timeout_ms = busy_timeout_ms
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queue_lock = threading.Lock()
         self._writer: threading.Thread | None = None
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="zerok-db-read")
         self._local = threading.local()
@@ -76,19 +85,27 @@ class SQLiteStorage:
         self._loop = asyncio.get_running_loop()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         ready: asyncio.Future[None] = self._loop.create_future()
-        self._writer = threading.Thread(
+        writer = threading.Thread(
             target=self._write_loop, args=(ready,), name="zerok-db-write", daemon=True
         )
-        self._writer.start()
-        await ready
+        writer.start()
+        try:
+            await ready
+        except StorageError:
+            await asyncio.to_thread(writer.join)
+            raise
+        with self._queue_lock:
+            self._writer = writer
 
     async def close(self) -> None:
         """Finish every queued write, checkpoint, and close the connections."""
-        if self._writer is None:
-            return
-        self._queue.put(_STOP)
-        await asyncio.to_thread(self._writer.join)
-        self._writer = None
+        with self._queue_lock:
+            writer, self._writer = self._writer, None
+            if writer is None:
+                return
+            # Under the lock: nothing can be queued behind the stop marker.
+            self._queue.put(_STOP)
+        await asyncio.to_thread(writer.join)
         self._readers.shutdown(wait=True)
         with self._reader_lock:
             for conn in self._reader_conns:
@@ -108,66 +125,60 @@ class SQLiteStorage:
     def _write_loop(self, ready: asyncio.Future[None]) -> None:
         assert self._loop is not None
         loop = self._loop
+        conn: sqlite3.Connection | None = None
         try:
             conn = self._connect()
             conn.execute("PRAGMA wal_autocheckpoint = 0")
             migrate(conn)
-        except StorageError as exc:
-            loop.call_soon_threadsafe(self._resolve, ready, None, exc)
-            return
-        except sqlite3.Error as exc:
-            failure = StorageError(f"cannot open the database {self.path}: {exc}")
+        except (StorageError, sqlite3.Error) as exc:
+            if conn is not None:
+                conn.close()
+            failure = (
+                exc
+                if isinstance(exc, StorageError)
+                else StorageError(f"cannot open the database {self.path}: {exc}")
+            )
             loop.call_soon_threadsafe(self._resolve, ready, None, failure)
             return
         loop.call_soon_threadsafe(self._resolve, ready, None, None)
         dirty_pages = 0
-        stopping = False
-        while not stopping:
+        while True:
             try:
                 item = self._queue.get(timeout=0.5 if dirty_pages else None)
             except queue.Empty:
                 dirty_pages = self._checkpoint(conn)
                 continue
-            batch = []
-            while True:
-                if item is _STOP:
-                    stopping = True
-                    break
+            if item is _STOP:
+                break
+            batch: list[_Queued] = []
+            while item is not None and item is not _STOP and not item.solo:
                 batch.append(item)
-                if len(batch) >= MAX_BATCH:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+                item = None
+                if len(batch) < MAX_BATCH:
+                    with contextlib.suppress(queue.Empty):
+                        item = self._queue.get_nowait()
             if batch:
                 dirty_pages += self._run_batch(conn, batch)
-                if dirty_pages >= CHECKPOINT_PAGES and self._queue.empty():
-                    dirty_pages = self._checkpoint(conn)
-        # Drain whatever was queued behind the stop marker, then leave a clean file.
-        rest = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
+            if item is _STOP:
                 break
-            if item is not _STOP:
-                rest.append(item)
-        if rest:
-            self._run_batch(conn, rest)
+            if item is not None:
+                self._run_solo(conn, item)
+                dirty_pages += 1
+            if dirty_pages >= CHECKPOINT_PAGES and self._queue.empty():
+                dirty_pages = self._checkpoint(conn)
         with contextlib.suppress(sqlite3.Error):
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[tuple[WriteOp, Any]]) -> int:
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Queued]) -> int:
         assert self._loop is not None
         results: list[tuple[Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op, _ in batch:
+            for item in batch:
                 conn.execute("SAVEPOINT op")
                 try:
-                    results.append((op(conn), None))
+                    results.append((item.op(conn), None))
                     conn.execute("RELEASE op")
                 except Exception as exc:  # one bad operation must not undo the others
                     conn.execute("ROLLBACK TO op")
@@ -180,20 +191,32 @@ class SQLiteStorage:
                 conn.execute("ROLLBACK")
             failure = StorageError(f"database write failed: {exc}")
             results = [(None, failure)] * len(batch)
-        for (_, fut), (result, error) in zip(batch, results, strict=True):
-            self._loop.call_soon_threadsafe(self._resolve, fut, result, error)
+        for item, (result, error) in zip(batch, results, strict=True):
+            self._loop.call_soon_threadsafe(self._resolve, item.future, result, error)
         return len(batch)
+
+    def _run_solo(self, conn: sqlite3.Connection, item: _Queued) -> None:
+        """An operation that manages its own transaction (e.g. incremental vacuum)."""
+        assert self._loop is not None
+        try:
+            result, error = item.op(conn), None
+        except Exception as exc:
+            result, error = None, StorageError(f"database maintenance failed: {exc}")
+        self._loop.call_soon_threadsafe(self._resolve, item.future, result, error)
 
     def _checkpoint(self, conn: sqlite3.Connection) -> int:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         return 0
 
-    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        if self._writer is None or self._loop is None:
+    async def _write(self, op: Callable[[sqlite3.Connection], T], *, solo: bool = False) -> T:
+        if self._loop is None:
             raise StorageError("the storage is not open")
         fut: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put((op, fut))
+        with self._queue_lock:
+            if self._writer is None:
+                raise StorageError("the storage is not open (or already closed)")
+            self._queue.put(_Queued(op, fut, solo))
         return await fut
 
     # -- readers --------------------------------------------------------------------------
@@ -209,8 +232,8 @@ class SQLiteStorage:
         return conn
 
     async def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        if self._loop is None:
-            raise StorageError("the storage is not open")
+        if self._loop is None or self._writer is None:
+            raise StorageError("the storage is not open (or already closed)")
 
         def run() -> T:
             try:
@@ -473,7 +496,8 @@ class SQLiteStorage:
         return await self._write(op)
 
     async def vacuum(self) -> None:
-        await self._write(lambda c: c.execute("PRAGMA incremental_vacuum"))
+        """Return free pages to the file system (runs to completion, outside any batch)."""
+        await self._write(lambda c: c.executescript("PRAGMA incremental_vacuum;"), solo=True)
 
     async def stats(self) -> tuple[int, int]:
         def op(c: sqlite3.Connection) -> tuple[int, int]:

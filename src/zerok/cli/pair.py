@@ -1,0 +1,115 @@
+"""``zerok pair create | join | cancel``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+
+from zerok.cli.common import add_common, emit_json, err, home_dir, open_client, out, run_async
+from zerok.client import SyncClient
+from zerok.errors import SyncError
+
+
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    pair = commands.add_parser("pair", help="invite a device, or join a group")
+    actions = pair.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    create = actions.add_parser("create", help="make an invite (creates the group on first use)")
+    add_common(create)
+    create.add_argument("--relay", metavar="URL", help="relay of a new group (ws://HOST:PORT)")
+    create.add_argument("--passphrase", help="derive the group key from a passphrase (Argon2id)")
+    create.add_argument("--qr-png", metavar="FILE", help="also write the QR code as PNG")
+    create.add_argument("--qr-svg", metavar="FILE", help="also write the QR code as SVG")
+    create.add_argument("--ttl", type=float, default=600, help="seconds the invite lives (≤ 600)")
+    create.set_defaults(run=cmd_create)
+
+    join = actions.add_parser("join", help="join a group with a short code or invite URL")
+    add_common(join)
+    join.add_argument("code", metavar="CODE_OR_URL")
+    join.add_argument(
+        "--relay", metavar="URL", help="relay holding a short code (env SYNC_RELAY_URL)"
+    )
+    join.add_argument("--name", help="this device's name (env SYNC_DEVICE_NAME)")
+    join.set_defaults(run=cmd_join)
+
+    cancel = actions.add_parser("cancel", help="withdraw the last short code made here")
+    add_common(cancel)
+    cancel.set_defaults(run=cmd_cancel)
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        client = SyncClient(home_dir(args))
+        if client.group_id is None:
+            if not args.relay:
+                raise SyncError("a new group needs a relay: pass --relay ws://HOST:PORT")
+            await client.create_group([args.relay], args.passphrase)
+        elif args.relay and args.relay not in client.relays:
+            err.print(f"note: this group syncs through {', '.join(client.relays)}; --relay ignored")
+        with contextlib.ExitStack() as stack:
+            if not args.json:
+                stack.enter_context(err.status("sealing the invite and storing it at the relay…"))
+            invite = await client.create_invite(args.ttl)
+        if args.qr_png:
+            invite.qr_png(args.qr_png)
+        if args.qr_svg:
+            invite.qr_svg(args.qr_svg)
+        if args.json:
+            emit_json(
+                {
+                    "short_code": invite.short_code,
+                    "url": invite.url,
+                    "expires_at": invite.expires_at,
+                    "relay": invite.relay,
+                    "group_id": str(client.group_id),
+                }
+            )
+            return 0
+        minutes = max(1, round((invite.expires_at - time.time()) / 60))
+        out.print(invite.qr())
+        out.print(f"Short code  [bold]{invite.short_code}[/]   (valid {minutes} min, single use)")
+        out.print(
+            f"On the other device: zerok pair join {invite.short_code} --relay {invite.relay}"
+        )
+        out.print(f"Or scan the QR code, or use the URL:\n{invite.url}")
+        if args.qr_png:
+            out.print(f"QR code written to {args.qr_png}")
+        return 0
+
+    return run_async(main)
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        client = SyncClient(home_dir(args), device_name=args.name)
+        with contextlib.ExitStack() as stack:
+            if not args.json:
+                stack.enter_context(err.status("fetching and opening the invite…"))
+            group_id = await client.join(args.code, relay=args.relay)
+        if args.json:
+            emit_json({"group_id": str(group_id), "relays": client.relays})
+        else:
+            out.print(f"Joined group {group_id.short()} (relays {', '.join(client.relays)})")
+            out.print("Try: zerok pull, zerok push --text hello")
+        return 0
+
+    return run_async(main)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        client = open_client(args)
+        invite = client.last_invite()
+        if invite is None:
+            raise SyncError("this device has made no invite")
+        cancelled = await client.cancel_invite(invite)
+        if args.json:
+            emit_json({"short_code": invite.short_code, "cancelled": cancelled})
+        elif cancelled:
+            out.print(f"Cancelled {invite.short_code}")
+        else:
+            out.print(f"{invite.short_code} was already used, cancelled or expired")
+        return 0
+
+    return run_async(main)
