@@ -129,12 +129,13 @@ def cmd_devices(args: argparse.Namespace) -> int:
                     }
                 )
             return 0
-        table = Table("device id", "name", "last seen", "pending", "state")
+        table = Table("name", "last seen", "pending", "state", "device id")
         for d in devices:
             state = "revoked" if d.revoked else "online" if d.online else "offline"
             me = " (this device)" if d.device_id == client.device_id else ""
-            table.add_row(str(d.device_id), d.name + me, _when(d.last_seen), str(d.pending), state)
+            table.add_row(d.name + me, _when(d.last_seen), str(d.pending), state, str(d.device_id))
         out.print(table)
+        out.print("Revoke a lost device with: zerok devices revoke ID-PREFIX --reason lost")
         return 0
 
     return run_async(main)

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from zerok import __version__
-from zerok.cli import relay
+from zerok.cli import data, device, pair, relay
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"zerok {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    device.add_parsers(commands)
+    pair.add_parsers(commands)
+    data.add_parsers(commands)
     relay.add_parser(commands)
     return parser
 

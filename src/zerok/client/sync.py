@@ -136,8 +136,12 @@ class SyncClient:
         self.data_dir = Path(data_dir)
         self._state = LocalState(self.data_dir)
         self._identity = DeviceIdentity.load_or_create(self.data_dir / KEY_FILE)
+        if device_name:
+            self._state.set_value("device_name", device_name[:64])
         self.device_name = (
-            device_name or os.environ.get("SYNC_DEVICE_NAME") or socket.gethostname()
+            self._state.get_value("device_name")
+            or os.environ.get("SYNC_DEVICE_NAME")
+            or socket.gethostname()
         )[:64]
         self.pad = pad
         self._keys: GroupKeys | None = None
@@ -645,14 +649,30 @@ class SyncClient:
         return list(reply.devices)
 
     async def revoke_device(self, device_id: DeviceId | str, reason: str = "lost") -> None:
-        """Remove a device from the group; it is refused by the relay from now on."""
-        target = device_id if isinstance(device_id, DeviceId) else DeviceId.parse(device_id)
+        """Remove a device from the group; it is refused by the relay from now on.
+
+        ``device_id`` may be the id or a unique prefix of its base32 form."""
+        target = (
+            device_id if isinstance(device_id, DeviceId) else await self._resolve_device(device_id)
+        )
         try:
             why = RevokeReason(reason)
         except ValueError:
             choices = ", ".join(r.value for r in RevokeReason)
             raise SyncError(f"reason must be one of {choices}, not {reason!r}") from None
         await self._request(RevokeDevice(device_id=target, reason=why))
+
+    async def _resolve_device(self, text: str) -> DeviceId:
+        text = text.strip().lower()
+        if len(text) == 52:
+            return DeviceId.parse(text)
+        matches = [
+            d.device_id for d in await self.list_devices() if str(d.device_id).startswith(text)
+        ]
+        if len(matches) != 1:
+            found = "no device" if not matches else f"{len(matches)} devices"
+            raise SyncError(f"{found} of this group has an id starting with {text!r}")
+        return matches[0]
 
     async def force_delete(self, blob_id: BlobId | str) -> None:
         """Delete one of this device's blobs from the relay now."""

@@ -656,16 +656,36 @@ def test_cleanup_tombstones_fully_acked_blobs_but_remembers_their_ids(tmp_path: 
 
 def test_revoked_device_does_not_hold_back_ack_cleanup(tmp_path: Path) -> None:
     async def body(s: SQLiteStorage) -> None:
-        a, lost = DeviceId.random(), DeviceId.random()
-        group = await new_group(s, a, lost)
+        a, b, lost = DeviceId.random(), DeviceId.random(), DeviceId.random()
+        group = await new_group(s, a, b, lost)
         for _ in range(3):
             await push(s, group, sender=a)
-        await s.ack(group, a, 3)
+        await s.ack(group, b, 3)
         assert (await s.cleanup(NOW)).acked_blobs == 0  # ``lost`` has acked nothing
         await s.revoke_device(group, lost, a, "lost", NOW)
         assert (await s.cleanup(NOW)).acked_blobs == 3
         assert await cursors(s, group) == []
         assert await s.stats() == (1, 0)
+
+    run(tmp_path / "relay.db", body)
+
+
+def test_a_lone_devices_blobs_wait_for_the_devices_it_pairs(tmp_path: Path) -> None:
+    """A sender has its own blobs, but with no other device they are kept (until TTL)
+    for the devices it will pair; its own ack does not count for them."""
+
+    async def body(s: SQLiteStorage) -> None:
+        a = DeviceId.random()
+        group = await new_group(s, a)
+        await push(s, group, sender=a)
+        await s.ack(group, a, 1)
+        assert (await s.cleanup(NOW)).acked_blobs == 0
+        b = DeviceId.random()
+        await s.touch_device(group, b, "new", NOW)
+        assert await s.pending_for(group, b) == 1
+        assert await s.pending_for(group, a) == 0  # its own blob is not pending for it
+        await s.ack(group, b, 1)
+        assert (await s.cleanup(NOW)).acked_blobs == 1
 
     run(tmp_path / "relay.db", body)
 
@@ -682,11 +702,11 @@ def test_cleanup_without_devices_keeps_blobs(tmp_path: Path) -> None:
 
 def test_expired_tombstone_is_removed_and_blob_id_forgotten(tmp_path: Path) -> None:
     async def body(s: SQLiteStorage) -> None:
-        a = DeviceId.random()
-        group = await new_group(s, a)
+        a, b = DeviceId.random(), DeviceId.random()
+        group = await new_group(s, a, b)
         blob = BlobId.random()
         await push(s, group, blob_id=blob, sender=a, expires_at=NOW + 100)
-        await s.ack(group, a, 1)
+        await s.ack(group, b, 1)
         assert (await s.cleanup(NOW)).acked_blobs == 1
         stats = await s.cleanup(NOW + 100)
         assert stats.expired_blobs == 0  # it was already a tombstone: no live blob expired

@@ -434,8 +434,10 @@ class SQLiteStorage:
                 return DeleteOutcome(found=True, owner=False, deleted=False)
             if not live:
                 return DeleteOutcome(found=True, owner=True, deleted=True)
-            if not force and cursor > _min_acked(c, group_id):
+            if not force and not _tombstone(c, group_id, f"cursor = ? AND {_DELIVERED}", (cursor,)):
                 return DeleteOutcome(found=True, owner=True, deleted=False)
+            if not force:
+                return DeleteOutcome(found=True, owner=True, deleted=True)
             _tombstone(c, group_id, "cursor = ?", (cursor,))
             return DeleteOutcome(found=True, owner=True, deleted=True)
 
@@ -445,9 +447,9 @@ class SQLiteStorage:
         def op(c: sqlite3.Connection) -> int:
             (count,) = c.execute(
                 "SELECT COUNT(*) FROM blobs WHERE group_id = ? AND ciphertext IS NOT NULL"
-                " AND cursor > COALESCE((SELECT acked_cursor FROM devices"
+                " AND sender != ? AND cursor > COALESCE((SELECT acked_cursor FROM devices"
                 " WHERE group_id = ? AND device_id = ?), 0)",
-                (group_id, group_id, device_id),
+                (group_id, device_id, group_id, device_id),
             ).fetchone()
             return int(count)
 
@@ -489,7 +491,7 @@ class SQLiteStorage:
             expired = _delete_expired(c, now)
             acked = 0
             for (group_id,) in c.execute("SELECT group_id FROM groups").fetchall():
-                acked += _tombstone(c, group_id, "cursor <= ?", (_min_acked(c, group_id),))
+                acked += _tombstone(c, group_id, _DELIVERED, ())
             invites = c.execute("DELETE FROM invites WHERE expires_at <= ?", (now,)).rowcount
             return CleanupStats(expired, acked, invites)
 
@@ -550,14 +552,16 @@ def _group(c: sqlite3.Connection, group_id: bytes) -> GroupRecord | None:
     return GroupRecord(GroupId(row[0]), bytes(row[1]), row[2], row[3], row[4])
 
 
-def _min_acked(c: sqlite3.Connection, group_id: bytes) -> int:
-    """The cursor every known, non-revoked device has acked (0 if there is none)."""
-    (value,) = c.execute(
-        "SELECT COALESCE(MIN(acked_cursor), 0) FROM devices"
-        " WHERE group_id = ? AND revoked_at IS NULL",
-        (group_id,),
-    ).fetchone()
-    return int(value)
+# A live blob every device of its group has: at least one device besides its sender is
+# known, and every known, non-revoked device besides the sender acknowledged past it (a
+# device has its own blobs). A lone device's blobs wait for the devices it will pair.
+_DELIVERED = (
+    "EXISTS (SELECT 1 FROM devices d WHERE d.group_id = blobs.group_id"
+    " AND d.device_id != blobs.sender AND d.revoked_at IS NULL)"
+    " AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.group_id = blobs.group_id"
+    " AND d.device_id != blobs.sender AND d.revoked_at IS NULL"
+    " AND d.acked_cursor < blobs.cursor)"
+)
 
 
 def _tombstone(c: sqlite3.Connection, group_id: bytes, where: str, args: tuple[Any, ...]) -> int:

@@ -1,0 +1,142 @@
+"""``zerok push`` and ``zerok pull``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import sys
+from pathlib import Path
+
+from zerok.cli.common import add_common, emit_json, err, open_client, out, run_async
+from zerok.client import Blob, NotConnectedError
+from zerok.errors import SyncError
+
+
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    push = commands.add_parser("push", help="send data to the group's other devices")
+    add_common(push)
+    push.add_argument("file", nargs="?", help="file to push, or - for standard input")
+    push.add_argument("--text", help="push this text instead of a file")
+    push.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the relay's ack; after that the push stays queued (default 30)",
+    )
+    push.set_defaults(run=cmd_push)
+
+    pull = commands.add_parser("pull", help="receive what the group's other devices pushed")
+    add_common(pull)
+    pull.add_argument("--after", type=int, help="start after this cursor (default: the saved one)")
+    pull.add_argument("--follow", "-f", action="store_true", help="keep receiving until Ctrl-C")
+    pull.add_argument("--out", metavar="DIR", help="write each blob to DIR/<cursor>-<blob id>")
+    pull.add_argument(
+        "--timeout", type=float, default=15.0, help="seconds to reach a relay (default 15)"
+    )
+    pull.set_defaults(run=cmd_pull)
+
+
+def _read_input(args: argparse.Namespace) -> bytes:
+    if args.text is not None:
+        if args.file:
+            raise SyncError("give a file or --text, not both")
+        return str(args.text).encode()
+    if not args.file:
+        raise SyncError("nothing to push: give a FILE, - for standard input, or --text")
+    if args.file == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(args.file).read_bytes()
+    except OSError as exc:
+        raise SyncError(f"cannot read {args.file}: {exc.strerror}") from None
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        data = _read_input(args)
+        client = open_client(args)
+        async with client:
+            push = asyncio.ensure_future(client.push(data))
+            with contextlib.ExitStack() as stack:
+                if not args.json:
+                    stack.enter_context(err.status(f"pushing {len(data):,} bytes…"))
+                done, _ = await asyncio.wait({push}, timeout=args.timeout)
+            if not done:
+                push.cancel()
+                if args.json:
+                    emit_json({"status": "queued", "pending": client.pending_count})
+                else:
+                    out.print(
+                        f"No relay acknowledged within {args.timeout:g} s: the push is queued "
+                        f"({client.pending_count} pending) and goes out on the next connection."
+                    )
+                return 0
+            result = push.result()
+        if args.json:
+            emit_json({"status": "pushed", "blob_id": str(result.blob_id), "cursor": result.cursor})
+        else:
+            out.print(
+                f"Pushed {len(data):,} bytes as blob {result.blob_id} at cursor {result.cursor}"
+            )
+        return 0
+
+    return run_async(main)
+
+
+def _show(blob: Blob, args: argparse.Namespace) -> None:
+    if args.out:
+        target = Path(args.out) / f"{blob.cursor:010d}-{blob.blob_id}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(blob.data)
+    if args.json:
+        emit_json(
+            {
+                "cursor": blob.cursor,
+                "blob_id": str(blob.blob_id),
+                "sender": str(blob.sender),
+                "timestamp": blob.timestamp,
+                "data": base64.b64encode(blob.data).decode("ascii"),
+            }
+        )
+        return
+    try:
+        text = blob.data.decode("utf-8")
+        shown = text if text.isprintable() or "\n" in text else None
+    except UnicodeDecodeError:
+        shown = None
+    body = shown if shown is not None else f"<{len(blob.data):,} bytes>"
+    out.print(f"[dim]#{blob.cursor} from {blob.sender.short()}:[/] {body}", markup=True)
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        client = open_client(args)
+        count = 0
+        async with client:
+            try:
+                await client.wait_connected(args.timeout)
+            except NotConnectedError:
+                raise SyncError(
+                    f"no relay reachable within {args.timeout:g} s ({', '.join(client.relays)})"
+                ) from None
+            if args.follow:
+                async for blob in client.changes():
+                    _show(blob, args)
+                    count += 1
+            after = args.after
+            while True:
+                page = await client.pull(after)
+                for blob in page.blobs:
+                    _show(blob, args)
+                    count += 1
+                if not page.has_more:
+                    break
+                if after is not None:
+                    after = page.blobs[-1].cursor if page.blobs else page.max_cursor
+        if not args.json and count == 0:
+            err.print("nothing new")
+        return 0
+
+    return run_async(main)
