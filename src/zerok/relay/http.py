@@ -115,12 +115,14 @@ class HttpApi:
         lookup = request.match_info["lookup"]
         if not LOOKUP.fullmatch(lookup):
             return _error(400, "malformed lookup key")
-        payload = await self.relay.storage.take_invite(lookup.encode(), self.relay.service.clock())
-        if payload is None:
-            return _error(
-                404, "no such invite: it was used, cancelled, has expired or never existed"
-            )
-        encoded = base64.urlsafe_b64encode(payload).decode().rstrip("=")
+        clock = self.relay.service.clock
+        found = await self.relay.storage.take_invite(lookup.encode(), clock())
+        if found.status == "unknown":
+            return _error(404, "no such invite")
+        if found.payload is None:
+            body = {"error": f"the invite was {found.status}", "reason": found.status}
+            return web.json_response(body, status=410)
+        encoded = base64.urlsafe_b64encode(found.payload).decode().rstrip("=")
         return web.json_response({"payload": encoded})
 
     async def cancel_invite(self, request: web.Request) -> web.Response:

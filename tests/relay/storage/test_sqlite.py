@@ -8,6 +8,7 @@ time is explicit: ``NOW`` plus some milliseconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
@@ -21,6 +22,7 @@ from zerok.relay.storage import (
     SCHEMA_VERSION,
     CleanupStats,
     DeleteOutcome,
+    InviteTake,
     PushOutcome,
     SQLiteStorage,
     StorageError,
@@ -781,31 +783,48 @@ def test_invites_put_take_once_expire_and_delete(tmp_path: Path) -> None:
     async def body(s: SQLiteStorage) -> None:
         assert await s.put_invite(b"lookup-1", b"payload-1", NOW + 600_000)
         assert not await s.put_invite(b"lookup-1", b"other", NOW + 600_000)
-        assert await s.take_invite(b"lookup-1", NOW) == b"payload-1"
-        assert await s.take_invite(b"lookup-1", NOW) is None
+        assert await s.take_invite(b"lookup-1", NOW) == InviteTake("ok", b"payload-1")
+        assert await s.take_invite(b"lookup-1", NOW) == InviteTake("used")
 
         assert await s.put_invite(b"lookup-2", b"payload-2", NOW + 10)
-        assert await s.take_invite(b"lookup-2", NOW + 10) is None  # expired at NOW + 10
+        assert await s.take_invite(b"lookup-2", NOW + 10) == InviteTake("expired")
+        assert await s.take_invite(b"lookup-2", NOW) == InviteTake("expired")
 
-        assert await s.take_invite(b"never", NOW) is None
+        assert await s.take_invite(b"never", NOW) == InviteTake("unknown")
 
         assert await s.put_invite(b"lookup-3", b"payload-3", NOW + 600_000)
         assert await s.delete_invite(b"lookup-3")
         assert not await s.delete_invite(b"lookup-3")
-        assert await s.take_invite(b"lookup-3", NOW) is None
+        assert await s.take_invite(b"lookup-3", NOW) == InviteTake("cancelled")
+        assert not await s.put_invite(b"lookup-3", b"again", NOW + 600_000)  # still taken
 
     run(tmp_path / "relay.db", body)
 
 
-def test_cleanup_removes_expired_invites_only(tmp_path: Path) -> None:
+def test_used_invites_keep_no_payload(tmp_path: Path) -> None:
+    db = tmp_path / "relay.db"
+
+    async def body(s: SQLiteStorage) -> None:
+        await s.put_invite(b"lookup-1", b"secret-payload", NOW + 600_000)
+        await s.take_invite(b"lookup-1", NOW)
+
+    run(db, body)
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute("SELECT payload, state FROM invites").fetchall()
+    assert rows == [(None, "used")]
+
+
+def test_cleanup_expires_invites_and_forgets_them_a_day_later(tmp_path: Path) -> None:
     async def body(s: SQLiteStorage) -> None:
         await s.put_invite(b"old", b"1", NOW + 10)
         await s.put_invite(b"also-old", b"2", NOW + 20)
         await s.put_invite(b"fresh", b"3", NOW + 600_000)
         stats = await s.cleanup(NOW + 20)
         assert stats == CleanupStats(expired_blobs=0, acked_blobs=0, expired_invites=2)
-        assert await s.take_invite(b"fresh", NOW + 20) == b"3"
-        # The expired ones are gone for real: the lookup keys are free again.
+        assert await s.take_invite(b"old", NOW + 20) == InviteTake("expired")
+        assert await s.take_invite(b"fresh", NOW + 20) == InviteTake("ok", b"3")
+        await s.cleanup(NOW + 20 + 24 * 3600 * 1000)
+        assert await s.take_invite(b"old", NOW) == InviteTake("unknown")
         assert await s.put_invite(b"old", b"4", NOW + 600_000)
 
     run(tmp_path / "relay.db", body)

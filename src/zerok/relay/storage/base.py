@@ -67,6 +67,15 @@ class DeleteOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class InviteTake:
+    """What fetching an invite found: ``status`` is ok (``payload`` set, now used up),
+    used, cancelled, expired or unknown."""
+
+    status: str
+    payload: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CleanupStats:
     expired_blobs: int = 0
     acked_blobs: int = 0
@@ -141,11 +150,13 @@ class Storage(Protocol):
         """Store an invite; False if the lookup key is taken."""
         ...
 
-    async def take_invite(self, lookup: bytes, now: int) -> bytes | None:
-        """Return and delete an unexpired invite."""
+    async def take_invite(self, lookup: bytes, now: int) -> InviteTake:
+        """Hand out an open, unexpired invite once; later fetches learn why it is gone."""
         ...
 
-    async def delete_invite(self, lookup: bytes) -> bool: ...
+    async def delete_invite(self, lookup: bytes) -> bool:
+        """Cancel an open invite; False if there is none to cancel."""
+        ...
 
     # housekeeping
     async def cleanup(self, now: int) -> CleanupStats: ...

@@ -61,6 +61,20 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 2: invites leave a tombstone (used, cancelled, expired) so that a late fetch can be
+    # told why the code no longer works; the payload itself is wiped at once.
+    """
+    CREATE TABLE invites_v2 (
+        lookup     BLOB PRIMARY KEY,
+        payload    BLOB,
+        expires_at INTEGER NOT NULL,
+        state      TEXT NOT NULL DEFAULT 'open'
+    ) WITHOUT ROWID;
+    INSERT INTO invites_v2 (lookup, payload, expires_at)
+        SELECT lookup, payload, expires_at FROM invites;
+    DROP TABLE invites;
+    ALTER TABLE invites_v2 RENAME TO invites;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -26,6 +26,7 @@ from zerok.relay.storage.base import (
     DeleteOutcome,
     DeviceRecord,
     GroupRecord,
+    InviteTake,
     PullPage,
     PushOutcome,
 )
@@ -36,6 +37,7 @@ T = TypeVar("T")
 WriteOp = Callable[[sqlite3.Connection], Any]
 
 MAX_BATCH = 512
+INVITE_TOMBSTONE_MS = 24 * 3600 * 1000  # how long a used or expired invite is remembered
 CHECKPOINT_PAGES = 4096  # checkpoint once the WAL holds this many pages and the writer is idle
 _STOP = object()
 
@@ -467,20 +469,33 @@ class SQLiteStorage:
 
         return await self._write(op)
 
-    async def take_invite(self, lookup: bytes, now: int) -> bytes | None:
-        def op(c: sqlite3.Connection) -> bytes | None:
+    async def take_invite(self, lookup: bytes, now: int) -> InviteTake:
+        def op(c: sqlite3.Connection) -> InviteTake:
             row = c.execute(
-                "DELETE FROM invites WHERE lookup = ? RETURNING payload, expires_at", (lookup,)
+                "SELECT payload, expires_at, state FROM invites WHERE lookup = ?", (lookup,)
             ).fetchone()
-            if row is None or row[1] <= now:
-                return None
-            return bytes(row[0])
+            if row is None:
+                return InviteTake("unknown")
+            payload, expires_at, state = row
+            if state != "open":
+                return InviteTake(state)
+            status = "ok" if expires_at > now else "expired"
+            c.execute(
+                "UPDATE invites SET payload = NULL, state = ? WHERE lookup = ?",
+                ("used" if status == "ok" else "expired", lookup),
+            )
+            return InviteTake(status, bytes(payload) if status == "ok" else None)
 
         return await self._write(op)
 
     async def delete_invite(self, lookup: bytes) -> bool:
         def op(c: sqlite3.Connection) -> bool:
-            return c.execute("DELETE FROM invites WHERE lookup = ?", (lookup,)).rowcount == 1
+            cur = c.execute(
+                "UPDATE invites SET payload = NULL, state = 'cancelled'"
+                " WHERE lookup = ? AND state = 'open'",
+                (lookup,),
+            )
+            return cur.rowcount == 1
 
         return await self._write(op)
 
@@ -492,7 +507,12 @@ class SQLiteStorage:
             acked = 0
             for (group_id,) in c.execute("SELECT group_id FROM groups").fetchall():
                 acked += _tombstone(c, group_id, _DELIVERED, ())
-            invites = c.execute("DELETE FROM invites WHERE expires_at <= ?", (now,)).rowcount
+            invites = c.execute(
+                "UPDATE invites SET payload = NULL, state = 'expired'"
+                " WHERE state = 'open' AND expires_at <= ?",
+                (now,),
+            ).rowcount
+            c.execute("DELETE FROM invites WHERE expires_at <= ?", (now - INVITE_TOMBSTONE_MS,))
             return CleanupStats(expired, acked, invites)
 
         return await self._write(op)
