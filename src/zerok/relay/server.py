@@ -33,7 +33,9 @@ SHUTDOWN_GRACE = 10.0  # seconds for connections to drain on shutdown
 def open_storage(config: RelayConfig) -> Storage:
     url = config.database
     if url.startswith(("postgresql://", "postgres://")):
-        raise StorageError("PostgreSQL storage is not available in this version; use a file path")
+        from zerok.relay.storage.postgres import PostgresStorage  # noqa: PLC0415
+
+        return PostgresStorage(url)
     return SQLiteStorage(Path(url), synchronous=config.synchronous)
 
 

@@ -8,6 +8,7 @@ after its commit.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict
@@ -21,7 +22,14 @@ from zerok.relay.config import RelayConfig
 from zerok.relay.connection import Connection
 from zerok.relay.metrics import RelayMetrics
 from zerok.relay.push import PushSender, PushTarget
-from zerok.relay.storage import DeviceRecord, Storage
+from zerok.relay.storage import (
+    BlobStored,
+    DeviceRecord,
+    DeviceWasRevoked,
+    Resync,
+    Storage,
+    StorageEvent,
+)
 from zerok.wire import (
     Ack,
     Delete,
@@ -42,6 +50,7 @@ from zerok.wire import (
     PushAck,
     RegisterPush,
     RevokeDevice,
+    RevokeReason,
     UnregisterPush,
     Welcome,
 )
@@ -75,10 +84,15 @@ class RelayService:
         self.metrics = metrics or RelayMetrics()
         self.clock = clock
         self.groups: dict[GroupId, set[Connection]] = defaultdict(set)
+        # Highest cursor NOTIFYed to this relay's devices, per group with devices here: a
+        # resync after missed cross-relay events notifies what lies beyond it.
+        self.notified: dict[GroupId, int] = {}
         self.connections: set[Connection] = set()
         self.rate = RateLimiter(config.messages_per_minute)
         self._push_targets: dict[GroupId, dict[DeviceId, PushTarget]] = {}
         self._last_wake: dict[DeviceId, float] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        storage.subscribe(self.on_storage_event)
         self.limits = Limits(
             max_blob_size=config.max_blob_size,
             max_group_storage=config.max_group_storage,
@@ -129,6 +143,7 @@ class RelayService:
         )
         conn.group_id, conn.device_id = hello.group_id, device_id
         self.groups[hello.group_id].add(conn)
+        self.notified[hello.group_id] = max(self.notified.get(hello.group_id, 0), group.max_cursor)
         self.metrics.sessions_active.inc()
         conn.schedule_flush()
 
@@ -158,6 +173,7 @@ class RelayService:
                 self.metrics.sessions_active.dec()
                 if not members:
                     del self.groups[conn.group_id]
+                    self.notified.pop(conn.group_id, None)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -257,6 +273,8 @@ class RelayService:
 
     def fan_out(self, group_id: GroupId, notify: Notify, *, exclude: Connection | None) -> int:
         """NOTIFY every other device of the group connected to this relay."""
+        if group_id in self.notified:
+            self.notified[group_id] = max(self.notified[group_id], notify.cursor)
         sent = 0
         for other in self.groups.get(group_id, ()):
             if other is not exclude and other.device_id != notify.sender and other.send(notify):
@@ -285,6 +303,53 @@ class RelayService:
             self._last_wake[device_id] = loop_now
             ok = await self.push_sender.send(target, cursor=cursor)
             self.metrics.push_notifications.labels("sent" if ok else "failed").inc()
+
+    # -- other relays (shared PostgreSQL) ---------------------------------------------------
+
+    def on_storage_event(self, event: StorageEvent) -> None:
+        """What another relay on the same database did, as it concerns devices here."""
+        if isinstance(event, BlobStored):
+            if event.group_id in self.groups:
+                self.fan_out(event.group_id, _notify_of(event), exclude=None)
+        elif isinstance(event, DeviceWasRevoked):
+            if event.group_id in self.groups:
+                notice = DeviceRevoked(
+                    device_id=event.device_id,
+                    revoked_by=event.revoked_by,
+                    timestamp=event.timestamp,
+                    reason=RevokeReason(event.reason),
+                )
+                self.revoke_connected(event.group_id, notice)
+            self._push_targets.pop(event.group_id, None)
+        elif isinstance(event, Resync):
+            task = asyncio.get_running_loop().create_task(self.resync())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def resync(self) -> None:
+        """Catch up on events missed from other relays: NOTIFY blobs stored meanwhile and
+        end the sessions of devices revoked meanwhile."""
+        for group_id in list(self.groups):
+            after = self.notified.get(group_id, 0)
+            while True:
+                missed = await self.storage.blobs_after(group_id, after, 500)
+                for blob in missed:
+                    self.fan_out(group_id, _notify_of(blob), exclude=None)
+                    after = blob.cursor
+                if len(missed) < 500:
+                    break
+            for conn in list(self.groups.get(group_id, ())):
+                if conn.device_id is None:
+                    continue
+                device = await self.storage.get_device(group_id, conn.device_id)
+                if device is not None and device.revoked:
+                    notice = DeviceRevoked(
+                        device_id=device.device_id,
+                        revoked_by=device.revoked_by or device.device_id,
+                        timestamp=device.revoked_at or 0,
+                        reason=RevokeReason(device.revoke_reason or "lost"),
+                    )
+                    self.revoke_connected(group_id, notice)
 
     async def _pull(self, conn: Connection, rid: int, pull: Pull) -> None:
         assert conn.group_id is not None
@@ -382,6 +447,16 @@ class RelayService:
         )
         self._push_targets.pop(conn.group_id, None)
         self._confirm(conn, rid, register)
+
+
+def _notify_of(blob: BlobStored) -> Notify:
+    return Notify(
+        blob_id=blob.blob_id,
+        cursor=blob.cursor,
+        sender=blob.sender,
+        timestamp=blob.timestamp,
+        size=blob.size,
+    )
 
 
 def device_summary(record: DeviceRecord) -> str:

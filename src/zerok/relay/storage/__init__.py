@@ -1,28 +1,36 @@
 """Relay storage: one interface, SQLite by default."""
 
 from zerok.relay.storage.base import (
+    BlobStored,
     CleanupStats,
     DeleteOutcome,
     DeviceRecord,
+    DeviceWasRevoked,
     GroupRecord,
     InviteTake,
     PullPage,
     PushOutcome,
+    Resync,
     Storage,
+    StorageEvent,
 )
 from zerok.relay.storage.schema import SCHEMA_VERSION, StorageError
 from zerok.relay.storage.sqlite import SQLiteStorage
 
 __all__ = [
     "SCHEMA_VERSION",
+    "BlobStored",
     "CleanupStats",
     "DeleteOutcome",
     "DeviceRecord",
+    "DeviceWasRevoked",
     "GroupRecord",
     "InviteTake",
     "PullPage",
     "PushOutcome",
+    "Resync",
     "SQLiteStorage",
     "Storage",
     "StorageError",
+    "StorageEvent",
 ]

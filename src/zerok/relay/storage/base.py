@@ -7,7 +7,7 @@ caller, so behaviour over time is testable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -80,6 +80,38 @@ class CleanupStats:
     expired_blobs: int = 0
     acked_blobs: int = 0
     expired_invites: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BlobStored:
+    """Another relay stored a blob (shared databases only)."""
+
+    group_id: GroupId
+    blob_id: BlobId
+    cursor: int
+    sender: DeviceId
+    timestamp: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceWasRevoked:
+    """Another relay revoked a device (shared databases only)."""
+
+    group_id: GroupId
+    device_id: DeviceId
+    revoked_by: DeviceId
+    timestamp: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """Events from other relays may have been missed (the listener reconnected): the relay
+    must catch up from the database."""
+
+
+StorageEvent = BlobStored | DeviceWasRevoked | Resync
 
 
 class Storage(Protocol):
@@ -163,4 +195,13 @@ class Storage(Protocol):
 
     async def stats(self) -> tuple[int, int]:
         """(number of groups, number of buffered blobs)."""
+        ...
+
+    async def blobs_after(self, group_id: GroupId, after: int, limit: int) -> list[BlobStored]:
+        """Metadata of live blobs after a cursor (to NOTIFY what another relay stored)."""
+        ...
+
+    def subscribe(self, handler: Callable[[StorageEvent], None]) -> None:
+        """Receive what other relays sharing the database do; never called for this
+        process's own writes. A single-relay backend never calls the handler."""
         ...

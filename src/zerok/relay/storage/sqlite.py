@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from zerok.relay.storage.base import (
+    BlobStored,
     CleanupStats,
     DeleteOutcome,
     DeviceRecord,
@@ -29,6 +30,7 @@ from zerok.relay.storage.base import (
     InviteTake,
     PullPage,
     PushOutcome,
+    StorageEvent,
 )
 from zerok.relay.storage.schema import StorageError, migrate
 from zerok.wire import BlobId, DeviceId, GroupId, StoredBlob
@@ -520,6 +522,23 @@ class SQLiteStorage:
     async def vacuum(self) -> None:
         """Return free pages to the file system (runs to completion, outside any batch)."""
         await self._write(lambda c: c.executescript("PRAGMA incremental_vacuum;"), solo=True)
+
+    async def blobs_after(self, group_id: GroupId, after: int, limit: int) -> list[BlobStored]:
+        def op(c: sqlite3.Connection) -> list[BlobStored]:
+            rows = c.execute(
+                "SELECT blob_id, cursor, sender, created_at, size FROM blobs"
+                " WHERE group_id = ? AND cursor > ? AND ciphertext IS NOT NULL"
+                " ORDER BY cursor LIMIT ?",
+                (group_id, after, limit),
+            ).fetchall()
+            return [
+                BlobStored(group_id, BlobId(r[0]), r[1], DeviceId(r[2]), r[3], r[4]) for r in rows
+            ]
+
+        return await self._read(op)
+
+    def subscribe(self, handler: Callable[[StorageEvent], None]) -> None:
+        """One SQLite file has one relay: there is nobody else to hear from."""
 
     async def stats(self) -> tuple[int, int]:
         def op(c: sqlite3.Connection) -> tuple[int, int]:
