@@ -68,6 +68,7 @@ class Session:
         self.close_code: int | None = None
         self.close_reason = ""
         self._outgoing: list[bytes] = []
+        self.errors_sent: list[int] = []  # codes of the ERRORs sent, for the driver to count
         self._transport: NoiseTransport | None = None
         self._handshake = HandshakeState(
             variant.noise_protocol,
@@ -156,6 +157,8 @@ class Session:
 
     def _send_frame(self, message: Message, request_id: int = 0) -> None:
         self._send_encoded(encode(message, request_id=request_id))
+        if isinstance(message, Error):
+            self.errors_sent.append(message.code)
 
     def _send_encoded(self, frame: bytes) -> None:
         if self._transport is None:

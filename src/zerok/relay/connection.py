@@ -106,6 +106,7 @@ class Connection:
         async with self._send_lock:
             self._flush_scheduled = False
             out = self.session.data_to_send()
+            self._count_errors()
             if not out or self.ws.closed:
                 return
             transport, protocol = self.request.transport, self.request.protocol
@@ -121,6 +122,13 @@ class Connection:
                     await protocol._drain_helper()
 
     # -- the read loop --------------------------------------------------------------------
+
+    def _count_errors(self) -> None:
+        sent = self.session.errors_sent
+        if sent:
+            for code in sent:
+                self.service.metrics.errors.labels(str(code)).inc()
+            sent.clear()
 
     async def run(self) -> None:
         try:
@@ -159,9 +167,20 @@ class Connection:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             elif isinstance(event, HelloReceived):
-                await self.service.on_hello(self, event)
+                # Decided in a task while reading goes on, so that a frame the client sends
+                # before WELCOME reaches the session (which refuses it) instead of waiting.
+                task = self.loop.create_task(self._run_hello(event))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             elif isinstance(event, ConnectionClosed):
                 self.service.on_session_closed(self, event)
+
+    async def _run_hello(self, event: HelloReceived) -> None:
+        try:
+            await self.service.on_hello(self, event)
+        except Exception:
+            log.exception("HELLO from %s failed", self.remote)
+            self.close(ErrorCode.RELAY_OVERLOADED, "the relay could not process the HELLO")
 
     async def _run_request(self, event: RequestReceived) -> None:
         try:
@@ -176,7 +195,6 @@ class Connection:
         """Answer with an ERROR (fatal codes end the session)."""
         if self.session.closed:
             return
-        self.service.metrics.errors.labels(str(int(code))).inc()
         for event in self.session.error(code, message, request_id):
             if isinstance(event, ConnectionClosed):
                 self.service.on_session_closed(self, event)
@@ -189,7 +207,6 @@ class Connection:
         """End the session from the relay's side (revocation, shutdown)."""
         if self.session.closed:
             return
-        self.service.metrics.errors.labels(str(int(code))).inc()
         for event in self.session.close(code, message):
             if isinstance(event, ConnectionClosed):
                 self.service.on_session_closed(self, event)

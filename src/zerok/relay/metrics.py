@@ -40,6 +40,12 @@ class RelayMetrics:
             ["reason"],
             registry=r,
         )
+        self.connections_refused = Counter(
+            "sync_relay_connections_refused",
+            "WebSocket upgrades refused before the handshake (HTTP 429/503), by limit",
+            ["limit"],
+            registry=r,
+        )
         self.errors = Counter(
             "sync_relay_errors", "ERROR messages sent, by code", ["code"], registry=r
         )

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from zerok import __version__
 from zerok.crypto.identity import DeviceIdentity
+from zerok.crypto.noise.symmetric import MAX_MESSAGE
 from zerok.protocol import SUBPROTOCOLS, variant_for
 from zerok.relay.config import RelayConfig
 from zerok.relay.connection import Connection
@@ -167,10 +168,10 @@ class Relay:
         if self.stopping:
             return web.Response(status=503, text="the relay is shutting down\n")
         if len(self.service.connections) >= self.config.max_connections:
-            self.service.metrics.errors.labels(str(int(ErrorCode.RELAY_OVERLOADED))).inc()
+            self.service.metrics.connections_refused.labels("max_connections").inc()
             return web.Response(status=503, text="the relay is at its connection limit\n")
         if self._per_ip[ip] >= self.config.connections_per_ip:
-            self.service.metrics.errors.labels(str(int(ErrorCode.RATE_LIMITED))).inc()
+            self.service.metrics.connections_refused.labels("connections_per_ip").inc()
             return web.Response(
                 status=429,
                 text=f"too many connections from {ip} (limit {self.config.connections_per_ip})\n",
@@ -178,7 +179,7 @@ class Relay:
         ws = web.WebSocketResponse(
             protocols=(chosen,),
             compress=False,  # ciphertext does not compress; deflate only costs CPU
-            max_msg_size=65535,
+            max_msg_size=MAX_MESSAGE + 1,  # aiohttp refuses a message of exactly its limit
             autoping=True,
         )
         await ws.prepare(request)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from zerok.protocol import ConnectionClosed, HelloReceived, RequestReceived
+from zerok.protocol import ConnectionClosed, HelloReceived, RequestReceived, SessionState
 from zerok.protocol.ratelimit import RateLimiter
 from zerok.relay.config import RelayConfig
 from zerok.relay.connection import Connection
@@ -54,10 +54,10 @@ from zerok.wire import (
     UnregisterPush,
     Welcome,
 )
+from zerok.wire.messages import PULL_RESPONSE_OVERHEAD
 
 log = logging.getLogger("zerok.relay")
 
-FRAME_OVERHEAD = 16 * 1024  # envelope and per-blob fields of a PULL_RESPONSE, generously
 PUSH_DEBOUNCE = 30.0  # seconds between wake-ups of one offline device
 
 
@@ -150,9 +150,8 @@ class RelayService:
     def _refuse(self, conn: Connection, code: ErrorCode, message: str) -> None:
         log.info("refused %s from %s: %s", conn.device_id or "device", conn.remote, message)
         self.metrics.handshake_failures.labels(code.name.lower()).inc()
-        self.metrics.errors.labels(str(int(code))).inc()
-        conn.session.reject(code, message)
-        conn.schedule_flush()
+        if conn.session.state is SessionState.HELLO_PENDING:  # not already closed meanwhile
+            conn.close(code, message)
 
     def on_session_closed(self, conn: Connection, event: ConnectionClosed) -> None:
         if conn.device_id is None and event.code not in (
@@ -160,8 +159,6 @@ class RelayService:
             ErrorCode.DEVICE_REVOKED,
         ):
             self.metrics.handshake_failures.labels("protocol" if event.code else "aborted").inc()
-        if event.code is not None and not event.by_peer and conn.device_id is None:
-            self.metrics.errors.labels(str(event.code)).inc()
         log.debug("session with %s ended: %s", conn.remote, event.reason)
 
     def on_disconnect(self, conn: Connection) -> None:
@@ -183,7 +180,6 @@ class RelayService:
         loop_now = conn.loop.time()
         if not self.rate.allow(conn.device_id, loop_now):
             retry = self.rate.retry_after(conn.device_id, loop_now)
-            self.metrics.errors.labels(str(int(ErrorCode.RATE_LIMITED))).inc()
             conn.send(
                 Error(
                     code=ErrorCode.RATE_LIMITED,
@@ -357,7 +353,7 @@ class RelayService:
             conn.group_id,
             pull.after,
             pull.limit,
-            max_bytes=self.config.frame_limit - FRAME_OVERHEAD,
+            max_bytes=self.config.frame_limit - PULL_RESPONSE_OVERHEAD,
         )
         if conn.send(
             PullResponse(

@@ -16,6 +16,7 @@ import aiohttp
 from zerok import __version__
 from zerok.crypto.identity import DeviceIdentity
 from zerok.crypto.keys import GroupKeys
+from zerok.crypto.noise.symmetric import MAX_MESSAGE
 from zerok.errors import ProtocolError, RemoteError, SyncError
 from zerok.protocol import (
     CLASSIC,
@@ -82,7 +83,7 @@ class RelayConnection:
                 url,
                 protocols=[v.subprotocol for v in variants],
                 compress=0,
-                max_msg_size=65535,
+                max_msg_size=MAX_MESSAGE + 1,  # aiohttp refuses a message of exactly its limit
                 autoping=True,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:

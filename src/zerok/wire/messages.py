@@ -35,6 +35,10 @@ Ciphertext = Annotated[bytes, msgspec.Meta(max_length=MAX_BLOB_BYTES)]
 Signature = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
 PublicKey = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 PullLimit = Annotated[int, msgspec.Meta(ge=1, le=MAX_PULL_LIMIT)]
+# What a StoredBlob adds to its ciphertext in a PULL_RESPONSE, at most (its map, keys,
+# ids, cursor, timestamp, bin header): used to keep pages within the frame limit.
+STORED_BLOB_OVERHEAD = 128
+PULL_RESPONSE_OVERHEAD = 64
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

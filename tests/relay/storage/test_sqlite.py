@@ -28,6 +28,7 @@ from zerok.relay.storage import (
     StorageError,
 )
 from zerok.wire import BlobId, DeviceId, GroupId
+from zerok.wire.messages import STORED_BLOB_OVERHEAD
 
 T = TypeVar("T")
 
@@ -512,6 +513,9 @@ def test_pull_after_limit_has_more_and_max_cursor(tmp_path: Path) -> None:
 
 
 def test_pull_max_bytes_always_includes_first_blob_then_stops(tmp_path: Path) -> None:
+    """Each blob counts its ciphertext plus STORED_BLOB_OVERHEAD against max_bytes."""
+    o = STORED_BLOB_OVERHEAD
+
     async def body(s: SQLiteStorage) -> None:
         group = await new_group(s)
         for size in (100, 30, 30, 30, 5):
@@ -521,15 +525,15 @@ def test_pull_max_bytes_always_includes_first_blob_then_stops(tmp_path: Path) ->
         assert [b.cursor for b in page.blobs] == [1]
         assert page.has_more
 
-        page = await s.pull(group, 1, 10, 60)  # 30 + 30 fits, a third would not
+        page = await s.pull(group, 1, 10, 2 * (30 + o))  # two fit, a third would not
         assert [b.cursor for b in page.blobs] == [2, 3]
         assert page.has_more
 
-        page = await s.pull(group, 1, 10, 59)
+        page = await s.pull(group, 1, 10, 2 * (30 + o) - 1)
         assert [b.cursor for b in page.blobs] == [2]
         assert page.has_more
 
-        page = await s.pull(group, 3, 10, 35)  # exactly 35
+        page = await s.pull(group, 3, 10, 35 + 2 * o)  # exactly enough
         assert [b.cursor for b in page.blobs] == [4, 5]
         assert not page.has_more
 

@@ -166,7 +166,8 @@ class Storage(Protocol):
 
     async def pull(self, group_id: GroupId, after: int, limit: int, max_bytes: int) -> PullPage:
         """Blobs after ``after``, ascending: at most ``limit`` of them and, beyond the first,
-        no more than ``max_bytes`` of ciphertext in all."""
+        no more than ``max_bytes`` in all, counting each blob's ciphertext plus
+        STORED_BLOB_OVERHEAD (so a page fits a frame of that size)."""
         ...
 
     async def ack(self, group_id: GroupId, device_id: DeviceId, cursor: int) -> None: ...

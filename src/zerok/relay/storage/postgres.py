@@ -43,6 +43,7 @@ from zerok.relay.storage.base import (
 )
 from zerok.relay.storage.schema import StorageError
 from zerok.wire import BlobId, DeviceId, GroupId, StoredBlob
+from zerok.wire.messages import STORED_BLOB_OVERHEAD
 
 log = logging.getLogger("zerok.relay.postgres")
 
@@ -146,8 +147,10 @@ class PostgresStorage:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def open(self) -> None:
+        # The pool logs every failed attempt; the one error below says it all.
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
         try:
-            await self._pool.open(wait=True, timeout=15)
+            await self._pool.open(wait=True, timeout=10)
         except (psycopg.Error, PoolTimeout) as exc:
             raise StorageError(
                 f"cannot connect to PostgreSQL at {_safe(self.url)}: {exc}"
@@ -467,9 +470,9 @@ class PostgresStorage:
         )
         take, total = 0, 0
         for _, size in sizes[:limit]:
-            if take and total + size > max_bytes:
+            if take and total + size + STORED_BLOB_OVERHEAD > max_bytes:
                 break
-            take, total = take + 1, total + size
+            take, total = take + 1, total + size + STORED_BLOB_OVERHEAD
         group = await self.get_group(group_id)
         max_cursor = group.max_cursor if group else 0
         if not take:

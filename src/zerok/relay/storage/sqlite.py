@@ -34,6 +34,7 @@ from zerok.relay.storage.base import (
 )
 from zerok.relay.storage.schema import StorageError, migrate
 from zerok.wire import BlobId, DeviceId, GroupId, StoredBlob
+from zerok.wire.messages import STORED_BLOB_OVERHEAD
 
 T = TypeVar("T")
 WriteOp = Callable[[sqlite3.Connection], Any]
@@ -385,9 +386,9 @@ class SQLiteStorage:
             ).fetchall()
             take, total = 0, 0
             for _, size in sizes[:limit]:
-                if take and total + size > max_bytes:
+                if take and total + size + STORED_BLOB_OVERHEAD > max_bytes:
                     break
-                take, total = take + 1, total + size
+                take, total = take + 1, total + size + STORED_BLOB_OVERHEAD
             group = _group(c, group_id)
             if not take:
                 return PullPage([], False, group.max_cursor if group else 0)

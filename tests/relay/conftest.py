@@ -1,0 +1,36 @@
+"""Fixtures for the relay integration tests: real ``zerok relay`` processes.
+
+Every relay is a subprocess (``python -m zerok relay``) bound to 127.0.0.1 port 0; the test
+learns the port it got from the banner the relay prints once it is listening, so there is
+no port race and no polling. Every process started here is stopped by PID in the fixture's
+teardown (SIGTERM, then SIGKILL after a timeout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.relay.support import RelayLauncher
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> Iterator[RelayLauncher]:
+    """Starts relays for one test; all of them are stopped when the test ends."""
+    relays = RelayLauncher(tmp_path)
+    try:
+        yield relays
+    finally:
+        relays.close()
+
+
+@pytest.fixture(scope="module")
+def module_launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayLauncher]:
+    """Starts relays shared by the tests of one module (separate groups keep them apart)."""
+    relays = RelayLauncher(tmp_path_factory.mktemp("relays"))
+    try:
+        yield relays
+    finally:
+        relays.close()

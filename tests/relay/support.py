@@ -1,0 +1,569 @@
+"""Helpers for the relay integration tests: relay processes, clients, raw connections.
+
+Nothing here mocks the relay: ``RelayProcess`` runs ``python -m zerok relay`` as a child
+process, ``Clients`` opens real ``RelayConnection``s over WebSocket, and ``RawClient`` does
+a real WebSocket + Noise handshake with the sans-I/O ``ClientSession`` and then lets a test
+send frames (or bytes) no well-behaved client would send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from zerok.crypto import DeviceIdentity, GroupKeys
+from zerok.crypto.noise import NoiseTransport
+from zerok.protocol import (
+    CLASSIC,
+    ClientSession,
+    ConnectionClosed,
+    Event,
+    MessageReceived,
+    Variant,
+    Welcomed,
+)
+from zerok.transport.connection import RelayConnection
+from zerok.wire import (
+    BlobId,
+    Frame,
+    Message,
+    Pull,
+    PullResponse,
+    Push,
+    PushAck,
+    StoredBlob,
+    Welcome,
+    decode_frame,
+    encode,
+)
+
+T = TypeVar("T")
+
+BANNER = re.compile(r"listening on ws://(\S+)")
+READY_TIMEOUT = 20.0  # seconds for a relay to print its banner
+STOP_TIMEOUT = 10.0  # seconds for a relay to exit after SIGTERM before it is killed
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+    """Run one test's coroutine on a fresh event loop, bounded in time."""
+
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without SYNC_* settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNC_")}
+    env.update(extra or {})
+    return env
+
+
+# -- relay processes ------------------------------------------------------------------------
+
+
+class RelayProcess:
+    """One ``zerok relay`` child process; stdout is read by a thread, stderr goes to a file."""
+
+    def __init__(
+        self, argv: Sequence[str], workdir: Path, name: str, env: Mapping[str, str]
+    ) -> None:
+        self.argv = list(argv)
+        self.workdir = workdir
+        self.name = name
+        self.stderr_path = workdir / f"{name}.stderr.log"
+        self.address: str | None = None
+        self._stdout: list[str] = []
+        self._lock = threading.Lock()
+        self._signal = threading.Event()  # set when the banner arrived or stdout ended
+        self._stderr: IO[bytes] = self.stderr_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "zerok", "relay", *self.argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            cwd=workdir,
+            env=dict(env),
+        )
+        self._reader = threading.Thread(target=self._read_stdout, daemon=True)
+        self._reader.start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace")
+            with self._lock:
+                self._stdout.append(line)
+            match = BANNER.search(line)
+            if match and self.address is None:
+                self.address = match.group(1)
+                self._signal.set()
+        self._signal.set()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> RelayProcess:
+        """Wait for the banner; raise with the relay's output if it exits or stalls."""
+        if not self._signal.wait(timeout):
+            raise TimeoutError(f"{self.name} printed no banner in {timeout} s:\n{self.output()}")
+        if self.address is None:
+            code = self.proc.wait(5)
+            raise RuntimeError(f"{self.name} exited with {code} before ready:\n{self.output()}")
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self.address is not None, "relay not ready"
+        return f"ws://{self.address}/"
+
+    @property
+    def http_url(self) -> str:
+        assert self.address is not None, "relay not ready"
+        return f"http://{self.address}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def sigterm(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+
+    def sigkill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+
+    def wait_exit(self, timeout: float) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def stop(self) -> int:
+        """SIGTERM, then SIGKILL if the relay has not exited after STOP_TIMEOUT."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._stderr.close()
+        return self.proc.returncode
+
+    def stdout(self) -> str:
+        with self._lock:
+            return "".join(self._stdout)
+
+    def stderr(self) -> str:
+        if not self._stderr.closed:
+            self._stderr.flush()
+        return self.stderr_path.read_text("utf-8", "replace")
+
+    def output(self) -> str:
+        return f"--- stdout\n{self.stdout()}--- stderr\n{self.stderr()}"
+
+
+class RelayLauncher:
+    """Starts relays under one directory and stops every one of them in ``close``."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.relays: list[RelayProcess] = []
+
+    def start(
+        self,
+        *args: str,
+        database: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        defaults: bool = True,
+        wait: bool = True,
+    ) -> RelayProcess:
+        """Start a relay; by default on 127.0.0.1:0, a fresh database, no rate limits.
+
+        ``args`` come after the defaults, so they override them (argparse: last one wins).
+        """
+        name = f"relay{len(self.relays) + 1}"
+        workdir = self.base / name
+        workdir.mkdir(parents=True, exist_ok=True)
+        argv: list[str] = []
+        if defaults:
+            db = database or workdir / "data" / "relay.db"
+            argv += ["--bind", "127.0.0.1:0", "--database", str(db)]
+            # Every test client comes from 127.0.0.1: lift the per-IP limit unless testing it.
+            argv += ["--messages-per-minute", "0", "--connections-per-ip", "1000"]
+        argv += args
+        relay = RelayProcess(argv, workdir, name, clean_env(env))
+        self.relays.append(relay)
+        return relay.wait_ready() if wait else relay
+
+    def close(self) -> None:
+        for relay in self.relays:
+            relay.stop()
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """Run ``zerok relay ARGS`` expecting it to exit by itself (killed after ``timeout``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "zerok", "relay", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=clean_env(env),
+        cwd=cwd,
+        check=False,
+    )
+
+
+# -- well-behaved clients -------------------------------------------------------------------
+
+
+class Clients:
+    """Opens RelayConnections to one relay and closes all of them at the end."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.opened: list[RelayConnection] = []
+
+    async def open(
+        self,
+        keys: GroupKeys,
+        identity: DeviceIdentity | None = None,
+        *,
+        variant: Variant = CLASSIC,
+        variants: Sequence[Variant] | None = None,
+        heartbeat: float | None = 30.0,
+        name: str = "",
+        last_cursor: int = 0,
+    ) -> RelayConnection:
+        conn = await RelayConnection.open(
+            self.url,
+            identity or DeviceIdentity.generate(),
+            keys,
+            variants=variants or (variant,),
+            device_name=name,
+            last_cursor=last_cursor,
+            heartbeat=heartbeat,
+            timeout=10.0,
+        )
+        self.opened.append(conn)
+        return conn
+
+    async def close(self) -> None:
+        for conn in self.opened:
+            await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def clients(url: str) -> AsyncIterator[Clients]:
+    pool = Clients(url)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def push(
+    conn: RelayConnection, data: bytes, *, blob_id: BlobId | None = None, ttl: int = 0
+) -> PushAck:
+    reply = await conn.request(Push(blob_id=blob_id or BlobId.random(), ciphertext=data, ttl=ttl))
+    assert isinstance(reply, PushAck), reply
+    return reply
+
+
+async def pull(conn: RelayConnection, after: int = 0, limit: int = 100) -> PullResponse:
+    reply = await conn.request(Pull(after=after, limit=limit))
+    assert isinstance(reply, PullResponse), reply
+    return reply
+
+
+async def pull_all(conn: RelayConnection, after: int = 0) -> list[StoredBlob]:
+    """Every blob after ``after``, following has_more."""
+    blobs: list[StoredBlob] = []
+    while True:
+        page = await pull(conn, after, limit=1000)
+        blobs += page.blobs
+        if not page.has_more:
+            return blobs
+        assert page.blobs, "has_more with an empty page"
+        after = page.blobs[-1].cursor
+
+
+async def next_message(conn: RelayConnection, timeout: float = 5.0) -> Message:
+    """The next unsolicited message (NOTIFY, DEVICE_REVOKED, non-fatal ERROR)."""
+    event = await conn.next_event(timeout)
+    assert isinstance(event, MessageReceived), event
+    return event.message
+
+
+async def wait_closed(conn: RelayConnection, timeout: float = 5.0) -> ConnectionClosed:
+    return await asyncio.wait_for(conn.wait_closed(), timeout)
+
+
+def queued_events(conn: RelayConnection) -> list[Event]:
+    """Events the connection has received and not handed out yet (without waiting)."""
+    events: list[Event] = []
+    queue: asyncio.Queue[Event] = conn._events
+    while not queue.empty():
+        events.append(queue.get_nowait())
+    return events
+
+
+# -- a hand-driven client -------------------------------------------------------------------
+
+
+class RawClient:
+    """A real WebSocket with a real Noise handshake, after which the test sends what it likes.
+
+    After ``handshake`` the session's Noise transport encrypts what ``send_frame`` is given
+    and decrypts what arrives; the ClientSession itself is only used for the handshake. Its
+    WebSocket takes messages up to aiohttp's default 4 MiB, so full 65535-byte Noise
+    messages from the relay arrive (RelayConnection's limit refuses them, see test_sync).
+    """
+
+    def __init__(
+        self, http: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse, variant: Variant
+    ) -> None:
+        self.http = http
+        self.ws = ws
+        self.variant = variant
+        self.session: ClientSession | None = None
+        self.welcome: Welcome | None = None
+        self.unsolicited: list[Frame] = []
+        self.frame_sizes: list[int] = []  # of every frame received after the handshake
+        self._next_id = 100
+
+    @classmethod
+    async def connect(cls, url: str, variant: Variant = CLASSIC) -> RawClient:
+        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=10))
+        try:
+            ws = await http.ws_connect(url, protocols=[variant.subprotocol], compress=0)
+        except BaseException:
+            await http.close()
+            raise
+        return cls(http, ws, variant)
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self.http.close()
+
+    async def handshake(
+        self,
+        keys: GroupKeys,
+        identity: DeviceIdentity | None = None,
+        *,
+        session_type: type[ClientSession] = ClientSession,
+        timeout: float = 10.0,
+    ) -> Welcome | ConnectionClosed:
+        """Run the Noise handshake and HELLO; the WELCOME, or how the session ended."""
+        loop = asyncio.get_running_loop()
+        session = session_type(
+            identity or DeviceIdentity.generate(),
+            keys,
+            now=loop.time(),
+            variant=self.variant,
+            client="zerok-tests",
+            heartbeat_interval=None,
+        )
+        self.session = session
+        await self._send_session_output()
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await self.ws.receive()
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    return ConnectionClosed(None, f"websocket {msg.type.name}", True)
+                events = session.receive(msg.data, loop.time())
+                await self._send_session_output()
+                for event in events:
+                    if isinstance(event, Welcomed):
+                        self.welcome = event.welcome
+                        return event.welcome
+                    if isinstance(event, ConnectionClosed):
+                        return event
+
+    async def open(self, keys: GroupKeys, identity: DeviceIdentity | None = None) -> Welcome:
+        result = await self.handshake(keys, identity)
+        assert isinstance(result, Welcome), result
+        return result
+
+    async def _send_session_output(self) -> None:
+        assert self.session is not None
+        for data in self.session.data_to_send():
+            await self.ws.send_bytes(data)
+
+    @property
+    def transport(self) -> NoiseTransport:
+        assert self.session is not None and self.session._transport is not None
+        return self.session._transport
+
+    async def send_noise(self, data: bytes) -> None:
+        """One WebSocket binary message, exactly as given."""
+        await self.ws.send_bytes(data)
+
+    async def send_frame(self, frame: bytes) -> None:
+        """Encrypt any frame bytes with the session's transport (fragmenting) and send."""
+        for data in self.transport.encrypt_frame(frame):
+            await self.ws.send_bytes(data)
+
+    async def send_fragment(self, plaintext: bytes) -> None:
+        """Encrypt any plaintext (flag byte and chunk) as the next Noise transport message."""
+        transport = self.transport
+        cipher = transport._send
+        await self.ws.send_bytes(cipher.encrypt_with_ad(b"", plaintext))
+        transport._after_use(cipher)
+
+    async def send_chunked(self, frame: bytes, chunk: int) -> None:
+        """Like send_frame, but cut into fragments of ``chunk`` bytes (any size is valid)."""
+        pieces = [frame[i : i + chunk] for i in range(0, len(frame), chunk)] or [b""]
+        for i, piece in enumerate(pieces):
+            await self.send_fragment((b"\x00" if i == len(pieces) - 1 else b"\x01") + piece)
+
+    async def send(self, message: Message, request_id: int = 0) -> None:
+        await self.send_frame(encode(message, request_id=request_id))
+
+    def new_request_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    async def request(self, message: Message, timeout: float = 10.0) -> Message:
+        """Send with a fresh request id and return the answer with that id."""
+        request_id = self.new_request_id()
+        await self.send(message, request_id)
+        return await self.answer(request_id, timeout)
+
+    async def answer(self, request_id: int, timeout: float = 10.0) -> Message:
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.receive_frame()
+                if frame is None:
+                    raise ConnectionError(f"closed while waiting for request {request_id}")
+                if frame.request_id == request_id:
+                    return frame.message
+                self.unsolicited.append(frame)
+
+    async def receive_frame(self, timeout: float = 10.0) -> Frame | None:
+        """The next decrypted frame, or None once the WebSocket is closed."""
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await self.ws.receive()
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    plain = self.transport.decrypt_message(msg.data)
+                    if plain is not None:
+                        self.frame_sizes.append(len(plain))
+                        return decode_frame(plain)
+                    continue
+                if msg.type in (
+                    aiohttp.WSMsgType.CLOSE,
+                    aiohttp.WSMsgType.CLOSING,
+                    aiohttp.WSMsgType.CLOSED,
+                    aiohttp.WSMsgType.ERROR,
+                ):
+                    return None
+                raise AssertionError(f"unexpected WebSocket message {msg.type.name}")
+
+    async def frames_until_closed(self, timeout: float = 10.0) -> list[Frame]:
+        """Every frame until the relay closes the connection (TimeoutError if it does not)."""
+        frames: list[Frame] = []
+        async with asyncio.timeout(timeout):
+            while (frame := await self.receive_frame(timeout)) is not None:
+                frames.append(frame)
+        return frames
+
+    async def raw_until_closed(self, timeout: float = 10.0) -> list[aiohttp.WSMessage]:
+        """Every WebSocket message until the connection closes, undecrypted."""
+        messages: list[aiohttp.WSMessage] = []
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await self.ws.receive()
+                if msg.type in (
+                    aiohttp.WSMsgType.CLOSE,
+                    aiohttp.WSMsgType.CLOSING,
+                    aiohttp.WSMsgType.CLOSED,
+                    aiohttp.WSMsgType.ERROR,
+                ):
+                    return messages
+                messages.append(msg)
+
+
+@contextlib.asynccontextmanager
+async def raw_client(url: str, variant: Variant = CLASSIC) -> AsyncIterator[RawClient]:
+    client = await RawClient.connect(url, variant)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+# -- HTTP -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HttpReply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http(
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    *,
+    content_type: str = "application/json",
+    timeout: float = 10.0,
+) -> HttpReply:
+    """One plain HTTP request (no proxies); error statuses are returned, not raised."""
+    headers = {"Content-Type": content_type} if body is not None else {}
+    request = urllib.request.Request(url, data=body, method=method, headers=headers)
+    try:
+        with _opener.open(request, timeout=timeout) as response:
+            return HttpReply(response.status, dict(response.headers), response.read())
+    except urllib.error.HTTPError as err:
+        with err:
+            return HttpReply(err.code, dict(err.headers), err.read())
+
+
+MetricKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def scrape(relay: RelayProcess) -> dict[MetricKey, float]:
+    """GET /metrics, parsed: (sample name, sorted labels) → value."""
+    reply = http("GET", relay.http_url + "/metrics")
+    assert reply.status == 200, reply
+    samples: dict[MetricKey, float] = {}
+    for family in text_string_to_metric_families(reply.body.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def metric(samples: Mapping[MetricKey, float], name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))

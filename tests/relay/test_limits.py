@@ -1,0 +1,348 @@
+"""The relay's limits: over one, an ERROR with its code, and the connection keeps working
+where it can; connection limits answer the WebSocket upgrade with 429 or 503; deadlines
+close silent connections."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import aiohttp
+import pytest
+
+from tests.relay.support import (
+    RawClient,
+    RelayLauncher,
+    RelayProcess,
+    clients,
+    http,
+    pull_all,
+    push,
+    raw_client,
+    run,
+    wait_closed,
+)
+from zerok.crypto import DeviceIdentity, GroupKeys
+from zerok.errors import RemoteError
+from zerok.protocol import CLASSIC, ClientSession, ConnectionClosed, Event, SessionState
+from zerok.wire import (
+    BlobId,
+    Error,
+    ErrorCode,
+    Presence,
+    Push,
+    PushAck,
+    encode,
+)
+
+SMALL_FRAME = 8 * 1024
+
+
+@pytest.fixture(scope="module")
+def small(module_launcher: RelayLauncher) -> RelayProcess:
+    """A relay with tiny size limits (every frame stays within one Noise message)."""
+    return module_launcher.start(
+        "--max-blob-size",
+        "1KiB",
+        "--max-group-storage",
+        "4KiB",
+        "--max-frame-size",
+        f"{SMALL_FRAME}B",
+    )
+
+
+@pytest.fixture(scope="module")
+def timeouts(module_launcher: RelayLauncher) -> RelayProcess:
+    return module_launcher.start("--idle-timeout", "1", "--handshake-timeout", "1")
+
+
+def _push_frame(size: int, request_id: int) -> bytes:
+    return encode(Push(blob_id=BlobId.random(), ciphertext=os.urandom(size)), request_id=request_id)
+
+
+async def _works(raw: RawClient) -> None:
+    """The connection still answers: a PUSH within the limits is acknowledged."""
+    answer = await raw.request(Push(blob_id=BlobId.random(), ciphertext=b"fits"))
+    assert isinstance(answer, PushAck), answer
+
+
+def test_welcome_announces_the_limits(small: RelayProcess) -> None:
+    async def scenario() -> None:
+        async with raw_client(small.url) as raw:
+            welcome = await raw.open(GroupKeys.generate())
+            limits = welcome.limits
+            assert (limits.max_blob_size, limits.max_group_storage) == (1024, 4096)
+            assert limits.max_frame_size == SMALL_FRAME
+            assert limits.messages_per_minute == 0
+
+    run(scenario())
+
+
+def test_blob_over_max_blob_size_gets_2001_and_connection_continues(small: RelayProcess) -> None:
+    async def scenario() -> None:
+        keys = GroupKeys.generate()
+        async with raw_client(small.url) as raw:
+            await raw.open(keys)
+            blob_id = BlobId.random()
+            answer = await raw.request(Push(blob_id=blob_id, ciphertext=os.urandom(1025)))
+            assert isinstance(answer, Error), answer
+            assert answer.code == ErrorCode.BLOB_TOO_LARGE
+            answer = await raw.request(Push(blob_id=BlobId.random(), ciphertext=os.urandom(1024)))
+            assert isinstance(answer, PushAck) and answer.cursor == 1
+            await _works(raw)
+            assert raw.unsolicited == []
+        async with clients(small.url) as pool:
+            reader = await pool.open(keys)
+            assert [len(b.ciphertext) for b in await pull_all(reader)] == [1024, 4]
+
+    run(scenario())
+
+
+def test_group_quota_gets_2002_and_connection_continues(small: RelayProcess) -> None:
+    async def scenario() -> None:
+        keys = GroupKeys.generate()
+        async with clients(small.url) as pool:
+            conn = await pool.open(keys)
+            acks = [await push(conn, os.urandom(1000)) for _ in range(4)]  # 4000 of 4096 bytes
+            with pytest.raises(RemoteError) as refused:
+                await push(conn, os.urandom(1000))
+            assert refused.value.code == ErrorCode.GROUP_QUOTA_EXCEEDED
+            assert not conn.closed
+            # A retried PUSH of a stored blob is no new data: still answered with its cursor.
+            retry = await push(conn, b"ignored", blob_id=acks[0].blob_id)
+            assert retry.cursor == 1
+            # The quota is exact: 96 more bytes fit, then not one.
+            assert (await push(conn, os.urandom(96))).cursor == 5
+            with pytest.raises(RemoteError) as refused:
+                await push(conn, b"x")
+            assert refused.value.code == ErrorCode.GROUP_QUOTA_EXCEEDED
+            assert [b.cursor for b in await pull_all(conn)] == [1, 2, 3, 4, 5]
+            # Another group has its own quota.
+            other = await pool.open(GroupKeys.generate())
+            assert (await push(other, os.urandom(1000))).cursor == 1
+
+    run(scenario())
+
+
+def test_frame_over_the_frame_limit_gets_2001_and_connection_continues(
+    small: RelayProcess,
+) -> None:
+    async def scenario() -> None:
+        keys = GroupKeys.generate()
+        async with raw_client(small.url) as raw:
+            await raw.open(keys)
+            # One Noise message holding a frame above the limit.
+            await raw.send_frame(_push_frame(SMALL_FRAME + 100, request_id=7))
+            answer = await raw.answer(7)
+            assert isinstance(answer, Error) and answer.code == ErrorCode.BLOB_TOO_LARGE
+            await _works(raw)
+            # A frame in five fragments that passes the limit in its second: the relay must
+            # skip the other three (still decrypting them) and stay in step.
+            await raw.send_chunked(_push_frame(5 * 5000 - 100, request_id=8), chunk=5000)
+            answer = await raw.answer(8)
+            assert isinstance(answer, Error) and answer.code == ErrorCode.BLOB_TOO_LARGE
+            await _works(raw)
+            # A frame of exactly the limit is read (and then refused for its blob size).
+            overhead = len(_push_frame(1000, request_id=9)) - 1000
+            frame = _push_frame(SMALL_FRAME - overhead, request_id=9)
+            assert len(frame) == SMALL_FRAME
+            await raw.send_chunked(frame, chunk=3000)
+            answer = await raw.answer(9)
+            assert isinstance(answer, Error) and answer.code == ErrorCode.BLOB_TOO_LARGE
+            await _works(raw)
+            assert raw.unsolicited == []
+        async with clients(small.url) as pool:
+            reader = await pool.open(keys)
+            assert [b.ciphertext for b in await pull_all(reader)] == [b"fits"] * 3
+
+    run(scenario())
+
+
+def test_rate_limit_gets_2000_with_retry_after(launcher: RelayLauncher) -> None:
+    relay = launcher.start("--messages-per-minute", "5")
+
+    async def scenario() -> None:
+        keys = GroupKeys.generate()
+        device = DeviceIdentity.generate()
+        async with raw_client(relay.url) as raw:
+            welcome = await raw.open(keys, device)
+            assert welcome.limits.messages_per_minute == 5
+            for i in range(5):
+                answer = await raw.request(Push(blob_id=BlobId.random(), ciphertext=b"%d" % i))
+                assert isinstance(answer, PushAck), (i, answer)
+            for message in (Push(blob_id=BlobId.random(), ciphertext=b"6"), Presence()):
+                answer = await raw.request(message)
+                assert isinstance(answer, Error), answer
+                assert answer.code == ErrorCode.RATE_LIMITED
+                assert 0 < answer.retry_after <= 12  # one more message every 12 s
+            assert not raw.ws.closed
+
+            async with clients(relay.url) as pool:
+                # The limit is the device's, not the connection's...
+                again = await pool.open(keys, device)
+                with pytest.raises(RemoteError) as limited:
+                    await push(again, b"7")
+                assert limited.value.code == ErrorCode.RATE_LIMITED
+                # ...and not the group's: another device pushes freely.
+                other = await pool.open(keys)
+                assert (await push(other, b"other")).cursor == 6
+                assert not again.closed
+
+    run(scenario())
+
+
+async def _upgrade_status(url: str) -> int:
+    """Status of a WebSocket upgrade that the relay refuses (101 if it accepts)."""
+    async with aiohttp.ClientSession() as http:
+        try:
+            ws = await http.ws_connect(url, protocols=[CLASSIC.subprotocol])
+        except aiohttp.WSServerHandshakeError as exc:
+            return exc.status
+        await ws.close()
+        return 101
+
+
+async def _wait_for_upgrade(url: str, timeout: float = 5.0) -> None:
+    """Poll until the relay accepts an upgrade again (it frees slots when handlers end)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (status := await _upgrade_status(url)) != 101:
+        assert loop.time() < deadline, f"still refused with {status}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("flag", "status"),
+    [("--connections-per-ip", 429), ("--max-connections", 503)],
+    ids=["per-ip-429", "max-connections-503"],
+)
+def test_connection_limits_refuse_the_upgrade(
+    launcher: RelayLauncher, flag: str, status: int
+) -> None:
+    relay = launcher.start(flag, "2")
+
+    async def scenario() -> None:
+        keys = GroupKeys.generate()
+        async with clients(relay.url) as pool:
+            first = await pool.open(keys)
+            await pool.open(keys)
+            assert await _upgrade_status(relay.url) == status
+            assert await _upgrade_status(relay.url) == status
+            # Plain HTTP is no WebSocket connection: still served at the limit.
+            health = await asyncio.to_thread(http, "GET", relay.http_url + "/health")
+            assert health.status == 200 and health.json()["connections"] == 2
+            # The two connections are served all the same.
+            assert (await push(first, b"served")).cursor == 1
+            await first.close()
+            await _wait_for_upgrade(relay.url)
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("flag", "status"),
+    [("--connections-per-ip", 429), ("--max-connections", 503)],
+    ids=["per-ip-429", "max-connections-503"],
+)
+def test_connection_limits_hold_for_simultaneous_upgrades(
+    launcher: RelayLauncher, flag: str, status: int
+) -> None:
+    relay = launcher.start(flag, "2")
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as http:
+
+            async def attempt() -> int | aiohttp.ClientWebSocketResponse:
+                try:
+                    return await http.ws_connect(relay.url, protocols=[CLASSIC.subprotocol])
+                except aiohttp.WSServerHandshakeError as exc:
+                    return exc.status
+
+            results = await asyncio.gather(*(attempt() for _ in range(6)))
+            accepted = [r for r in results if not isinstance(r, int)]
+            refused = [r for r in results if isinstance(r, int)]
+            for ws in accepted:
+                await ws.close()
+            assert refused == [status] * (len(results) - 2)
+            assert len(accepted) == 2
+
+    run(scenario())
+
+
+def test_idle_connection_is_closed_and_a_heartbeat_keeps_one_open(
+    timeouts: RelayProcess,
+) -> None:
+    async def scenario() -> None:
+        keys = GroupKeys.generate()
+        async with clients(timeouts.url) as pool:
+            loop = asyncio.get_running_loop()
+            keeper = await pool.open(keys, heartbeat=0.3)
+            silent = await pool.open(keys, heartbeat=None)
+            opened = loop.time()
+            closed = await wait_closed(silent, timeout=5)
+            elapsed = loop.time() - opened
+            assert 0.8 <= elapsed <= 3.0, elapsed
+            assert closed.code is None  # an idle close sends no ERROR
+            # The keeper has been connected longer than the idle timeout, yet is served.
+            assert not keeper.closed
+            assert (await push(keeper, b"alive")).cursor == 1
+
+    run(scenario())
+
+
+async def _time_until_closed(raw: RawClient, loop: asyncio.AbstractEventLoop) -> float:
+    started = loop.time()
+    messages = await raw.raw_until_closed(timeout=5)
+    assert messages == [], messages  # no ERROR: the deadline closes silently
+    return loop.time() - started
+
+
+def test_handshake_deadline_closes_a_silent_websocket(timeouts: RelayProcess) -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        async with raw_client(timeouts.url) as raw:
+            elapsed = await _time_until_closed(raw, loop)
+            assert 0.8 <= elapsed <= 3.0, elapsed
+
+    run(scenario())
+
+
+class _NoHello(ClientSession):
+    """Completes the Noise handshake and then sends no HELLO."""
+
+    def _on_handshake_complete(self) -> list[Event]:
+        self.state = SessionState.AWAIT_WELCOME
+        return []
+
+
+def test_handshake_deadline_covers_hello(timeouts: RelayProcess) -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with raw_client(timeouts.url) as raw:
+            result = await raw.handshake(GroupKeys.generate(), session_type=_NoHello)
+            assert isinstance(result, ConnectionClosed), result
+            assert result.code is None
+            elapsed = loop.time() - started
+            assert 0.8 <= elapsed <= 3.0, elapsed
+
+    run(scenario())
+
+
+def test_handshake_deadline_after_the_first_noise_message(timeouts: RelayProcess) -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with raw_client(timeouts.url) as raw:
+            session = ClientSession(
+                DeviceIdentity.generate(), GroupKeys.generate(), now=loop.time(), variant=CLASSIC
+            )
+            [first] = session.data_to_send()
+            await raw.send_noise(first)
+            msg = await raw.ws.receive(timeout=5)
+            assert msg.type == aiohttp.WSMsgType.BINARY  # the relay's handshake message 2
+            await _time_until_closed(raw, loop)
+            elapsed = loop.time() - started
+            assert 0.8 <= elapsed <= 3.0, elapsed
+
+    run(scenario())
