@@ -13,23 +13,27 @@ from pathlib import Path
 
 import pytest
 
-from tests.relay.support import RelayLauncher
+from tests.relay.support import BACKENDS, RelayLauncher
 
 
-@pytest.fixture
-def launcher(tmp_path: Path) -> Iterator[RelayLauncher]:
-    """Starts relays for one test; all of them are stopped when the test ends."""
-    relays = RelayLauncher(tmp_path)
+@pytest.fixture(params=BACKENDS)
+def launcher(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RelayLauncher]:
+    """Starts relays for one test, once per storage backend; all of them are stopped (and
+    their PostgreSQL databases dropped) when the test ends."""
+    relays = RelayLauncher(tmp_path, request.param)
     try:
         yield relays
     finally:
         relays.close()
 
 
-@pytest.fixture(scope="module")
-def module_launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayLauncher]:
-    """Starts relays shared by the tests of one module (separate groups keep them apart)."""
-    relays = RelayLauncher(tmp_path_factory.mktemp("relays"))
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_launcher(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[RelayLauncher]:
+    """Starts relays shared by the tests of one module (separate groups keep them apart),
+    once per storage backend."""
+    relays = RelayLauncher(tmp_path_factory.mktemp("relays"), request.param)
     try:
         yield relays
     finally:

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import aiohttp
+import psycopg
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg import sql
 
 from zerok.crypto import DeviceIdentity, GroupKeys
 from zerok.crypto.noise import NoiseTransport
@@ -90,6 +92,7 @@ class RelayProcess:
         self.name = name
         self.stderr_path = workdir / f"{name}.stderr.log"
         self.address: str | None = None
+        self.key_path = workdir / "data" / "relay.key"  # where the relay keeps its Noise key
         self._stdout: list[str] = []
         self._lock = threading.Lock()
         self._signal = threading.Event()  # set when the banner arrived or stdout ended
@@ -183,12 +186,61 @@ class RelayProcess:
         return f"--- stdout\n{self.stdout()}--- stderr\n{self.stderr()}"
 
 
-class RelayLauncher:
-    """Starts relays under one directory and stops every one of them in ``close``."""
+# The test PostgreSQL (trust auth); each launcher creates databases of its own on it.
+PG_ADMIN_URL = os.environ.get("ZEROK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+BACKENDS = ("sqlite", "postgres")
 
-    def __init__(self, base: Path) -> None:
+
+class PostgresDatabases:
+    """Fresh databases on the test PostgreSQL server, dropped again by ``drop_all``."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def url(self, name: str) -> str:
+        base, _, _ = PG_ADMIN_URL.rpartition("/")
+        return f"{base}/{name}"
+
+    def create(self) -> str:
+        name = f"zerok_t_{os.urandom(6).hex()}"
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        self.names.append(name)
+        return self.url(name)
+
+    def drop_all(self) -> None:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            for name in self.names:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+        self.names.clear()
+
+
+class RelayLauncher:
+    """Starts relays under one directory and stops every one of them in ``close``.
+
+    ``backend`` "postgres" gives each relay a database of its own on the test PostgreSQL
+    server (a ``database`` path passed to ``start`` names one: the same path, the same
+    database), so the same tests run against both storage backends.
+    """
+
+    def __init__(self, base: Path, backend: str = "sqlite") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}")
         self.base = base
+        self.backend = backend
         self.relays: list[RelayProcess] = []
+        self._pg = PostgresDatabases()
+        self._pg_by_path: dict[Path, str] = {}
+
+    def database_for(self, database: Path) -> str:
+        """What ``--database`` the relay gets for this path under the launcher's backend."""
+        if self.backend == "sqlite":
+            return str(database)
+        if database not in self._pg_by_path:
+            self._pg_by_path[database] = self._pg.create()
+        return self._pg_by_path[database]
 
     def start(
         self,
@@ -208,17 +260,27 @@ class RelayLauncher:
         argv: list[str] = []
         if defaults:
             db = database or workdir / "data" / "relay.db"
-            argv += ["--bind", "127.0.0.1:0", "--database", str(db)]
+            url = self.database_for(db)
+            argv += ["--bind", "127.0.0.1:0", "--database", url]
+            key_path = db.parent / "relay.key"
+            if self.backend == "postgres":
+                # One relay key per database, as SQLite's default (beside the file) gives.
+                key_path = self.base / f"{url.rpartition('/')[2]}.key"
+                argv += ["--key-file", str(key_path)]
             # Every test client comes from 127.0.0.1: lift the per-IP limit unless testing it.
             argv += ["--messages-per-minute", "0", "--connections-per-ip", "1000"]
         argv += args
         relay = RelayProcess(argv, workdir, name, clean_env(env))
+        if defaults:
+            relay.key_path = key_path
         self.relays.append(relay)
         return relay.wait_ready() if wait else relay
 
     def close(self) -> None:
         for relay in self.relays:
             relay.stop()
+        if self._pg.names:
+            self._pg.drop_all()
 
 
 def run_cli(

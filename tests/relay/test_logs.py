@@ -75,7 +75,7 @@ def test_debug_logs_hold_no_payload_token_or_key(launcher: RelayLauncher) -> Non
     assert "revoked" in logs
     assert "push (not delivered" in logs
 
-    relay_key = DeviceIdentity.load(relay.workdir / "data" / "relay.key")
+    relay_key = DeviceIdentity.load(relay.key_path)
     secrets_by_name: dict[str, bytes] = {
         "blob": blob,
         "push token": token.encode(),
