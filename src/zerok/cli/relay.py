@@ -40,7 +40,7 @@ def _banner(config: RelayConfig, address: str, relay_id: str) -> str:
     return (
         f"0k-Sync relay {__version__} listening on ws://{address}\n"
         f"  relay id   {relay_id}\n"
-        f"  database   {config.database}\n"
+        f"  database   {config.database_display}\n"
         f"  health     http://{address}/health    metrics  http://{address}/metrics\n"
         f"Pair a device: zerok init && zerok pair create --relay ws://{address}\n"
         "Stop with Ctrl-C: connections are told and drained first."

@@ -37,6 +37,16 @@ _SIZE_UNITS = {
 _TIME_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+def redact_url(url: str) -> str:
+    """``scheme://user:secret@host/...`` → ``scheme://user:***@host/...``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    credentials, _, host = rest.partition("@")
+    user, colon, _ = credentials.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
+
+
 def parse_size(value: Any) -> int:
     """``1048576``, ``"1 MiB"``, ``"512kb"`` → bytes."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -131,7 +141,18 @@ class RelayConfig:
     def key_path(self) -> Path:
         if self.key_file:
             return Path(self.key_file)
+        if self.uses_postgres:
+            return Path("data") / "relay.key"
         return Path(self.database).parent / "relay.key"
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.database.startswith(("postgresql://", "postgres://"))
+
+    @property
+    def database_display(self) -> str:
+        """The database for logs and banners: a URL without its password."""
+        return redact_url(self.database)
 
     def validate(self) -> RelayConfig:
         match = _BIND.fullmatch(self.bind)

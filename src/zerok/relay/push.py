@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -55,6 +56,8 @@ class WebhookPushSender:
 
     def __init__(self, url: str, *, timeout: float = 5.0) -> None:
         self.url = url
+        parts = urlsplit(url)
+        self._where = f"{parts.scheme}://{parts.hostname}"  # for logs: no path, no secrets
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
@@ -74,7 +77,7 @@ class WebhookPushSender:
                     return False
                 return True
         except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("push webhook %s unreachable: %s", self.url, exc)
+            log.warning("push webhook at %s unreachable: %s", self._where, exc)
             return False
 
     async def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import time
 from collections import Counter
@@ -33,11 +34,26 @@ SHUTDOWN_GRACE = 10.0  # seconds for connections to drain on shutdown
 
 def open_storage(config: RelayConfig) -> Storage:
     url = config.database
-    if url.startswith(("postgresql://", "postgres://")):
+    if config.uses_postgres:
         from zerok.relay.storage.postgres import PostgresStorage  # noqa: PLC0415
 
         return PostgresStorage(url)
     return SQLiteStorage(Path(url), synchronous=config.synchronous)
+
+
+def _raise_open_files_limit(wanted: int) -> None:
+    """Each connection is a file descriptor: lift the soft limit toward max_connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        log.warning(
+            "open files are limited to %d, below max_connections=%d: raise the hard limit "
+            "(ulimit -n, LimitNOFILE=) to accept that many connections",
+            target,
+            wanted - 256,
+        )
 
 
 def make_push_sender(config: RelayConfig) -> PushSender:
@@ -78,6 +94,7 @@ class Relay:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        _raise_open_files_limit(self.config.max_connections + 256)
         await self.storage.open()
         app = web.Application(client_max_size=self.config.invite_max_size * 2 + 1024)
         app.router.add_routes([web.get("/", self.websocket), *self.http.routes()])
@@ -92,7 +109,7 @@ class Relay:
             "relay %s listening on ws://%s (database %s)",
             self.identity.device_id.short(),
             self.bound_address,
-            self.config.database,
+            self.config.database_display,
         )
 
     @property

@@ -148,17 +148,17 @@ class RelayService:
         conn.schedule_flush()
 
     def _refuse(self, conn: Connection, code: ErrorCode, message: str) -> None:
-        log.info("refused %s from %s: %s", conn.device_id or "device", conn.remote, message)
-        self.metrics.handshake_failures.labels(code.name.lower()).inc()
+        device = conn.session.device_id
+        log.info(
+            "refused device %s from %s: %s", device.short() if device else "?", conn.remote, message
+        )
         if conn.session.state is SessionState.HELLO_PENDING:  # not already closed meanwhile
             conn.close(code, message)
 
     def on_session_closed(self, conn: Connection, event: ConnectionClosed) -> None:
-        if conn.device_id is None and event.code not in (
-            ErrorCode.UNAUTHORIZED,
-            ErrorCode.DEVICE_REVOKED,
-        ):
-            self.metrics.handshake_failures.labels("protocol" if event.code else "aborted").inc()
+        if conn.device_id is None:  # never got in: a failed handshake or a refused HELLO
+            reason = "aborted" if event.code is None else _reason_label(event.code)
+            self.metrics.handshake_failures.labels(reason).inc()
         log.debug("session with %s ended: %s", conn.remote, event.reason)
 
     def on_disconnect(self, conn: Connection) -> None:
@@ -178,7 +178,8 @@ class RelayService:
         assert conn.group_id is not None and conn.device_id is not None
         message, rid = event.message, event.request_id
         loop_now = conn.loop.time()
-        if not self.rate.allow(conn.device_id, loop_now):
+        # Heartbeats do not count: a limit for data must not cut idle, healthy devices.
+        if not isinstance(message, Presence) and not self.rate.allow(conn.device_id, loop_now):
             retry = self.rate.retry_after(conn.device_id, loop_now)
             conn.send(
                 Error(
@@ -443,6 +444,13 @@ class RelayService:
         )
         self._push_targets.pop(conn.group_id, None)
         self._confirm(conn, rid, register)
+
+
+def _reason_label(code: int) -> str:
+    try:
+        return ErrorCode(code).name.lower()
+    except ValueError:
+        return str(code)
 
 
 def _notify_of(blob: BlobStored) -> Notify:

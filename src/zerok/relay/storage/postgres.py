@@ -28,6 +28,7 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from zerok.relay.config import redact_url
 from zerok.relay.storage.base import (
     BlobStored,
     CleanupStats,
@@ -153,7 +154,7 @@ class PostgresStorage:
             await self._pool.open(wait=True, timeout=10)
         except (psycopg.Error, PoolTimeout) as exc:
             raise StorageError(
-                f"cannot connect to PostgreSQL at {_safe(self.url)}: {exc}"
+                f"cannot connect to PostgreSQL at {redact_url(self.url)}: {exc}"
             ) from None
         await self._migrate()
         self._listener = asyncio.get_running_loop().create_task(self._listen_forever())
@@ -643,13 +644,3 @@ async def _tombstone(conn: Conn, group_id: bytes, where: str, args: tuple[Any, .
             (size, count, group_id),
         )
     return count
-
-
-def _safe(url: str) -> str:
-    """The URL without a password, for messages."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}@{host}"

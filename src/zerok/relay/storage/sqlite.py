@@ -41,7 +41,7 @@ WriteOp = Callable[[sqlite3.Connection], Any]
 
 MAX_BATCH = 512
 INVITE_TOMBSTONE_MS = 24 * 3600 * 1000  # how long a used or expired invite is remembered
-CHECKPOINT_PAGES = 4096  # checkpoint once the WAL holds this many pages and the writer is idle
+CHECKPOINT_WRITES = 4096  # checkpoint after this many writes, when the writer is idle
 _STOP = object()
 
 
@@ -146,12 +146,12 @@ class SQLiteStorage:
             loop.call_soon_threadsafe(self._resolve, ready, None, failure)
             return
         loop.call_soon_threadsafe(self._resolve, ready, None, None)
-        dirty_pages = 0
+        writes_since_checkpoint = 0
         while True:
             try:
-                item = self._queue.get(timeout=0.5 if dirty_pages else None)
+                item = self._queue.get(timeout=0.5 if writes_since_checkpoint else None)
             except queue.Empty:
-                dirty_pages = self._checkpoint(conn)
+                writes_since_checkpoint = self._checkpoint(conn)
                 continue
             if item is _STOP:
                 break
@@ -163,14 +163,14 @@ class SQLiteStorage:
                     with contextlib.suppress(queue.Empty):
                         item = self._queue.get_nowait()
             if batch:
-                dirty_pages += self._run_batch(conn, batch)
+                writes_since_checkpoint += self._run_batch(conn, batch)
             if item is _STOP:
                 break
             if item is not None:
                 self._run_solo(conn, item)
-                dirty_pages += 1
-            if dirty_pages >= CHECKPOINT_PAGES and self._queue.empty():
-                dirty_pages = self._checkpoint(conn)
+                writes_since_checkpoint += 1
+            if writes_since_checkpoint >= CHECKPOINT_WRITES and self._queue.empty():
+                writes_since_checkpoint = self._checkpoint(conn)
         with contextlib.suppress(sqlite3.Error):
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
