@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -27,11 +28,22 @@ def home_dir(args: argparse.Namespace) -> Path:
     return Path(args.home or os.environ.get("SYNC_HOME") or DEFAULT_HOME).expanduser()
 
 
-def add_common(parser: argparse.ArgumentParser) -> None:
+def add_common(parser: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    """--home and --json; ``nested`` for a sub-action, whose unset options must not
+    override what was given before the action (``zerok devices --home D revoke ID``)."""
+    default: dict[str, object] = {"default": argparse.SUPPRESS} if nested else {}
     parser.add_argument(
-        "--home", metavar="DIR", help=f"data directory (env SYNC_HOME; default {DEFAULT_HOME})"
+        "--home",
+        metavar="DIR",
+        help=f"data directory (env SYNC_HOME; default {DEFAULT_HOME})",
+        **default,  # type: ignore[arg-type]
     )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="machine-readable output",
+        **default,  # type: ignore[arg-type]
+    )
 
 
 def emit_json(doc: Any) -> None:
@@ -53,7 +65,14 @@ def open_client(args: argparse.Namespace, *, need_group: bool = True) -> SyncCli
 
 
 def run_async(main: Callable[[], Awaitable[int]]) -> int:
-    """Run a command; a SyncError becomes one line on stderr and exit code 1."""
+    """Run a command; a SyncError becomes one line on stderr and exit code 1.
+
+    SYNC_LOG_LEVEL (e.g. DEBUG) shows the library's logs on stderr."""
+    level = os.environ.get("SYNC_LOG_LEVEL")
+    if level:
+        logging.basicConfig(
+            level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
     try:
         return asyncio.run(_guarded(main))
     except KeyboardInterrupt:

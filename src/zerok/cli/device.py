@@ -29,7 +29,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     add_common(devices)
     actions = devices.add_subparsers(dest="action", metavar="ACTION")
     revoke = actions.add_parser("revoke", help="remove a device from the group")
-    add_common(revoke)
+    add_common(revoke, nested=True)
     revoke.add_argument("device_id", help="the device id (base32, from `zerok devices`)")
     revoke.add_argument(
         "--reason",

@@ -45,8 +45,13 @@ def cmd_create(args: argparse.Namespace) -> int:
             if not args.relay:
                 raise SyncError("a new group needs a relay: pass --relay ws://HOST:PORT")
             await client.create_group([args.relay], args.passphrase)
-        elif args.relay and args.relay not in client.relays:
-            err.print(f"note: this group syncs through {', '.join(client.relays)}; --relay ignored")
+        else:
+            if args.relay and args.relay not in client.relays:
+                err.print(
+                    f"note: this group syncs through {', '.join(client.relays)}; --relay ignored"
+                )
+            if args.passphrase:
+                err.print("note: this device already has its group; --passphrase ignored")
         with contextlib.ExitStack() as stack:
             if not args.json:
                 stack.enter_context(err.status("sealing the invite and storing it at the relay…"))
@@ -73,6 +78,7 @@ def cmd_create(args: argparse.Namespace) -> int:
             f"On the other device: zerok pair join {invite.short_code} --relay {invite.relay}"
         )
         out.print(f"Or scan the QR code, or use the URL:\n{invite.url}")
+        err.print("The QR code and URL hold the group's key: show them only to your own devices.")
         if args.qr_png:
             out.print(f"QR code written to {args.qr_png}")
         return 0

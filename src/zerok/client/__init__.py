@@ -12,6 +12,7 @@ from zerok.client.events import (
     SyncStatus,
 )
 from zerok.client.pairing import Invite, InviteError
+from zerok.client.state import StateError
 from zerok.client.sync import (
     Blob,
     BlobTooLargeError,
@@ -37,6 +38,7 @@ __all__ = [
     "NotConnectedError",
     "PullResult",
     "PushResult",
+    "StateError",
     "StatusChanged",
     "SyncClient",
     "SyncEvent",

@@ -137,7 +137,10 @@ class SyncClient:
         return self._iterate(self._client.changes())
 
     def events(self) -> Iterator[SyncEvent]:
-        return self._iterate(self._client.events())
+        return self._iterate(self._call(self._subscribe()))
+
+    async def _subscribe(self) -> AsyncIterator[SyncEvent]:
+        return self._client.events()
 
     def list_devices(self) -> list[DeviceInfo]:
         return self._call(self._client.list_devices())

@@ -36,7 +36,7 @@ from zerok.client.events import (
 )
 from zerok.client.pairing import Invite, InviteError, InvitePayload
 from zerok.client.state import LocalState, StateError
-from zerok.crypto.blob import OVERHEAD, BlobCipher
+from zerok.crypto.blob import BlobCipher
 from zerok.crypto.identity import DeviceIdentity
 from zerok.crypto.keys import GroupKeys, KdfParams
 from zerok.errors import DecryptionError, RemoteError, SyncError
@@ -70,6 +70,7 @@ from zerok.wire import (
 )
 from zerok.wire import DeviceRevoked as DeviceRevokedMessage
 from zerok.wire import Error as ErrorMessage
+from zerok.wire.messages import MAX_PULL_LIMIT
 
 log = logging.getLogger("zerok.client")
 
@@ -118,9 +119,28 @@ def _now_ms() -> int:
 
 
 def _ignore_result(task: asyncio.Task[None]) -> None:
-    # An ACK lost with its connection is sent again with the next one; nothing to report.
+    # An ACK lost with its connection is not lost: HELLO carries the saved cursor, which the
+    # relay records as this device's ACK.
     if not task.cancelled():
         task.exception()
+
+
+class EventStream:
+    """An async iterator over a client's events, subscribed from its creation."""
+
+    def __init__(self, subscribers: set[asyncio.Queue[SyncEvent]]) -> None:
+        self._subscribers = subscribers
+        self._queue: asyncio.Queue[SyncEvent] = asyncio.Queue()
+        subscribers.add(self._queue)
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> SyncEvent:
+        return await self._queue.get()
+
+    async def aclose(self) -> None:
+        self._subscribers.discard(self._queue)
 
 
 class SyncClient:
@@ -133,7 +153,7 @@ class SyncClient:
         device_name: str | None = None,
         pad: bool = True,
     ) -> None:
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).expanduser()
         self._state = LocalState(self.data_dir)
         self._identity = DeviceIdentity.load_or_create(self.data_dir / KEY_FILE)
         if device_name:
@@ -159,6 +179,10 @@ class SyncClient:
         self._status = SyncStatus.OFFLINE
         self._known_max = 0
         self._revoked = False
+        self._revoked_event = asyncio.Event()
+        self._remote_pending = False  # the relay holds blobs of others beyond our cursor
+        self._acks: set[asyncio.Task[None]] = set()
+        self._last_failure = ""
         self._max_blob = DEFAULT_MAX_BLOB
         if self._state.has_group():
             self._load_group()
@@ -308,18 +332,35 @@ class SyncClient:
         """Wait until a relay accepted this device; NotConnectedError after ``timeout``."""
         if self._revoked:
             raise DeviceRevokedError("this device was revoked from its group")
+        connected = asyncio.ensure_future(self._connected.wait())
+        revoked = asyncio.ensure_future(self._revoked_event.wait())
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
-        except TimeoutError:
+            await asyncio.wait({connected, revoked}, timeout=timeout, return_when="FIRST_COMPLETED")
+        finally:
+            connected.cancel()
+            revoked.cancel()
+        if self._revoked:
+            raise DeviceRevokedError("this device was revoked from its group")
+        if not self._connected.is_set():
             raise NotConnectedError(
                 f"no relay reachable within {timeout:g} s (tried {', '.join(self._relays)})"
-            ) from None
+            )
 
     async def close(self) -> None:
-        """Stop syncing. Pending pushes stay in the outbox for the next connection."""
+        """Stop syncing. Pending pushes stay in the outbox for the next connection; callers
+        still awaiting ``push()`` get NotConnectedError."""
         self._closing.set()
+        if self._acks:  # receipts already promised to the relay go out first
+            await asyncio.wait(self._acks, timeout=5)
         if self._conn is not None:
             await self._conn.close()
+        for waiters in self._push_waiters.values():
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_exception(
+                        NotConnectedError("the client closed; the push stays queued in the outbox")
+                    )
+        self._push_waiters.clear()
         if self._runner is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
@@ -335,20 +376,23 @@ class SyncClient:
         backoff = Backoff()
         while not self._closing.is_set() and not self._revoked:
             was_online = False
+            last_url, reason = None, "no relay reachable"
             for url in self._relays:
                 if self._closing.is_set():
                     return
                 conn = await self._open(url)
+                last_url = url
                 if conn is None:
+                    reason = self._last_failure
                     continue
                 backoff.reset()
                 was_online = True
-                await self._serve(conn, url)
+                reason = await self._serve(conn, url)
                 break
             if self._closing.is_set() or self._revoked:
                 return
             delay = 0.0 if was_online else backoff.next_delay()
-            self._emit(Disconnected(self._relay_url, "disconnected", delay))
+            self._emit(Disconnected(last_url, reason, delay))
             self._set_status(SyncStatus.CONNECTING)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), delay)
@@ -364,32 +408,38 @@ class SyncClient:
                 last_cursor=self._state.cursor,
             )
         except RemoteError as exc:
+            self._last_failure = f"{url} refused the connection: {exc.message}"
             if exc.code == ErrorCode.DEVICE_REVOKED:
-                self._become_revoked(self.device_id, self.device_id, exc.message)
+                self._become_revoked(self.device_id, self.device_id, "revoked")
             else:
-                self._emit(Error(exc.code, f"{url}: {exc.message}"))
+                self._emit(Error(exc.code, self._last_failure))
             return None
         except ConnectError as exc:
-            log.info("relay %s unreachable: %s", url, exc)
+            self._last_failure = f"{url} unreachable: {exc}"
+            log.info("%s", self._last_failure)
             return None
 
-    async def _serve(self, conn: RelayConnection, url: str) -> None:
+    async def _serve(self, conn: RelayConnection, url: str) -> str:
+        """Run one connection until it ends; return why it ended."""
         self._conn, self._relay_url = conn, url
         welcome = conn.welcome
         assert welcome is not None
         if welcome.limits.max_blob_size:
             self._max_blob = welcome.limits.max_blob_size
         self._known_max = max(self._known_max, welcome.max_cursor)
+        self._remote_pending = welcome.pending > 0
         self._connected.set()
         self._emit(Connected(url))
         self._new_data.set()
         self._refresh_status()
         sender = asyncio.get_running_loop().create_task(self._send_outbox(conn))
+        reason = f"{url} closed the connection"
         try:
             async for event in conn.events():
                 if isinstance(event, MessageReceived):
                     self._on_message(event.message)
                 elif isinstance(event, ConnectionClosed):
+                    reason = f"{url}: {event.reason}"
                     if event.code == ErrorCode.DEVICE_REVOKED:
                         self._become_revoked(self.device_id, self.device_id, event.reason)
                     elif event.code is not None and event.by_peer:
@@ -401,11 +451,13 @@ class SyncClient:
             self._connected.clear()
             self._conn = None
             await conn.close()
+        return reason
 
     def _on_message(self, message: Message) -> None:
         if isinstance(message, Notify):
             self._known_max = max(self._known_max, message.cursor)
-            if message.sender != self.device_id:
+            if message.sender != self.device_id and message.cursor > self._state.cursor:
+                self._remote_pending = True
                 self._emit(BlobAvailable(message.cursor, message.blob_id, message.sender))
             self._new_data.set()
             self._refresh_status()
@@ -416,9 +468,12 @@ class SyncClient:
 
     def _become_revoked(self, device_id: DeviceId, by: DeviceId, reason: str) -> None:
         this = device_id == self.device_id
+        if this and self._revoked:
+            return  # told already (DEVICE_REVOKED, then the relay's refusal)
         self._emit(DeviceRevoked(device_id, by, reason, this))
         if this:
             self._revoked = True
+            self._revoked_event.set()
             self._closing.set()
             self._set_status(SyncStatus.REVOKED)
             for waiters in self._push_waiters.values():
@@ -438,7 +493,7 @@ class SyncClient:
             return
         if self._conn is None:
             self._set_status(SyncStatus.CONNECTING if self._runner else SyncStatus.OFFLINE)
-        elif self.pending_count or self._known_max > self._state.cursor:
+        elif self.pending_count or self._remote_pending:
             self._set_status(SyncStatus.SYNCING)
         else:
             self._set_status(SyncStatus.SYNCED)
@@ -447,15 +502,10 @@ class SyncClient:
         for queue in self._subscribers:
             queue.put_nowait(event)
 
-    async def events(self) -> AsyncIterator[SyncEvent]:
-        """Every event from now on, for as long as the caller iterates."""
-        queue: asyncio.Queue[SyncEvent] = asyncio.Queue()
-        self._subscribers.add(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._subscribers.discard(queue)
+    def events(self) -> EventStream:
+        """Every event from this call on (not from the first iteration: nothing is missed
+        in between), for as long as the caller iterates; ``aclose()`` unsubscribes."""
+        return EventStream(self._subscribers)
 
     # -- pushing ----------------------------------------------------------------------------
 
@@ -466,8 +516,8 @@ class SyncClient:
         sealed = cipher.seal(bytes(data), blob_id=blob_id, sender=self.device_id, pad=self.pad)
         if len(sealed) > self._max_blob:
             raise BlobTooLargeError(
-                f"{len(data)} bytes seal to {len(sealed)}, over the relay's limit of "
-                f"{self._max_blob} bytes ({self._max_blob - OVERHEAD} bytes of data at most)"
+                f"{len(data):,} bytes seal to {len(sealed):,} (with encryption overhead and "
+                f"padding), over the relay's limit of {self._max_blob:,} bytes per blob"
             )
         entry = OutboxEntry(blob_id, sealed, int(ttl or 0))
         self._state.outbox_add(entry, _now_ms())  # durable before anything else
@@ -570,6 +620,8 @@ class SyncClient:
         reply = await conn.request(Pull(after=after, limit=limit))
         assert isinstance(reply, PullResponse)
         self._known_max = max(self._known_max, reply.max_cursor)
+        if not reply.has_more and after >= self._state.cursor:
+            self._remote_pending = False  # this page reaches the end of what the relay has
         return reply
 
     def _acknowledge(self, cursor: int, *, tell_relay: bool = True) -> None:
@@ -578,6 +630,8 @@ class SyncClient:
         conn = self._conn
         if tell_relay and conn is not None and not conn.closed:
             task = asyncio.get_running_loop().create_task(conn.send(Ack(cursor=cursor)))
+            self._acks.add(task)
+            task.add_done_callback(self._acks.discard)
             task.add_done_callback(_ignore_result)
         self._refresh_status()
 
@@ -589,6 +643,8 @@ class SyncClient:
         """One page of blobs after ``after``. With ``after=None`` it continues from the saved
         cursor, skips this device's own blobs and blobs already delivered, and saves the
         cursor before returning."""
+        if not 1 <= limit <= MAX_PULL_LIMIT:
+            raise SyncError(f"limit must be 1..{MAX_PULL_LIMIT}, not {limit}")
         resume = after is None
         start = self._state.cursor if after is None else after
         reply = await self._fetch(start, limit)
@@ -610,7 +666,14 @@ class SyncClient:
         moves past a blob once the loop body that received it asks for the next one."""
         while True:
             self._new_data.clear()
-            reply = await self._fetch(self._state.cursor, 100)
+            try:
+                reply = await self._fetch(self._state.cursor, 100)
+            except (NotConnectedError, ConnectError):
+                # Offline or dropped mid-fetch: wait for the next connection and go on.
+                if self._runner is None or self._closing.is_set():
+                    raise
+                await self.wait_connected(None)
+                continue
             for stored in reply.blobs:
                 if not self._seen(stored):
                     blob = self._open_blob(stored)
@@ -660,7 +723,9 @@ class SyncClient:
         except ValueError:
             choices = ", ".join(r.value for r in RevokeReason)
             raise SyncError(f"reason must be one of {choices}, not {reason!r}") from None
-        await self._request(RevokeDevice(device_id=target, reason=why))
+        reply = await self._request(RevokeDevice(device_id=target, reason=why))
+        if isinstance(reply, DeviceRevokedMessage):
+            self._become_revoked(reply.device_id, reply.revoked_by, reply.reason.value)
 
     async def _resolve_device(self, text: str) -> DeviceId:
         text = text.strip().lower()

@@ -124,10 +124,15 @@ class RelayService:
             self._refuse(
                 conn,
                 ErrorCode.DEVICE_REVOKED,
-                f"this device was revoked ({device.revoke_reason}); pair it again to rejoin",
+                f"this device was revoked from the group ({device.revoke_reason}); "
+                "it can no longer sync with it",
             )
             return
         await self.storage.touch_device(hello.group_id, device_id, hello.device_name, now)
+        if hello.last_cursor:
+            # The device's saved cursor is its receipt for everything up to it, even if the
+            # ACK it sent before disconnecting was lost.
+            await self.storage.ack(hello.group_id, device_id, hello.last_cursor)
         pending = await self.storage.pending_for(hello.group_id, device_id)
         if session.closed:
             return
