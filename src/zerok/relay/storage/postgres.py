@@ -51,6 +51,7 @@ log = logging.getLogger("zerok.relay.postgres")
 CHANNEL = "zerok_events"
 INVITE_TOMBSTONE_MS = 24 * 3600 * 1000
 LISTEN_RETRY = 1.0  # seconds between attempts to re-establish the listener
+LISTENER_NAME = "zerok-relay-listener"  # application_name of the LISTEN connection
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -202,7 +203,9 @@ class PostgresStorage:
         first = True
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+                conn = await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, application_name=LISTENER_NAME
+                )
             except psycopg.Error as exc:
                 log.warning("cannot listen for other relays' events: %s; retrying", exc)
                 await asyncio.sleep(LISTEN_RETRY)
