@@ -13,7 +13,7 @@ from bench.harness import print_table
 def main() -> None:
     machine = platform.processor() or platform.machine()
     print(f"0k-Sync benchmarks on {machine}, {os.cpu_count()} cores")
-    sections = sys.argv[1:] or ["foundation", "relay"]
+    sections = sys.argv[1:] or ["foundation", "relay", "scaleout"]
     if "foundation" in sections:
         print_table(
             "Foundation (one process, no network; medians of 5 runs)", foundation.all_figures()
@@ -22,6 +22,11 @@ def main() -> None:
         print_table(
             "Relay (a relay process driven over loopback from this process)",
             relay.all_figures(),
+        )
+    if "scaleout" in sections:
+        print_table(
+            "Scale-out (two relay processes sharing one PostgreSQL, clients over loopback)",
+            relay.scaleout_figures(),
         )
 
 

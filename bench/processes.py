@@ -50,8 +50,29 @@ def _stop(proc: subprocess.Popen[str]) -> None:
             proc.wait()
 
 
+PG_ADMIN_URL = os.environ.get("ZEROK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
 @contextlib.contextmanager
-def relay_process(*extra: str) -> Iterator[tuple[str, int]]:
+def postgres_database() -> Iterator[str]:
+    """A fresh database on the local PostgreSQL; yields its URL and drops it afterwards."""
+    import psycopg  # noqa: PLC0415 - only the scale-out figures need it
+    from psycopg import sql  # noqa: PLC0415
+
+    name = f"zerok_bench_{os.urandom(6).hex()}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield f"{PG_ADMIN_URL.rpartition('/')[0]}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@contextlib.contextmanager
+def relay_process(*extra: str, database: str | None = None) -> Iterator[tuple[str, int]]:
     """A real ``zerok relay`` on a free loopback port; yields (ws URL, PID)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="zerok-bench-") as tmp:
@@ -63,7 +84,9 @@ def relay_process(*extra: str) -> Iterator[tuple[str, int]]:
             "--bind",
             f"127.0.0.1:{port}",
             "--database",
-            os.path.join(tmp, "relay.db"),
+            database or os.path.join(tmp, "relay.db"),
+            "--key-file",
+            os.path.join(tmp, "relay.key"),
             "--messages-per-minute",
             "0",
             "--connections-per-ip",

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 
 from bench.harness import Figure
-from bench.processes import bare_relay_process, relay_process, rss_bytes
+from bench.processes import bare_relay_process, postgres_database, relay_process, rss_bytes
 from zerok.crypto import DeviceIdentity, GroupKeys
 from zerok.protocol import CLASSIC, HYBRID, MessageReceived, Variant
 from zerok.transport import RelayConnection
@@ -48,14 +48,20 @@ async def _timed_window(worker: Callable[[], Awaitable[None]], seconds: float) -
     await asyncio.gather(*(worker() for _ in range(WINDOW)))
 
 
-async def zerok_push_rate(url: str) -> float:
+async def zerok_push_rate(*urls: str) -> float:
+    """Durable pushes/s from SENDERS devices of one group, spread over ``urls``."""
     keys = GroupKeys.generate()
     async with _http() as http:
         conns = [
             await RelayConnection.open(
-                url, DeviceIdentity.generate(), keys, variants=(CLASSIC,), heartbeat=None, http=http
+                urls[i % len(urls)],
+                DeviceIdentity.generate(),
+                keys,
+                variants=(CLASSIC,),
+                heartbeat=None,
+                http=http,
             )
-            for _ in range(SENDERS)
+            for i in range(SENDERS)
         ]
         drains = [asyncio.create_task(_drain(c)) for c in conns]
         loop = asyncio.get_running_loop()
@@ -144,14 +150,20 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
     return q[49] * 1000, q[98] * 1000
 
 
-async def zerok_latency(url: str) -> tuple[float, float]:
+async def zerok_latency(url: str, receiver_url: str | None = None) -> tuple[float, float]:
+    """push→NOTIFY→PULL latency; the receiver may sit on another relay."""
     keys = GroupKeys.generate()
     async with _http() as http:
         sender = await RelayConnection.open(
             url, DeviceIdentity.generate(), keys, variants=(CLASSIC,), heartbeat=None, http=http
         )
         receiver = await RelayConnection.open(
-            url, DeviceIdentity.generate(), keys, variants=(CLASSIC,), heartbeat=None, http=http
+            receiver_url or url,
+            DeviceIdentity.generate(),
+            keys,
+            variants=(CLASSIC,),
+            heartbeat=None,
+            http=http,
         )
         sent_at: dict[BlobId, float] = {}
         samples: list[float] = []
@@ -312,6 +324,30 @@ async def bare_idle_rss(url: str, pid: int) -> dict[int, int]:
             assert isinstance(c, aiohttp.ClientWebSocketResponse)
             await c.close()
     return result
+
+
+# -- scale-out ---------------------------------------------------------------------------
+
+
+def scaleout_figures() -> list[Figure]:
+    """Two relays on one PostgreSQL database, next to one SQLite relay, same run."""
+    _raise_fd_limit()
+    with relay_process() as (url, _):
+        single_push = asyncio.run(zerok_push_rate(url))
+        single_p50, single_p99 = asyncio.run(zerok_latency(url))
+    with (
+        postgres_database() as database,
+        relay_process(database=database) as (url1, _),
+        relay_process(database=database) as (url2, _),
+    ):
+        push = asyncio.run(zerok_push_rate(url1, url2))
+        p50, p99 = asyncio.run(zerok_latency(url1, url2))
+    base = "one relay on SQLite"
+    return [
+        Figure("2 relays on PostgreSQL: durable pushes", "/s", push, base, single_push),
+        Figure("2 relays: push→NOTIFY→PULL p50, cross-relay", "ms", p50, base, single_p50),
+        Figure("2 relays: push→NOTIFY→PULL p99, cross-relay", "ms", p99, base, single_p99),
+    ]
 
 
 # -- all -----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -116,6 +117,62 @@ _DEVICE_COLUMNS = (
 )
 
 Conn = psycopg.AsyncConnection[TupleRow]
+PUSH_BATCH = 256
+_KNOWN_BLOB = "SELECT cursor, created_at FROM blobs WHERE group_id = %s AND blob_id = %s"
+
+
+@dataclass(frozen=True, slots=True)
+class _BatchedPush:
+    group_id: bytes
+    blob_id: bytes
+    params: dict[str, Any]
+    future: asyncio.Future[PushOutcome]
+
+
+# One statement, one round trip per push: the known-id check, the cursor (under the group's
+# row lock), the insert and the NOTIFY (delivered at commit). Its row: the known cursor and
+# time (a retry), or the new cursor, and whether the group exists.
+_PUSH_SQL = """
+WITH known AS (
+    SELECT cursor, created_at FROM blobs WHERE group_id = %(g)s AND blob_id = %(b)s
+), bump AS (
+    UPDATE groups SET max_cursor = max_cursor + 1,
+        bytes_stored = bytes_stored + %(n)s, blob_count = blob_count + 1
+    WHERE group_id = %(g)s AND bytes_stored + %(n)s <= %(max)s
+        AND NOT EXISTS (SELECT 1 FROM known)
+    RETURNING max_cursor
+), stored AS (
+    INSERT INTO blobs (group_id, cursor, blob_id, sender, size, ciphertext, created_at,
+        expires_at)
+    SELECT %(g)s, max_cursor, %(b)s, %(s)s, %(n)s, %(c)s, %(t)s, %(x)s FROM bump
+    RETURNING cursor
+), told AS (
+    SELECT pg_notify('zerok_events', json_build_object(
+        'k', 'blob', 'g', encode(%(g)s, 'hex'), 'b', encode(%(b)s, 'hex'), 'c', cursor,
+        's', encode(%(s)s, 'hex'), 't', %(t)s, 'n', %(n)s, 'o', %(o)s::text)::text)
+    FROM stored
+)
+SELECT
+    COALESCE((SELECT cursor FROM known), (SELECT cursor FROM stored)),
+    (SELECT created_at FROM known),
+    EXISTS (SELECT 1 FROM groups WHERE group_id = %(g)s),
+    EXISTS (SELECT 1 FROM known),
+    (SELECT count(*) FROM told)
+"""
+
+
+def _push_outcome(item: _BatchedPush, row: tuple[Any, ...]) -> PushOutcome | StorageError:
+    now = int(item.params["t"])
+    if len(row) == 4:  # from the lost-race path: (cursor, created_at, _, duplicate)
+        return PushOutcome(row[0], row[1], duplicate=True)
+    cursor, known_at, group_exists, duplicate, _ = row
+    if duplicate:
+        return PushOutcome(cursor, known_at, duplicate=True)
+    if cursor is None:
+        if not group_exists:
+            return StorageError(f"unknown group {GroupId(item.group_id)}")
+        return PushOutcome(0, now, quota_exceeded=True)
+    return PushOutcome(cursor, now)
 
 
 def _device_from_row(r: tuple[Any, ...]) -> DeviceRecord:
@@ -144,6 +201,8 @@ class PostgresStorage:
         self._handlers: list[Callable[[StorageEvent], None]] = []
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
+        self._push_queue: list[_BatchedPush] = []
+        self._push_writer: asyncio.Task[None] | None = None
         self.commits = 0
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -161,6 +220,8 @@ class PostgresStorage:
         self._listener = asyncio.get_running_loop().create_task(self._listen_forever())
 
     async def close(self) -> None:
+        if self._push_writer is not None:
+            await asyncio.gather(self._push_writer, return_exceptions=True)
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -405,65 +466,79 @@ class PostgresStorage:
         expires_at: int,
         max_group_bytes: int,
     ) -> PushOutcome:
-        size = len(ciphertext)
-        known_query = "SELECT cursor, created_at FROM blobs WHERE group_id = %s AND blob_id = %s"
-        key = (bytes(group_id), bytes(blob_id))
+        if self._pool.closed:
+            raise StorageError("the storage is not open (or already closed)")
+        item = _BatchedPush(
+            bytes(group_id),
+            bytes(blob_id),
+            {
+                "g": bytes(group_id),
+                "b": bytes(blob_id),
+                "n": len(ciphertext),
+                "max": max_group_bytes,
+                "s": bytes(sender),
+                "c": bytes(ciphertext),
+                "t": now,
+                "x": expires_at,
+                "o": self.origin,
+            },
+            asyncio.get_running_loop().create_future(),
+        )
+        self._push_queue.append(item)
+        if self._push_writer is None or self._push_writer.done():
+            self._push_writer = asyncio.get_running_loop().create_task(self._write_pushes())
+        return await item.future
+
+    # -- group commit for pushes ----------------------------------------------------------
+
+    async def _write_pushes(self) -> None:
+        """Run queued pushes in shared transactions: one commit (one fsync) and one pipelined
+        round trip for many, locks taken in group order so that two relays' batches cannot
+        deadlock. A batch that fails as a whole is retried push by push."""
+        while self._push_queue:
+            batch = self._push_queue[:PUSH_BATCH]
+            del self._push_queue[:PUSH_BATCH]
+            batch.sort(key=lambda item: item.group_id)
+            rows: list[tuple[Any, ...] | BaseException]
+            try:
+                rows = list(await self._run_push_batch(batch))
+                self.commits += 1
+            except psycopg.Error:
+                rows = [await self._run_push_alone(item) for item in batch]
+            for item, row in zip(batch, rows, strict=True):
+                result = row if isinstance(row, BaseException) else _push_outcome(item, row)
+                if item.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    item.future.set_exception(result)
+                else:
+                    item.future.set_result(result)
+
+    async def _run_push_batch(self, batch: list[_BatchedPush]) -> list[tuple[Any, ...]]:
+        async with self._pool.connection() as conn, conn.transaction():
+            async with conn.pipeline():
+                cursors = [await conn.execute(_PUSH_SQL, item.params) for item in batch]
+            rows = [await cur.fetchone() for cur in cursors]
+        return [row if row is not None else () for row in rows]
+
+    async def _run_push_alone(self, item: _BatchedPush) -> tuple[Any, ...] | BaseException:
         try:
             async with self._pool.connection() as conn:
-                async with conn.transaction():
-                    known = await (await conn.execute(known_query, key)).fetchone()
-                    if known is not None:
-                        return PushOutcome(known[0], known[1], duplicate=True)
-                    row = await (
-                        await conn.execute(
-                            "UPDATE groups SET max_cursor = max_cursor + 1,"
-                            " bytes_stored = bytes_stored + %s, blob_count = blob_count + 1"
-                            " WHERE group_id = %s AND bytes_stored + %s <= %s"
-                            " RETURNING max_cursor",
-                            (size, bytes(group_id), size, max_group_bytes),
-                        )
+                try:
+                    async with conn.transaction():
+                        row = await (await conn.execute(_PUSH_SQL, item.params)).fetchone()
+                    self.commits += 1
+                except psycopg.errors.UniqueViolation:
+                    # The same blob id committed meanwhile through another relay.
+                    known = await (
+                        await conn.execute(_KNOWN_BLOB, (item.group_id, item.blob_id))
                     ).fetchone()
-                    if row is None:
-                        if await self.get_group(group_id) is None:
-                            raise StorageError(f"unknown group {group_id}")
-                        return PushOutcome(0, now, quota_exceeded=True)
-                    cursor = int(row[0])
-                    await conn.execute(
-                        "INSERT INTO blobs (group_id, cursor, blob_id, sender, size, ciphertext,"
-                        " created_at, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                        (
-                            bytes(group_id),
-                            cursor,
-                            bytes(blob_id),
-                            bytes(sender),
-                            size,
-                            bytes(ciphertext),
-                            now,
-                            expires_at,
-                        ),
-                    )
-                    await self._notify(
-                        conn,
-                        {
-                            "k": "blob",
-                            "g": bytes(group_id).hex(),
-                            "b": bytes(blob_id).hex(),
-                            "c": cursor,
-                            "s": bytes(sender).hex(),
-                            "t": now,
-                            "n": size,
-                        },
-                    )
-                self.commits += 1
-                return PushOutcome(cursor, now)
-        except psycopg.errors.UniqueViolation:
-            # The same blob id committed meanwhile through another relay: answer with it.
-            row = await self._fetchone(known_query, key)
-            if row is None:
-                raise StorageError("push conflicted and the winner vanished") from None
-            return PushOutcome(row[0], row[1], duplicate=True)
+                    if known is None:
+                        return StorageError("a push conflicted and the winner vanished")
+                    return (known[0], known[1], None, True)
+                return row if row is not None else ()
         except psycopg.Error as exc:
-            raise StorageError(f"database write failed: {exc}") from exc
+            return StorageError(f"database write failed: {exc}")
 
     async def pull(self, group_id: GroupId, after: int, limit: int, max_bytes: int) -> PullPage:
         gid = bytes(group_id)
