@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from rich.table import Table
 
 from zerok.cli.common import add_common, emit_json, err, home_dir, open_client, out, run_async
-from zerok.client import NotConnectedError, SyncClient
+from zerok.client import DeviceRevokedError, NotConnectedError, SyncClient
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,6 +76,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                     connection = "online"
                 except NotConnectedError:
                     connection = "unreachable"
+                except DeviceRevokedError:
+                    connection = "revoked"
             if client.status.value == "revoked":
                 connection = "revoked"
         doc = {

@@ -183,6 +183,9 @@ class SyncClient:
         self._remote_pending = False  # the relay holds blobs of others beyond our cursor
         self._acks: set[asyncio.Task[None]] = set()
         self._last_failure = ""
+        self._generation = 0  # counts connections, so a waiter can tell a new one
+        self._conn_changed = asyncio.Condition()
+        self._background: set[asyncio.Task[None]] = set()
         self._max_blob = DEFAULT_MAX_BLOB
         if self._state.has_group():
             self._load_group()
@@ -342,14 +345,17 @@ class SyncClient:
         if self._revoked:
             raise DeviceRevokedError("this device was revoked from its group")
         if not self._connected.is_set():
+            within = "in time" if timeout is None else f"within {timeout:g} s"
             raise NotConnectedError(
-                f"no relay reachable within {timeout:g} s (tried {', '.join(self._relays)})"
+                f"no relay reachable {within} (tried {', '.join(self._relays)})"
             )
 
     async def close(self) -> None:
         """Stop syncing. Pending pushes stay in the outbox for the next connection; callers
         still awaiting ``push()`` get NotConnectedError."""
         self._closing.set()
+        async with self._conn_changed:
+            self._conn_changed.notify_all()
         if self._acks:  # receipts already promised to the relay go out first
             await asyncio.wait(self._acks, timeout=5)
         if self._conn is not None:
@@ -375,7 +381,6 @@ class SyncClient:
     async def _run(self) -> None:
         backoff = Backoff()
         while not self._closing.is_set() and not self._revoked:
-            was_online = False
             last_url, reason = None, "no relay reachable"
             for url in self._relays:
                 if self._closing.is_set():
@@ -386,12 +391,13 @@ class SyncClient:
                     reason = self._last_failure
                     continue
                 backoff.reset()
-                was_online = True
                 reason = await self._serve(conn, url)
                 break
             if self._closing.is_set() or self._revoked:
                 return
-            delay = 0.0 if was_online else backoff.next_delay()
+            # After a live connection too (the schedule restarted there): its jitter keeps a
+            # restarting relay's devices from all coming back at the same instant.
+            delay = backoff.next_delay()
             self._emit(Disconnected(last_url, reason, delay))
             self._set_status(SyncStatus.CONNECTING)
             with contextlib.suppress(TimeoutError):
@@ -429,6 +435,9 @@ class SyncClient:
         self._known_max = max(self._known_max, welcome.max_cursor)
         self._remote_pending = welcome.pending > 0
         self._connected.set()
+        async with self._conn_changed:
+            self._generation += 1
+            self._conn_changed.notify_all()
         self._emit(Connected(url))
         self._new_data.set()
         self._refresh_status()
@@ -474,6 +483,9 @@ class SyncClient:
         if this:
             self._revoked = True
             self._revoked_event.set()
+            waking = asyncio.get_running_loop().create_task(self._wake_connection_waiters())
+            self._background.add(waking)
+            waking.add_done_callback(self._background.discard)
             self._closing.set()
             self._set_status(SyncStatus.REVOKED)
             for waiters in self._push_waiters.values():
@@ -666,13 +678,14 @@ class SyncClient:
         moves past a blob once the loop body that received it asks for the next one."""
         while True:
             self._new_data.clear()
+            generation = self._generation
             try:
                 reply = await self._fetch(self._state.cursor, 100)
             except (NotConnectedError, ConnectError):
                 # Offline or dropped mid-fetch: wait for the next connection and go on.
                 if self._runner is None or self._closing.is_set():
                     raise
-                await self.wait_connected(None)
+                await self._wait_new_connection(generation)
                 continue
             for stored in reply.blobs:
                 if not self._seen(stored):
@@ -686,6 +699,21 @@ class SyncClient:
             if reply.has_more:
                 continue
             await self._wait_new_data()
+
+    async def _wake_connection_waiters(self) -> None:
+        async with self._conn_changed:
+            self._conn_changed.notify_all()
+
+    async def _wait_new_connection(self, generation: int) -> None:
+        """Wait for a connection newer than ``generation`` (or revocation, or close)."""
+        async with self._conn_changed:
+            await self._conn_changed.wait_for(
+                lambda: self._generation > generation or self._revoked or self._closing.is_set()
+            )
+        if self._revoked:
+            raise DeviceRevokedError("this device was revoked from its group")
+        if self._closing.is_set():
+            raise NotConnectedError("the client was closed")
 
     async def _wait_new_data(self) -> None:
         closing = asyncio.ensure_future(self._closing.wait())
