@@ -157,7 +157,9 @@ def blob_figures() -> list[Figure]:
 
 def _open_pair(variant: Variant) -> tuple[ClientSession, RelaySession]:
     client = ClientSession(DeviceIdentity.generate(), GroupKeys.generate(), now=0, variant=variant)
-    relay = RelaySession(x25519.X25519PrivateKey.generate(), now=0, variant=variant)
+    relay_key = x25519.X25519PrivateKey.generate()
+    relay = RelaySession(relay_key, now=0, variant=variant)
+    relay_id = relay_key.public_key().public_bytes_raw()
     limits = Limits(
         max_blob_size=1 << 20,
         max_group_storage=100 << 20,
@@ -170,9 +172,7 @@ def _open_pair(variant: Variant) -> tuple[ClientSession, RelaySession]:
         for m in client.data_to_send():
             for ev in relay.receive(m, 0):
                 if isinstance(ev, HelloReceived):
-                    relay.accept(
-                        Welcome(relay_id=bytes(32), max_cursor=0, pending=0, limits=limits)
-                    )
+                    relay.accept(Welcome(relay_id=relay_id, max_cursor=0, pending=0, limits=limits))
         for m in relay.data_to_send():
             client.receive(m, 0)
     return client, relay

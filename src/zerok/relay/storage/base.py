@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from zerok.wire import BlobId, DeviceId, GroupId, StoredBlob
+from zerok.wire.messages import STORED_BLOB_OVERHEAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,19 @@ class Resync:
 
 
 StorageEvent = BlobStored | DeviceWasRevoked | Resync
+
+
+def page_length(sizes: Sequence[int], limit: int, max_bytes: int) -> int:
+    """How many of the next blobs (ciphertext ``sizes``, ascending by cursor) one PULL page
+    takes: at most ``limit``, and beyond the first no more than ``max_bytes`` counting
+    STORED_BLOB_OVERHEAD per blob, so that the page fits a frame of that size."""
+    take, total = 0, 0
+    for size in sizes[:limit]:
+        total += size + STORED_BLOB_OVERHEAD
+        if take and total > max_bytes:
+            break
+        take += 1
+    return take
 
 
 class Storage(Protocol):

@@ -42,10 +42,10 @@ from zerok.relay.storage.base import (
     PushOutcome,
     Resync,
     StorageEvent,
+    page_length,
 )
 from zerok.relay.storage.schema import StorageError
 from zerok.wire import BlobId, DeviceId, GroupId, StoredBlob
-from zerok.wire.messages import STORED_BLOB_OVERHEAD
 
 log = logging.getLogger("zerok.relay.postgres")
 
@@ -547,11 +547,7 @@ class PostgresStorage:
             " AND ciphertext IS NOT NULL ORDER BY cursor LIMIT %s",
             (gid, after, limit + 1),
         )
-        take, total = 0, 0
-        for _, size in sizes[:limit]:
-            if take and total + size + STORED_BLOB_OVERHEAD > max_bytes:
-                break
-            take, total = take + 1, total + size + STORED_BLOB_OVERHEAD
+        take = page_length([size for _, size in sizes], limit, max_bytes)
         group = await self.get_group(group_id)
         max_cursor = group.max_cursor if group else 0
         if not take:

@@ -31,10 +31,10 @@ from zerok.relay.storage.base import (
     PullPage,
     PushOutcome,
     StorageEvent,
+    page_length,
 )
 from zerok.relay.storage.schema import StorageError, migrate
 from zerok.wire import BlobId, DeviceId, GroupId, StoredBlob
-from zerok.wire.messages import STORED_BLOB_OVERHEAD
 
 T = TypeVar("T")
 WriteOp = Callable[[sqlite3.Connection], Any]
@@ -384,11 +384,7 @@ class SQLiteStorage:
                 " ORDER BY cursor LIMIT ?",
                 (group_id, after, limit + 1),
             ).fetchall()
-            take, total = 0, 0
-            for _, size in sizes[:limit]:
-                if take and total + size + STORED_BLOB_OVERHEAD > max_bytes:
-                    break
-                take, total = take + 1, total + size + STORED_BLOB_OVERHEAD
+            take = page_length([size for _, size in sizes], limit, max_bytes)
             group = _group(c, group_id)
             if not take:
                 return PullPage([], False, group.max_cursor if group else 0)
