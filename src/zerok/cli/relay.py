@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import sys
 
 from zerok import __version__
@@ -36,13 +37,22 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(run=run)
 
 
+def _prog() -> str:
+    """How the user ran us, so that the hint can be pasted as is (``make run`` uses
+    ``.venv/bin/zerok``, which is not on PATH)."""
+    argv0 = sys.argv[0]
+    if os.path.basename(argv0) == "zerok":
+        return "zerok" if shutil.which("zerok") == os.path.abspath(argv0) else argv0
+    return f"{os.path.basename(sys.executable)} -m zerok"
+
+
 def _banner(config: RelayConfig, address: str, relay_id: str) -> str:
     return (
         f"0k-Sync relay {__version__} listening on ws://{address}\n"
         f"  relay id   {relay_id}\n"
         f"  database   {config.database_display}\n"
         f"  health     http://{address}/health    metrics  http://{address}/metrics\n"
-        f"Pair a device: zerok init && zerok pair create --relay ws://{address}\n"
+        f"Pair a device: {_prog()} init && {_prog()} pair create --relay ws://{address}\n"
         "Stop with Ctrl-C: connections are told and drained first."
     )
 
