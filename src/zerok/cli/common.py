@@ -86,3 +86,7 @@ async def _guarded(main: Callable[[], Awaitable[int]]) -> int:
     except SyncError as exc:
         err.print(f"[bold red]zerok:[/] {exc}", markup=True)
         return 1
+    except OSError as exc:  # a file to read or write: the user's to fix, not a crash
+        where = f" {exc.filename}" if exc.filename else ""
+        err.print(f"[bold red]zerok:[/]{where}: {exc.strerror or exc}", markup=True)
+        return 1

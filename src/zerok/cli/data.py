@@ -9,6 +9,8 @@ import contextlib
 import sys
 from pathlib import Path
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
 from zerok.cli.common import add_common, emit_json, err, open_client, out, run_async
 from zerok.client import Blob, NotConnectedError
 from zerok.errors import SyncError
@@ -106,7 +108,7 @@ def _show(blob: Blob, args: argparse.Namespace) -> None:
         shown = text if text.isprintable() or "\n" in text else None
     except UnicodeDecodeError:
         shown = None
-    body = shown if shown is not None else f"<{len(blob.data):,} bytes>"
+    body = shown.removesuffix("\n") if shown is not None else f"<{len(blob.data):,} bytes>"
     out.print(f"[dim]#{blob.cursor} from {blob.sender.short()}:[/] {body}", markup=True)
 
 
@@ -126,15 +128,31 @@ def cmd_pull(args: argparse.Namespace) -> int:
                     _show(blob, args)
                     count += 1
             after = args.after
-            while True:
-                page = await client.pull(after)
-                for blob in page.blobs:
-                    _show(blob, args)
-                    count += 1
-                if not page.has_more:
-                    break
-                if after is not None:
-                    after = page.blobs[-1].cursor if page.blobs else page.max_cursor
+            start = client.last_cursor if after is None else after
+            with Progress(
+                TextColumn("receiving"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                console=err,
+                transient=True,
+                disable=args.json or not err.is_terminal,
+            ) as progress:
+                task = progress.add_task("pull", total=None)
+                while True:
+                    page = await client.pull(after)
+                    for blob in page.blobs:
+                        _show(blob, args)
+                        count += 1
+                    position = page.blobs[-1].cursor if page.blobs else client.last_cursor
+                    progress.update(
+                        task,
+                        total=max(page.max_cursor - start, 1),
+                        completed=max(position - start, 0),
+                    )
+                    if not page.has_more:
+                        break
+                    if after is not None:
+                        after = page.blobs[-1].cursor if page.blobs else page.max_cursor
         if not args.json and count == 0:
             err.print("nothing new")
         return 0
