@@ -347,3 +347,41 @@ def test_handshake_deadline_after_the_first_noise_message(timeouts: RelayProcess
             assert 0.8 <= elapsed <= 3.0, elapsed
 
     run(scenario())
+
+
+async def _hold_upgrade(
+    http_session: aiohttp.ClientSession, url: str, forwarded_for: str
+) -> aiohttp.ClientWebSocketResponse | int:
+    """Open a WebSocket as if through a proxy for ``forwarded_for``; its status if refused."""
+    try:
+        return await http_session.ws_connect(
+            url, protocols=[CLASSIC.subprotocol], headers={"X-Forwarded-For": forwarded_for}
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        return exc.status
+
+
+@pytest.mark.parametrize("trust_proxy", [True, False], ids=["trusted", "ignored"])
+def test_per_ip_limit_behind_a_trusted_proxy(launcher: RelayLauncher, trust_proxy: bool) -> None:
+    """With trust_proxy the client is the proxy's last X-Forwarded-For entry (a client
+    cannot escape its limit by sending a header of its own); without, the header is ignored."""
+    relay = launcher.start(
+        "--connections-per-ip", "1", "--trust-proxy", "true" if trust_proxy else "false"
+    )
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as session:
+            first = await _hold_upgrade(session, relay.url, "203.0.113.7")
+            assert not isinstance(first, int)
+            other = await _hold_upgrade(session, relay.url, "203.0.113.8")
+            spoofed = await _hold_upgrade(session, relay.url, "198.51.100.1, 203.0.113.7")
+            if trust_proxy:
+                assert not isinstance(other, int)  # another client behind the proxy
+                assert spoofed == 429  # the proxy's entry is what counts
+                await other.close()
+            else:
+                assert other == 429  # everyone is 127.0.0.1
+                assert spoofed == 429
+            await first.close()
+
+    run(scenario())

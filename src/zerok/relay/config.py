@@ -105,6 +105,7 @@ class Option:
 class RelayConfig:
     bind: str = "127.0.0.1:8080"
     max_connections: int = 10_000
+    trust_proxy: bool = False
     database: str = "./data/relay.db"
     key_file: str = ""  # default: relay.key beside the database
     synchronous: str = "NORMAL"
@@ -202,6 +203,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("bind", "server", "bind", str, "HOST:PORT to listen on"),
     Option(
         "max_connections", "server", "max_connections", parse_int, "connections accepted at once"
+    ),
+    Option(
+        "trust_proxy",
+        "server",
+        "trust_proxy",
+        parse_bool,
+        "behind one reverse proxy: take the client IP from X-Forwarded-For",
     ),
     Option("database", "storage", "database", str, "SQLite file (or postgresql:// URL, later)"),
     Option(

@@ -54,12 +54,13 @@ class Connection:
         request: web.Request,
         ws: web.WebSocketResponse,
         variant: Variant,
+        *,
         offered: Sequence[str],
+        remote: str,
     ) -> None:
         self.service = service
         self.request = request
         self.ws = ws
-        remote = request.remote or "?"
         self.remote = remote
         self.loop = asyncio.get_running_loop()
         config = service.config

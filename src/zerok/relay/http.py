@@ -25,6 +25,19 @@ if TYPE_CHECKING:
 LOOKUP = re.compile(r"[A-Za-z0-9_-]{8,128}")
 
 
+def client_ip(request: web.Request, trust_proxy: bool) -> str:
+    """The client's address: the peer's, or with ``trust_proxy`` the one the (single,
+    trusted) reverse proxy appended to X-Forwarded-For (its last entry: earlier ones are
+    whatever the client claimed)."""
+    if trust_proxy:
+        forwarded = request.headers.getall("X-Forwarded-For", [])
+        if forwarded:
+            last = forwarded[-1].split(",")[-1].strip()
+            if last:
+                return last
+    return request.remote or "?"
+
+
 def _error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
@@ -71,7 +84,7 @@ class HttpApi:
         )
 
     def _limited(self, request: web.Request) -> web.Response | None:
-        ip = request.remote or "?"
+        ip = client_ip(request, self.relay.config.trust_proxy)
         now = time.monotonic()
         if self.invite_limit.allow(ip, now):
             return None

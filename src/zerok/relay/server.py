@@ -20,7 +20,7 @@ from zerok.crypto.noise.symmetric import MAX_MESSAGE
 from zerok.protocol import SUBPROTOCOLS, variant_for
 from zerok.relay.config import RelayConfig
 from zerok.relay.connection import Connection
-from zerok.relay.http import HttpApi
+from zerok.relay.http import HttpApi, client_ip
 from zerok.relay.metrics import RelayMetrics
 from zerok.relay.push import LoggingPushSender, PushSender, WebhookPushSender
 from zerok.relay.service import RelayService
@@ -181,7 +181,7 @@ class Relay:
                 status=400,
                 text=f"offer one of the WebSocket subprotocols {', '.join(SUBPROTOCOLS)}\n",
             )
-        ip = request.remote or "?"
+        ip = client_ip(request, self.config.trust_proxy)
         if self.stopping:
             return web.Response(status=503, text="the relay is shutting down\n")
         if len(self.service.connections) >= self.config.max_connections:
@@ -200,7 +200,9 @@ class Relay:
             autoping=True,
         )
         await ws.prepare(request)
-        conn = Connection(self.service, request, ws, variant_for(chosen), offered)
+        conn = Connection(
+            self.service, request, ws, variant_for(chosen), offered=offered, remote=ip
+        )
         self.service.connections.add(conn)
         self.service.metrics.connections_total.inc()
         self._per_ip[ip] += 1
