@@ -119,6 +119,7 @@ FULL_TOML = """
 [server]
 bind = "0.0.0.0:9443"
 max_connections = 500
+trust_proxy = true
 
 [storage]
 database = "/var/lib/zerok/relay.db"
@@ -165,6 +166,7 @@ def test_load_config_reads_every_section(tmp_path: Path) -> None:
     assert config == RelayConfig(
         bind="0.0.0.0:9443",
         max_connections=500,
+        trust_proxy=True,
         database="/var/lib/zerok/relay.db",
         key_file="/etc/zerok/relay.key",
         synchronous="FULL",
