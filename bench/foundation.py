@@ -11,7 +11,7 @@ from nacl.bindings import (
 )
 from noise.connection import Keypair, NoiseConnection
 
-from bench.harness import Figure, rate
+from bench.harness import Figure, rate, scaled
 from zerok.crypto import BlobCipher, DeviceIdentity, GroupKeys
 from zerok.crypto.noise import HandshakeState, NoiseTransport
 from zerok.protocol import CLASSIC, HYBRID, ClientSession, RelaySession, Variant
@@ -21,7 +21,7 @@ from zerok.wire import BlobId, DeviceId, Limits, Push, PushAck, Welcome, decode_
 KIB = b"\xa5" * 1024
 CLASSIC_NAME = "Noise_XX_25519_ChaChaPoly_BLAKE2s"
 HYBRID_NAME = "Noise_XXhfs_25519+MLKEM768_ChaChaPoly_BLAKE2s"
-N_HANDSHAKES = 200
+N_HANDSHAKES = scaled(200, 3)
 
 
 def _our_handshakes(name: str) -> None:
@@ -72,7 +72,7 @@ def _transport_pair() -> tuple[NoiseTransport, NoiseTransport]:
 
 
 def transport_figures() -> list[Figure]:
-    n = 20_000
+    n = scaled(20_000, 20)
     a, b = _transport_pair()
 
     def ours() -> None:
@@ -99,7 +99,7 @@ def transport_figures() -> list[Figure]:
 
 
 def wire_figures() -> list[Figure]:
-    n = 100_000
+    n = scaled(100_000, 20)
     push = Push(blob_id=BlobId(bytes(16)), ciphertext=KIB, ttl=0)
 
     def ours() -> None:
@@ -125,7 +125,7 @@ def wire_figures() -> list[Figure]:
 
 
 def blob_figures() -> list[Figure]:
-    n = 20_000
+    n = scaled(20_000, 20)
     keys = GroupKeys.generate()
     cipher = BlobCipher(keys.blob_key, keys.group_id)
     blob_id, sender = BlobId(bytes(16)), DeviceId(bytes(32))
@@ -179,7 +179,7 @@ def _open_pair(variant: Variant) -> tuple[ClientSession, RelaySession]:
 
 
 def session_figures() -> list[Figure]:
-    n = 10_000
+    n = scaled(10_000, 20)
     client, relay = _open_pair(CLASSIC)
     a, b = _transport_pair()
 

@@ -3,10 +3,19 @@ measured in the same process, so that machine noise cancels out in the ratio."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+# BENCH_QUICK=1 runs every benchmark with tiny counts: a smoke test that the benchmarks
+# still work (the test suite does this), not a measurement.
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+
+
+def scaled(full: int, quick: int) -> int:
+    return quick if QUICK else full
 
 
 @dataclass(frozen=True)
@@ -23,6 +32,7 @@ class Figure:
 
 
 def rate(fn: Callable[[], object], *, ops: int, repeats: int = 5) -> float:
+    repeats = 1 if QUICK else repeats
     """Median operations per second of ``fn``, which performs ``ops`` operations per call."""
     fn()  # warm-up
     samples = []

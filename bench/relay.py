@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from bench.harness import Figure
+from bench.harness import QUICK, Figure, scaled
 from bench.processes import bare_relay_process, postgres_database, relay_process, rss_bytes
 from zerok.crypto import DeviceIdentity, GroupKeys
 from zerok.protocol import CLASSIC, HYBRID, MessageReceived, Variant
@@ -21,10 +21,10 @@ from zerok.wire import BlobId, Notify, Pull, PullResponse, Push
 
 KIB = os.urandom(1024)
 SENDERS, WINDOW = 10, 8
-PUSH_SECONDS = 5.0
-LATENCY_RATE, LATENCY_SECONDS = 100, 5.0
-HANDSHAKES = 300
-IDLE_COUNTS = (1000, 5000, 10_000)
+PUSH_SECONDS = 0.3 if QUICK else 5.0
+LATENCY_RATE, LATENCY_SECONDS = 100, 0.2 if QUICK else 5.0
+HANDSHAKES = scaled(300, 10)
+IDLE_COUNTS = (5, 10) if QUICK else (1000, 5000, 10_000)
 
 
 def _raise_fd_limit() -> None:
@@ -66,7 +66,7 @@ async def zerok_push_rate(*urls: str) -> float:
         drains = [asyncio.create_task(_drain(c)) for c in conns]
         loop = asyncio.get_running_loop()
         counted = 0
-        start = loop.time() + 1.0  # one second of warm-up
+        start = loop.time() + (0.1 if QUICK else 1.0)  # warm-up
         stop = start + PUSH_SECONDS
 
         async def sender(conn: RelayConnection) -> None:
@@ -121,7 +121,7 @@ async def bare_push_rate(url: str) -> float:
         clients = [_BareClient(await http.ws_connect(f"{url}/g")) for _ in range(SENDERS)]
         loop = asyncio.get_running_loop()
         counted = 0
-        start = loop.time() + 1.0
+        start = loop.time() + (0.1 if QUICK else 1.0)
         stop = start + PUSH_SECONDS
 
         async def sender(client: _BareClient) -> None:
