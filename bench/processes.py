@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from zerok.testing import PostgresDatabases, relay
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -50,43 +52,21 @@ def _stop(proc: subprocess.Popen[str]) -> None:
             proc.wait()
 
 
-PG_ADMIN_URL = os.environ.get("ZEROK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-
-
 @contextlib.contextmanager
 def postgres_database() -> Iterator[str]:
     """A fresh database on the local PostgreSQL; yields its URL and drops it afterwards."""
-    import psycopg  # noqa: PLC0415 - only the scale-out figures need it
-    from psycopg import sql  # noqa: PLC0415
-
-    name = f"zerok_bench_{os.urandom(6).hex()}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    databases = PostgresDatabases()
     try:
-        yield f"{PG_ADMIN_URL.rpartition('/')[0]}/{name}"
+        yield databases.create()
     finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+        databases.drop_all()
 
 
 @contextlib.contextmanager
 def relay_process(*extra: str, database: str | None = None) -> Iterator[tuple[str, int]]:
-    """A real ``zerok relay`` on a free loopback port; yields (ws URL, PID)."""
-    port = free_port()
+    """A real ``zerok relay`` on a free loopback port, limits off; yields (ws URL, PID)."""
     with tempfile.TemporaryDirectory(prefix="zerok-bench-") as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "zerok",
-            "relay",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--database",
-            database or os.path.join(tmp, "relay.db"),
-            "--key-file",
-            os.path.join(tmp, "relay.key"),
+        args = [
             "--messages-per-minute",
             "0",
             "--connections-per-ip",
@@ -96,15 +76,14 @@ def relay_process(*extra: str, database: str | None = None) -> Iterator[tuple[st
             "--idle-timeout",
             "0",
             "--log-level",
-            "WARNING",
-            *extra,
+            "ERROR",
+            "--key-file",
+            os.path.join(tmp, "relay.key"),
         ]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        try:
-            _wait_ready(proc, "listening on")
-            yield f"ws://127.0.0.1:{port}/", proc.pid
-        finally:
-            _stop(proc)
+        if database is not None:
+            args += ["--database", database]
+        with relay(tmp, *args, *extra) as process:
+            yield process.url, process.pid
 
 
 @contextlib.contextmanager

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.relay.support import RelayLauncher, RelayProcess, clean_env, run
+from tests.relay.support import RelayLauncher, run
 from zerok.client import SyncClient, pairing
+from zerok.testing import RelayProcess, clean_env
 
 RELAY_ARGS = ("--invites-per-minute", "0")
 

@@ -18,8 +18,9 @@ from typing import TypeVar
 
 import pytest
 
-from tests.relay.support import RelayLauncher, RelayProcess
+from tests.relay.support import RelayLauncher
 from zerok.client import SyncClient, SyncEvent
+from zerok.testing import RelayProcess
 
 E = TypeVar("E", bound=SyncEvent)
 

@@ -7,9 +7,9 @@ import queue
 import threading
 from pathlib import Path
 
-from tests.relay.support import RelayProcess
 from zerok.blocking import SyncClient
 from zerok.client import BlobAvailable, Invite, SyncEvent, SyncStatus
+from zerok.testing import RelayProcess
 
 
 def test_blocking_client(relay: RelayProcess, tmp_path: Path) -> None:

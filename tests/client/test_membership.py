@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.client.conftest import EventLog, Fleet, connected, pair
-from tests.relay.support import RelayProcess, run
+from tests.relay.support import run
 from zerok.client import (
     DeviceRevoked,
     DeviceRevokedError,
@@ -16,6 +16,7 @@ from zerok.client import (
 )
 from zerok.crypto import DeviceIdentity, GroupKeys
 from zerok.errors import RemoteError, SyncError
+from zerok.testing import RelayProcess
 from zerok.transport.connection import RelayConnection
 from zerok.wire import ErrorCode
 

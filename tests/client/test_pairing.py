@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.client.conftest import Fleet
-from tests.relay.support import RelayProcess, run
+from tests.relay.support import run
 from zerok.client import Invite, InviteError, SyncClient, pairing
 from zerok.client.state import StateError
+from zerok.testing import RelayProcess
 
 
 def one_line(exc: BaseException) -> str:

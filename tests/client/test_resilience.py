@@ -18,7 +18,7 @@ from tests.client.conftest import (
     start_relay,
     url_for,
 )
-from tests.relay.support import RelayLauncher, RelayProcess, run
+from tests.relay.support import RelayLauncher, run
 from zerok.client import (
     Blob,
     BlobAvailable,
@@ -31,6 +31,7 @@ from zerok.client import (
 )
 from zerok.client.mailbox import RelayUnreachableError
 from zerok.crypto.keys import KdfParams
+from zerok.testing import RelayProcess
 
 
 def port_of(relay: RelayProcess) -> int:

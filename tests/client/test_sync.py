@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import cast
 
 from tests.client.conftest import EventLog, Fleet, connected, pair, start_relay
-from tests.relay.support import RelayLauncher, RelayProcess, run
+from tests.relay.support import RelayLauncher, run
 from zerok.client import (
     Blob,
     BlobAvailable,
@@ -21,6 +21,7 @@ from zerok.client import (
     StatusChanged,
     SyncStatus,
 )
+from zerok.testing import RelayProcess
 
 
 def test_sync_both_ways(relay: RelayProcess, tmp_path: Path) -> None:

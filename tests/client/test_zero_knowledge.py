@@ -9,11 +9,12 @@ import secrets
 from pathlib import Path
 
 from tests.client.conftest import Fleet, connected, start_relay, url_for
-from tests.relay.support import RelayLauncher, RelayProcess, run
+from tests.relay.support import RelayLauncher, run
 from zerok.client import SyncClient
 from zerok.client.state import LocalState
 from zerok.client.sync import KEY_FILE
 from zerok.crypto import DeviceIdentity
+from zerok.testing import RelayProcess
 
 DB_FILES = ("relay.db", "relay.db-wal", "relay.db-shm")
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.relay.support import RelayLauncher, RelayProcess, clients, run, run_cli
+from tests.relay.support import RelayLauncher, clients, run, run_cli
 from zerok.crypto import GroupKeys
+from zerok.testing import RelayProcess
 from zerok.wire import Limits
 
 

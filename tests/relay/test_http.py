@@ -13,7 +13,6 @@ import pytest
 from tests.relay.support import (
     HttpReply,
     RelayLauncher,
-    RelayProcess,
     clients,
     http,
     metric,
@@ -26,6 +25,7 @@ from tests.relay.support import (
 from zerok import __version__
 from zerok.crypto import GroupKeys
 from zerok.errors import RemoteError
+from zerok.testing import RelayProcess
 from zerok.wire import BlobId, Error, ErrorCode, Push
 
 ACTIVE = "sync_relay_connections_active"

@@ -13,7 +13,6 @@ import pytest
 from tests.relay.support import (
     RawClient,
     RelayLauncher,
-    RelayProcess,
     clients,
     http,
     pull_all,
@@ -25,6 +24,7 @@ from tests.relay.support import (
 from zerok.crypto import DeviceIdentity, GroupKeys
 from zerok.errors import RemoteError
 from zerok.protocol import CLASSIC, ClientSession, ConnectionClosed, Event, SessionState
+from zerok.testing import RelayProcess
 from zerok.wire import (
     BlobId,
     Error,

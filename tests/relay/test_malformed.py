@@ -12,7 +12,6 @@ import pytest
 from tests.relay.support import (
     RawClient,
     RelayLauncher,
-    RelayProcess,
     clients,
     pull_all,
     push,
@@ -30,6 +29,7 @@ from zerok.protocol import (
     SessionState,
     Variant,
 )
+from zerok.testing import RelayProcess
 from zerok.transport.connection import RelayConnection
 from zerok.wire import (
     BlobId,

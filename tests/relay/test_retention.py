@@ -11,15 +11,9 @@ import asyncio
 
 import pytest
 
-from tests.relay.support import (
-    RelayLauncher,
-    RelayProcess,
-    clients,
-    pull_all,
-    push,
-    run,
-)
+from tests.relay.support import RelayLauncher, clients, pull_all, push, run
 from zerok.crypto import DeviceIdentity, GroupKeys
+from zerok.testing import RelayProcess
 from zerok.transport.connection import RelayConnection
 from zerok.wire import Ack, DeviceRevoked, RevokeDevice, RevokeReason
 

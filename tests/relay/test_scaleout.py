@@ -15,7 +15,6 @@ import psycopg
 import pytest
 
 from tests.relay.support import (
-    PG_ADMIN_URL,
     RelayLauncher,
     clients,
     next_message,
@@ -27,6 +26,7 @@ from tests.relay.support import (
 from zerok.crypto import DeviceIdentity, GroupKeys
 from zerok.errors import RemoteError
 from zerok.relay.storage.postgres import LISTENER_NAME
+from zerok.testing import PG_ADMIN_URL
 from zerok.wire import DeviceRevoked, ErrorCode, Notify, RevokeDevice, RevokeReason
 
 

@@ -13,7 +13,6 @@ import pytest
 
 from tests.relay.support import (
     RelayLauncher,
-    RelayProcess,
     clients,
     next_message,
     pull,
@@ -27,6 +26,7 @@ from tests.relay.support import (
 from zerok.crypto import DeviceIdentity, GroupKeys
 from zerok.errors import RemoteError
 from zerok.protocol import CLASSIC, HYBRID, MessageReceived, Variant
+from zerok.testing import RelayProcess
 from zerok.transport.connection import RelayConnection
 from zerok.wire import (
     Ack,
