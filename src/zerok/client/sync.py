@@ -368,6 +368,11 @@ class SyncClient:
                     )
         self._push_waiters.clear()
         if self._runner is not None:
+            # It ends by itself once its connection closed; a connection attempt still in
+            # progress (up to its timeout) is cut short.
+            done, _ = await asyncio.wait({self._runner}, timeout=1.0)
+            if not done:
+                self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
             self._runner = None
