@@ -39,7 +39,7 @@ from zerok.client.state import LocalState, StateError
 from zerok.crypto.blob import BlobCipher
 from zerok.crypto.identity import DeviceIdentity
 from zerok.crypto.keys import GroupKeys, KdfParams
-from zerok.errors import DecryptionError, RemoteError, SyncError
+from zerok.errors import DecryptionError, FrameTooLargeError, RemoteError, SyncError
 from zerok.protocol import Backoff, MessageReceived
 from zerok.protocol.events import ConnectionClosed
 from zerok.protocol.outbox import OutboxEntry
@@ -78,6 +78,7 @@ KEY_FILE = "device.key"
 MAX_IN_FLIGHT = 32  # pushes sent before their acks
 DEFAULT_MAX_BLOB = 1024 * 1024
 DEFAULT_TIMEOUT = 30.0
+RETRY_LATER = 2.0  # seconds before asking again after "rate limited" or "overloaded"
 
 
 class NotConnectedError(SyncError):
@@ -587,6 +588,8 @@ class SyncClient:
             self._refresh_status()
         except RemoteError as exc:
             await self._push_refused(entry, exc)
+        except FrameTooLargeError as exc:  # refused before sending: final, like a 2001
+            await self._push_refused(entry, RemoteError(ErrorCode.BLOB_TOO_LARGE, str(exc)))
         except (ConnectError, SyncError):
             pass  # the connection dropped: the entry stays queued for the next one
         finally:
@@ -604,7 +607,14 @@ class SyncClient:
                 await asyncio.wait_for(self._closing.wait(), 30.0)
             self._outbox_kick.set()
             return
-        # Any other refusal is final for this blob: it would be refused again.
+        if exc.code not in (ErrorCode.BLOB_TOO_LARGE, ErrorCode.INVALID_MESSAGE):
+            # Not about this blob (unknown code, the relay's state): keep it and retry.
+            self._emit(Error(exc.code, f"push {entry.blob_id} not accepted yet: {exc.message}"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), 5.0)
+            self._outbox_kick.set()
+            return
+        # Refused for what it is: final, it would be refused again.
         self._state.outbox_remove(entry.blob_id)
         self._emit(Error(exc.code, f"push {entry.blob_id} refused: {exc.message}"))
         for fut in self._push_waiters.pop(entry.blob_id, []):
@@ -691,6 +701,15 @@ class SyncClient:
                 if self._runner is None or self._closing.is_set():
                     raise
                 await self._wait_new_connection(generation)
+                continue
+            except RemoteError as exc:
+                if exc.code == ErrorCode.DEVICE_REVOKED:
+                    raise DeviceRevokedError("this device was revoked from its group") from None
+                # Rate limited or the relay busy: the relay said later, so later it is.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), RETRY_LATER)
+                if self._closing.is_set():
+                    raise NotConnectedError("the client was closed") from None
                 continue
             for stored in reply.blobs:
                 if not self._seen(stored):

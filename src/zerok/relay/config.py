@@ -40,11 +40,25 @@ _TIME_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600
 def redact_url(url: str) -> str:
     """``scheme://user:secret@host/...`` → ``scheme://user:***@host/...``."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
+    if not sep:
         return url
+    if "@" not in rest.split("/", 1)[0]:
+        return f"{scheme}://{_redact_query(rest)}"
     credentials, _, host = rest.partition("@")
     user, colon, _ = credentials.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
+    return f"{scheme}://{user}{':***' if colon else ''}@{_redact_query(host)}"
+
+
+def _redact_query(rest: str) -> str:
+    """libpq also takes ``?password=...``: hide that too."""
+    path, mark, query = rest.partition("?")
+    if not mark:
+        return rest
+    params = [
+        f"{k}=***" if k.lower() == "password" else f"{k}{sep}{v}"
+        for k, sep, v in (p.partition("=") for p in query.split("&"))
+    ]
+    return f"{path}?{'&'.join(params)}"
 
 
 def parse_size(value: Any) -> int:

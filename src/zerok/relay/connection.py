@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("zerok.relay.connection")
 
 MAX_IN_FLIGHT = 64  # requests of one connection being processed at once
+WRITE_BUFFER_LIMIT = 8 * 1024 * 1024  # bytes queued for one peer before it is dropped
+DRAIN_TIMEOUT = 30.0  # seconds a peer may leave its receive window full
+CLOSE_TIMEOUT = 15.0  # seconds for the last words and the closing handshake
 
 # WebSocket close codes (RFC 6455) for the ways a session ends.
 _WS_CLOSE = {
@@ -117,10 +120,30 @@ class Connection:
             # writer of aiohttp only ever writes whole frames too, so frames never interleave.
             transport.write(binary_frames(out))
             self.service.metrics.bytes_transferred.labels("out").inc(sum(map(len, out)))
+            if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+                # A peer that does not read must not hold the relay's memory.
+                self._drop(f"over {WRITE_BUFFER_LIMIT} bytes waiting for a peer that does not read")
+                return
             if protocol.writing_paused:
-                # The kernel's buffer is full: wait, as aiohttp's own writer does.
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    await protocol._drain_helper()
+                # The kernel's buffer is full: wait, as aiohttp's own writer does, but not
+                # for ever.
+                try:
+                    await asyncio.wait_for(protocol._drain_helper(), DRAIN_TIMEOUT)
+                except TimeoutError:
+                    self._drop(f"the peer read nothing for {DRAIN_TIMEOUT:g} s")
+                except (ConnectionError, RuntimeError):
+                    pass
+
+    def _drop(self, why: str) -> None:
+        """Cut the connection at once (nothing more can be sent on it)."""
+        log.info("dropping %s: %s", self.remote, why)
+        if not self.session.closed:
+            for event in self.session.close(None, why):
+                if isinstance(event, ConnectionClosed):
+                    self.service.on_session_closed(self, event)
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
 
     # -- the read loop --------------------------------------------------------------------
 
@@ -214,6 +237,12 @@ class Connection:
         self.loop.create_task(self._flush_and_close())
 
     async def _flush_and_close(self) -> None:
+        try:
+            await asyncio.wait_for(self._flush_then_close(), CLOSE_TIMEOUT)
+        except TimeoutError:
+            self._drop(f"the peer did not take the close within {CLOSE_TIMEOUT:g} s")
+
+    async def _flush_then_close(self) -> None:
         await self.flush()
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self.ws.close(code=_WS_CLOSE.get(_as_code(self.session.close_code), 1000))

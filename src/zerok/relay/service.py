@@ -134,6 +134,12 @@ class RelayService:
             # ACK it sent before disconnecting was lost.
             await self.storage.ack(hello.group_id, device_id, hello.last_cursor)
         pending = await self.storage.pending_for(hello.group_id, device_id)
+        # Revoked while this HELLO was being decided? Nothing awaits between this check and
+        # joining the group's connections, so a later revocation will find this one.
+        device = await self.storage.get_device(hello.group_id, device_id)
+        if device is not None and device.revoked:
+            self._refuse(conn, ErrorCode.DEVICE_REVOKED, "this device was revoked from the group")
+            return
         if session.closed:
             return
         session.accept(
@@ -255,6 +261,7 @@ class RelayService:
                 rid,
             )
             return
+        online = self.online(conn.group_id)  # who was here when the blob arrived
         conn.send(
             PushAck(blob_id=push.blob_id, cursor=outcome.cursor, timestamp=outcome.timestamp), rid
         )
@@ -271,7 +278,7 @@ class RelayService:
             size=size,
         )
         self.fan_out(conn.group_id, notify, exclude=conn)
-        await self._wake_offline(conn.group_id, conn.device_id, outcome.cursor)
+        await self._wake_offline(conn.group_id, conn.device_id, outcome.cursor, online)
 
     def fan_out(self, group_id: GroupId, notify: Notify, *, exclude: Connection | None) -> int:
         """NOTIFY every other device of the group connected to this relay."""
@@ -284,7 +291,10 @@ class RelayService:
         self.metrics.notifications.inc(sent)
         return sent
 
-    async def _wake_offline(self, group_id: GroupId, sender: DeviceId, cursor: int) -> None:
+    async def _wake_offline(
+        self, group_id: GroupId, sender: DeviceId, cursor: int, online: set[DeviceId]
+    ) -> None:
+        """Wake the devices with a push token that were offline when the blob arrived."""
         targets = self._push_targets.get(group_id)
         if targets is None:
             devices = await self.storage.list_devices(group_id)
@@ -295,7 +305,6 @@ class RelayService:
             }
         if not targets:
             return
-        online = self.online(group_id)
         loop_now = time.monotonic()
         for device_id, target in targets.items():
             if device_id == sender or device_id in online:

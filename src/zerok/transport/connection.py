@@ -174,9 +174,12 @@ class RelayConnection:
                 )
                 if not self._welcomed.done():
                     self._welcomed.set_exception(error)
+                # Requests still waiting were not refused: their connection ended. (A request
+                # the relay refused got its own ERROR, as RequestFailed, before this.)
+                lost = ConnectError(f"the connection ended before the answer: {event.reason}")
                 for fut in self._waiting.values():
                     if not fut.done():
-                        fut.set_exception(error)
+                        fut.set_exception(lost)
                 self._waiting.clear()
                 self._events.put_nowait(event)
             elif isinstance(event, MessageReceived):
