@@ -31,6 +31,7 @@ from zerok.client import (
 )
 from zerok.client.mailbox import RelayUnreachableError
 from zerok.crypto.keys import KdfParams
+from zerok.errors import SyncError
 from zerok.testing import RelayProcess
 
 
@@ -161,6 +162,60 @@ def test_relay_sigkill_mid_burst_loses_and_duplicates_nothing(
             # A retried push got the cursor it was first given.
             assert {r.blob_id: r.cursor for r in results} == {x.blob_id: x.cursor for x in blobs}
             assert {x.sender for x in blobs} == {a.device_id}
+
+    run(scenario(), timeout=60)
+
+
+def test_relay_sigterm_mid_burst_loses_and_duplicates_nothing(
+    launcher: RelayLauncher, tmp_path: Path
+) -> None:
+    """A graceful shutdown (ERROR 3001 to every client) is not a refusal of the pushes in
+    flight: they stay in the outbox and go out once, with their ids, on the next relay."""
+    relay = start_relay(launcher)
+    port, database = port_of(relay), database_of(relay)
+
+    async def scenario() -> None:
+        async with Fleet(tmp_path) as fleet:
+            a, b = fleet.new("a"), fleet.new("b")
+            await pair(a, b, [relay.url])
+            await connected(a, b)
+            payloads = [f"big {n:03d} ".encode() + os.urandom(100_000) for n in range(40)]
+            async with EventLog(a) as log:
+                pushes = [asyncio.create_task(a.push(p)) for p in payloads]
+                await log.wait_for(BlobPushed, lambda e: e.cursor >= 3)
+                relay.sigterm()
+                assert await asyncio.to_thread(relay.wait_exit, 15) == 0
+                assert a.pending_count > 0, "the burst finished before the shutdown"
+                await asyncio.to_thread(start_relay, launcher, port=port, database=database)
+                results: list[PushResult] = await asyncio.wait_for(asyncio.gather(*pushes), 45)
+            assert a.pending_count == 0
+            blobs = await pull_everything(b)
+            assert [x.cursor for x in blobs] == list(range(1, 41)), "cursors not gap-free"
+            assert sorted(x.data for x in blobs) == sorted(payloads)
+            assert {r.blob_id: r.cursor for r in results} == {x.blob_id: x.cursor for x in blobs}
+
+    run(scenario(), timeout=90)
+
+
+def test_a_queued_push_over_the_relays_limit_fails_instead_of_waiting(
+    launcher: RelayLauncher, tmp_path: Path
+) -> None:
+    port = free_port()
+
+    async def scenario() -> None:
+        async with Fleet(tmp_path) as fleet:
+            a = fleet.new("a")
+            await a.create_group([url_for(port)])
+            await a.connect()
+            big = asyncio.create_task(a.push(os.urandom(500_000)))  # queued while offline
+            small = asyncio.create_task(a.push(b"fits"))
+            await asyncio.to_thread(
+                launcher.start, "--bind", f"127.0.0.1:{port}", "--max-blob-size", "100KiB"
+            )
+            with pytest.raises(SyncError):
+                await asyncio.wait_for(big, 30)
+            assert (await asyncio.wait_for(small, 30)).cursor == 1
+            assert a.pending_count == 0
 
     run(scenario(), timeout=60)
 
