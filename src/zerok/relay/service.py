@@ -54,7 +54,7 @@ from zerok.wire import (
     UnregisterPush,
     Welcome,
 )
-from zerok.wire.messages import PULL_RESPONSE_OVERHEAD
+from zerok.wire.messages import MAX_DEVICES, PULL_RESPONSE_OVERHEAD
 
 log = logging.getLogger("zerok.relay")
 
@@ -433,17 +433,18 @@ class RelayService:
     async def _list_devices(self, conn: Connection, rid: int) -> None:
         assert conn.group_id is not None
         devices = await self.storage.list_devices(conn.group_id)
+        pending = await self.storage.pending_by_device(conn.group_id)
         online = self.online(conn.group_id)
         infos = [
             DeviceInfo(
                 device_id=d.device_id,
                 name=d.name,
                 last_seen=d.last_seen,
-                pending=await self.storage.pending_for(conn.group_id, d.device_id),
+                pending=pending.get(d.device_id, 0),
                 online=d.device_id in online,
                 revoked=d.revoked,
             )
-            for d in devices
+            for d in devices[:MAX_DEVICES]  # the wire's bound on one DEVICES answer
         ]
         conn.send(Devices(devices=infos), rid)
 

@@ -1001,3 +1001,18 @@ def test_write_racing_close_does_not_hang(tmp_path: Path) -> None:
             await closing
 
     asyncio.run(main())
+
+
+def test_pending_by_device_matches_pending_for_each_device(tmp_path: Path) -> None:
+    async def body(s: SQLiteStorage) -> None:
+        a, b, c = DeviceId.random(), DeviceId.random(), DeviceId.random()
+        group = await new_group(s, a, b, c)
+        for sender in (a, a, b, a, c):
+            await push(s, group, sender=sender)
+        await s.ack(group, b, 2)
+        counts = await s.pending_by_device(group)
+        assert counts == {d: await s.pending_for(group, d) for d in (a, b, c)}
+        assert counts == {a: 2, b: 2, c: 4}
+        assert await s.pending_by_device(GroupId.random()) == {}
+
+    run(tmp_path / "relay.db", body)

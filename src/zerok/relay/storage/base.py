@@ -192,6 +192,10 @@ class Storage(Protocol):
 
     async def pending_for(self, group_id: GroupId, device_id: DeviceId) -> int: ...
 
+    async def pending_by_device(self, group_id: GroupId) -> dict[DeviceId, int]:
+        """``pending_for`` of every device of the group, in one query."""
+        ...
+
     # invites
     async def put_invite(self, lookup: bytes, payload: bytes, expires_at: int) -> bool:
         """Store an invite; False if the lookup key is taken."""

@@ -610,6 +610,16 @@ class PostgresStorage:
         )
         return int(row[0]) if row else 0
 
+    async def pending_by_device(self, group_id: GroupId) -> dict[DeviceId, int]:
+        rows = await self._fetchall(
+            "SELECT d.device_id, COUNT(b.cursor) FROM devices d"
+            " LEFT JOIN blobs b ON b.group_id = d.group_id AND b.ciphertext IS NOT NULL"
+            " AND b.sender <> d.device_id AND b.cursor > d.acked_cursor"
+            " WHERE d.group_id = %s GROUP BY d.device_id",
+            (bytes(group_id),),
+        )
+        return {DeviceId(bytes(r[0])): int(r[1]) for r in rows}
+
     async def blobs_after(self, group_id: GroupId, after: int, limit: int) -> list[BlobStored]:
         rows = await self._fetchall(
             "SELECT blob_id, cursor, sender, created_at, size FROM blobs"

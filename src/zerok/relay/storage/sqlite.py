@@ -520,6 +520,13 @@ class SQLiteStorage:
         """Return free pages to the file system (runs to completion, outside any batch)."""
         await self._write(lambda c: c.executescript("PRAGMA incremental_vacuum;"), solo=True)
 
+    async def pending_by_device(self, group_id: GroupId) -> dict[DeviceId, int]:
+        def op(c: sqlite3.Connection) -> dict[DeviceId, int]:
+            rows = c.execute(_PENDING_BY_DEVICE, (group_id,)).fetchall()
+            return {DeviceId(r[0]): int(r[1]) for r in rows}
+
+        return await self._read(op)
+
     async def blobs_after(self, group_id: GroupId, after: int, limit: int) -> list[BlobStored]:
         def op(c: sqlite3.Connection) -> list[BlobStored]:
             rows = c.execute(
@@ -547,6 +554,12 @@ class SQLiteStorage:
         return await self._read(op)
 
 
+_PENDING_BY_DEVICE = (
+    "SELECT d.device_id, COUNT(b.cursor) FROM devices d"
+    " LEFT JOIN blobs b ON b.group_id = d.group_id AND b.ciphertext IS NOT NULL"
+    " AND b.sender != d.device_id AND b.cursor > d.acked_cursor"
+    " WHERE d.group_id = ? GROUP BY d.device_id"
+)
 _DEVICE_COLUMNS = (
     "group_id, device_id, name, last_seen, acked_cursor, revoked_at, revoked_by,"
     " revoke_reason, push_token, push_platform, push_app_id"
