@@ -178,7 +178,6 @@ class SyncClient:
         self._push_waiters: dict[BlobId, list[asyncio.Future[PushResult]]] = {}
         self._subscribers: set[asyncio.Queue[SyncEvent]] = set()
         self._status = SyncStatus.OFFLINE
-        self._known_max = 0
         self._revoked = False
         self._revoked_event = asyncio.Event()
         self._remote_pending = False  # the relay holds blobs of others beyond our cursor
@@ -438,7 +437,6 @@ class SyncClient:
         assert welcome is not None
         if welcome.limits.max_blob_size:
             self._max_blob = welcome.limits.max_blob_size
-        self._known_max = max(self._known_max, welcome.max_cursor)
         self._remote_pending = welcome.pending > 0
         self._connected.set()
         async with self._conn_changed:
@@ -470,7 +468,6 @@ class SyncClient:
 
     def _on_message(self, message: Message) -> None:
         if isinstance(message, Notify):
-            self._known_max = max(self._known_max, message.cursor)
             if message.sender != self.device_id and message.cursor > self._state.cursor:
                 self._remote_pending = True
                 self._emit(BlobAvailable(message.cursor, message.blob_id, message.sender))
@@ -579,7 +576,6 @@ class SyncClient:
             )
             assert isinstance(reply, PushAck)
             self._state.outbox_remove(entry.blob_id)
-            self._known_max = max(self._known_max, reply.cursor)
             result = PushResult(entry.blob_id, reply.cursor)
             for fut in self._push_waiters.pop(entry.blob_id, []):
                 if not fut.done():
@@ -646,7 +642,6 @@ class SyncClient:
         conn = await self._connection()
         reply = await conn.request(Pull(after=after, limit=limit))
         assert isinstance(reply, PullResponse)
-        self._known_max = max(self._known_max, reply.max_cursor)
         if not reply.has_more and after >= self._state.cursor:
             self._remote_pending = False  # this page reaches the end of what the relay has
         return reply

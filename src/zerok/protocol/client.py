@@ -15,7 +15,6 @@ from zerok.crypto.membership import make_hello
 from zerok.crypto.noise.transport import MAX_SEND_FRAME
 from zerok.errors import FrameTooLargeError, ProtocolError
 from zerok.protocol.events import (
-    ConnectionClosed,
     Event,
     MessageReceived,
     RequestFailed,
@@ -247,6 +246,3 @@ def _is_fatal(code: int) -> bool:
         return ErrorCode(code).fatal
     except ValueError:
         return False
-
-
-__all__ = ["ClientSession", "ConnectionClosed"]

@@ -24,7 +24,6 @@ from zerok.relay.metrics import RelayMetrics
 from zerok.relay.push import PushSender, PushTarget
 from zerok.relay.storage import (
     BlobStored,
-    DeviceRecord,
     DeviceWasRevoked,
     Resync,
     Storage,
@@ -476,7 +475,3 @@ def _notify_of(blob: BlobStored) -> Notify:
         timestamp=blob.timestamp,
         size=blob.size,
     )
-
-
-def device_summary(record: DeviceRecord) -> str:
-    return f"{record.device_id.short()} ({record.name or 'unnamed'})"

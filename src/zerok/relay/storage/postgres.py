@@ -257,9 +257,6 @@ class PostgresStorage:
             except Exception:
                 log.exception("storage event handler failed")
 
-    async def wait_listening(self, timeout: float = 10.0) -> None:
-        await asyncio.wait_for(self._listening.wait(), timeout)
-
     async def _listen_forever(self) -> None:
         first = True
         while True:
