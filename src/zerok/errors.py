@@ -1,4 +1,28 @@
-"""The one exception hierarchy of 0k-Sync: every error we raise derives from SyncError."""
+"""The one exception hierarchy of 0k-Sync: every error we raise derives from SyncError.
+
+Every public exception is defined here, once; the modules that raise one re-export it
+under its old name. The tree::
+
+    SyncError
+    ├── WireError                  bytes that are not a valid message
+    ├── CryptoError                DecryptionError, HandshakeError, NonceExhaustedError,
+    │                              KeyFileError, InvalidProofError
+    ├── ProtocolError
+    │   ├── LocalProtocolError     this side's code broke a rule (our bug or misuse)
+    │   │   └── FrameTooLargeError a frame we were asked to send is over a limit
+    │   └── RemoteProtocolError    the peer broke a rule
+    │       ├── OversizedFrameError    a frame from the peer is over the agreed limit
+    │       └── HandshakeTimeoutError
+    ├── RemoteError                the relay answered with an ERROR (``code``)
+    ├── ConnectError, NotConnectedError, DeviceRevokedError, BlobTooLargeError,
+    │   StateError, InviteError, RelayUnreachableError     the client's
+    └── ConfigError, StorageError  the relay's
+
+As in h11, the split between local and remote protocol errors says whose fault it is: a
+LocalProtocolError is a bug in the caller and is never turned into a quiet ``False``; a
+RemoteProtocolError ends the session with the peer (the sessions turn it into a
+ConnectionClosed event and an ERROR for the peer).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +33,9 @@ class SyncError(Exception):
 
 class WireError(SyncError):
     """Bytes that are not a valid 0k-Sync message (malformed, unknown type, bad field, ...)."""
+
+
+# -- cryptography ---------------------------------------------------------------------------
 
 
 class CryptoError(SyncError):
@@ -35,14 +62,32 @@ class InvalidProofError(CryptoError):
     """A membership proof does not verify."""
 
 
+# -- protocol -------------------------------------------------------------------------------
+
+
 class ProtocolError(SyncError):
-    """A peer (or our own caller) broke the protocol: wrong order, wrong state, bad frame."""
+    """The protocol was broken; see LocalProtocolError and RemoteProtocolError for by whom."""
 
 
-class FrameTooLargeError(ProtocolError):
-    """A frame exceeds the size limit agreed for the connection.
+class LocalProtocolError(ProtocolError):
+    """This side was asked to break the protocol: send in the wrong state, send a message
+    its role may not send, accept a HELLO that is not pending. A bug in the caller."""
 
-    ``head`` holds the first bytes of a received frame, enough to find its request id.
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the protocol: a malformed fragment, an oversized message, a late
+    handshake. The session ends; the peer is told why when it still can be."""
+
+
+class FrameTooLargeError(LocalProtocolError):
+    """A frame this side was asked to send exceeds a limit (the wire's, or the one the
+    relay announced); nothing was sent."""
+
+
+class OversizedFrameError(RemoteProtocolError):
+    """A frame from the peer exceeds the limit agreed for the connection.
+
+    ``head`` holds the first bytes of the frame, enough to find its request id.
     """
 
     def __init__(self, message: str, *, head: bytes = b"") -> None:
@@ -50,7 +95,7 @@ class FrameTooLargeError(ProtocolError):
         self.head = head
 
 
-class HandshakeTimeoutError(ProtocolError):
+class HandshakeTimeoutError(RemoteProtocolError):
     """The peer did not finish the handshake before the deadline."""
 
 
@@ -61,3 +106,50 @@ class RemoteError(SyncError):
         super().__init__(f"{message} (error {code})")
         self.code = code
         self.message = message
+
+
+# -- connections (client) -------------------------------------------------------------------
+
+
+class ConnectError(SyncError):
+    """The relay could not be reached or refused the connection."""
+
+
+class NotConnectedError(SyncError):
+    """No relay could be reached in time for an operation that needs one."""
+
+
+class DeviceRevokedError(SyncError):
+    """This device was revoked from its group; it cannot sync any more."""
+
+
+class BlobTooLargeError(SyncError):
+    """The data is larger than the relay accepts in one blob."""
+
+
+class StateError(SyncError):
+    """The local state is missing something or is unusable."""
+
+
+class InviteError(SyncError):
+    """An invite or short code cannot be used. ``reason`` says why, in one word:
+    mistyped, expired, used, cancelled, wrong, unknown, invalid."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class RelayUnreachableError(SyncError):
+    """The relay could not be reached over HTTP."""
+
+
+# -- the relay ------------------------------------------------------------------------------
+
+
+class ConfigError(SyncError):
+    """A configuration value is missing, unknown or malformed."""
+
+
+class StorageError(SyncError):
+    """The relay's database is unusable (wrong schema, unreachable, corrupt)."""

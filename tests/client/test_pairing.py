@@ -12,7 +12,7 @@ import pytest
 from tests.client.conftest import Fleet
 from tests.relay.support import run
 from zerok.client import Invite, InviteError, SyncClient, pairing
-from zerok.client.state import StateError
+from zerok.errors import StateError
 from zerok.testing import RelayProcess
 
 

@@ -29,9 +29,8 @@ from zerok.client import (
     SyncClient,
     SyncStatus,
 )
-from zerok.client.mailbox import RelayUnreachableError
 from zerok.crypto.keys import KdfParams
-from zerok.errors import SyncError
+from zerok.errors import RelayUnreachableError, SyncError
 from zerok.testing import RelayProcess
 
 

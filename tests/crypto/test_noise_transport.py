@@ -23,8 +23,11 @@ from zerok.errors import (
     CryptoError,
     DecryptionError,
     FrameTooLargeError,
+    LocalProtocolError,
     NonceExhaustedError,
+    OversizedFrameError,
     ProtocolError,
+    RemoteProtocolError,
     SyncError,
 )
 
@@ -148,6 +151,10 @@ def test_send_limit_on_encrypt() -> None:
 def test_frame_too_large_is_a_protocol_error() -> None:
     assert issubclass(FrameTooLargeError, ProtocolError)
     assert issubclass(FrameTooLargeError, SyncError)
+    # Ours to send, or the peer's: the two are told apart by type.
+    assert issubclass(FrameTooLargeError, LocalProtocolError)
+    assert issubclass(OversizedFrameError, RemoteProtocolError)
+    assert not issubclass(OversizedFrameError, LocalProtocolError)
 
 
 def test_max_frame_on_receive_skips_the_rest_of_the_frame() -> None:
@@ -158,7 +165,7 @@ def test_max_frame_on_receive_skips_the_rest_of_the_frame() -> None:
     messages = sender.encrypt_frame(frame)
     assert len(messages) == 4
     assert receiver.decrypt_message(messages[0]) is None  # 65518 so far
-    with pytest.raises(FrameTooLargeError) as info:
+    with pytest.raises(OversizedFrameError) as info:
         receiver.decrypt_message(messages[1])  # 131036 > 100000
     assert info.value.head == frame[:16]  # enough to find the frame's request id
     # Raised once: the remaining fragments of that frame are skipped silently.
@@ -177,7 +184,7 @@ def test_max_frame_exceeded_on_the_last_fragment() -> None:
     messages = sender.encrypt_frame(bytes(MAX_FRAGMENT_PAYLOAD + 11))
     assert len(messages) == 2
     assert receiver.decrypt_message(messages[0]) is None
-    with pytest.raises(FrameTooLargeError):
+    with pytest.raises(OversizedFrameError):
         receiver.decrypt_message(messages[1])
     assert _deliver(receiver, sender.encrypt_frame(b"ok")) == b"ok"
     exact = bytes(MAX_FRAGMENT_PAYLOAD + 10)
@@ -188,7 +195,7 @@ def test_max_frame_smaller_than_one_fragment() -> None:
     ri, rr = _handshake()
     sender = NoiseTransport(ri)
     receiver = NoiseTransport(rr, max_frame=10)
-    with pytest.raises(FrameTooLargeError) as info:
+    with pytest.raises(OversizedFrameError) as info:
         receiver.decrypt_message(sender.encrypt_frame(b"0123456789A")[0])
     assert info.value.head == b"0123456789A"
     assert receiver.decrypt_message(sender.encrypt_frame(bytes(10))[0]) == bytes(10)

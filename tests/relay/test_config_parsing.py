@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from zerok.errors import ConfigError
 from zerok.relay.config import (
     OPTIONS,
-    ConfigError,
     RelayConfig,
     load_config,
     parse_bool,

@@ -16,9 +16,9 @@ from tests.relay.support import (
     run,
 )
 from zerok.crypto import GroupKeys
-from zerok.errors import RemoteError, SyncError
+from zerok.errors import ConnectError, RemoteError, SyncError
 from zerok.protocol import ConnectionClosed, MessageReceived
-from zerok.transport.connection import ConnectError, RelayConnection
+from zerok.transport.connection import RelayConnection
 from zerok.wire import BlobId, ErrorCode, Notify
 
 

@@ -10,8 +10,8 @@ import shutil
 import sys
 
 from zerok import __version__
-from zerok.errors import SyncError
-from zerok.relay.config import OPTIONS, ConfigError, RelayConfig, load_config
+from zerok.errors import ConfigError, SyncError
+from zerok.relay.config import OPTIONS, RelayConfig, load_config
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

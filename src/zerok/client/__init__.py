@@ -11,16 +11,19 @@ from zerok.client.events import (
     SyncEvent,
     SyncStatus,
 )
-from zerok.client.pairing import Invite, InviteError
-from zerok.client.state import StateError
+from zerok.client.pairing import Invite
 from zerok.client.sync import (
     Blob,
-    BlobTooLargeError,
-    DeviceRevokedError,
-    NotConnectedError,
     PullResult,
     PushResult,
     SyncClient,
+)
+from zerok.errors import (
+    BlobTooLargeError,
+    DeviceRevokedError,
+    InviteError,
+    NotConnectedError,
+    StateError,
 )
 
 __all__ = [

@@ -7,12 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from zerok.client.pairing import InviteError
-from zerok.errors import SyncError
-
-
-class RelayUnreachableError(SyncError):
-    """The relay could not be reached over HTTP."""
+from zerok.errors import InviteError, RelayUnreachableError, SyncError
 
 
 def http_base(relay_url: str) -> str:

@@ -33,7 +33,7 @@ from nacl.bindings import (
 from nacl.exceptions import CryptoError as NaclCryptoError
 
 from zerok.crypto.keys import GroupKeys, KdfParams
-from zerok.errors import CryptoError, SyncError
+from zerok.errors import CryptoError, InviteError
 
 INVITE_VERSION = 1
 URL_PREFIX = "zerok://sync?invite="
@@ -46,15 +46,6 @@ LOOKUP_CHARS = 8
 CODE_KDF = {"memory_kib": 64 * 1024, "iterations": 3, "parallelism": 1}
 _CODE_SALT = b"0k-sync/v1/invite-salt"
 _CODE_AAD = b"0k-sync/v1/invite"
-
-
-class InviteError(SyncError):
-    """An invite or short code cannot be used. ``reason`` says why, in one word:
-    mistyped, expired, used, cancelled, wrong, unknown, invalid."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 class InvitePayload(msgspec.Struct, frozen=True, kw_only=True):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zerok.crypto.keys import GroupKeys, KdfParams
-from zerok.errors import SyncError
+from zerok.errors import StateError
 from zerok.protocol.outbox import OutboxEntry, OutboxState
 from zerok.wire import BlobId
 
@@ -37,10 +37,6 @@ CREATE TABLE IF NOT EXISTS delivered (
 """
 STATE_VERSION = "1"
 DELIVERED_KEEP = 10_000  # ids remembered; older ones are below the cursor anyway
-
-
-class StateError(SyncError):
-    """The local state is missing something or is unusable."""
 
 
 @dataclass(frozen=True)

@@ -34,17 +34,27 @@ from zerok.client.events import (
     SyncEvent,
     SyncStatus,
 )
-from zerok.client.pairing import Invite, InviteError, InvitePayload
-from zerok.client.state import LocalState, StateError
+from zerok.client.pairing import Invite, InvitePayload
+from zerok.client.state import LocalState
 from zerok.crypto.blob import BlobCipher
 from zerok.crypto.identity import DeviceIdentity
 from zerok.crypto.keys import GroupKeys, KdfParams
-from zerok.errors import DecryptionError, FrameTooLargeError, RemoteError, SyncError
+from zerok.errors import (
+    BlobTooLargeError,
+    ConnectError,
+    DecryptionError,
+    DeviceRevokedError,
+    FrameTooLargeError,
+    InviteError,
+    NotConnectedError,
+    RemoteError,
+    StateError,
+    SyncError,
+)
 from zerok.protocol import Backoff, MessageReceived
 from zerok.protocol.events import ConnectionClosed
 from zerok.protocol.outbox import OutboxEntry
 from zerok.transport import RelayConnection
-from zerok.transport.connection import ConnectError
 from zerok.wire import (
     Ack,
     BlobId,
@@ -79,18 +89,6 @@ MAX_IN_FLIGHT = 32  # pushes sent before their acks
 DEFAULT_MAX_BLOB = 1024 * 1024
 DEFAULT_TIMEOUT = 30.0
 RETRY_LATER = 2.0  # seconds before asking again after "rate limited" or "overloaded"
-
-
-class NotConnectedError(SyncError):
-    """No relay could be reached in time for an operation that needs one."""
-
-
-class DeviceRevokedError(SyncError):
-    """This device was revoked from its group; it cannot sync any more."""
-
-
-class BlobTooLargeError(SyncError):
-    """The data is larger than the relay accepts in one blob."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from zerok.crypto.identity import DeviceIdentity
 from zerok.crypto.keys import GroupKeys
 from zerok.crypto.membership import make_hello
 from zerok.crypto.noise.transport import MAX_SEND_FRAME
-from zerok.errors import FrameTooLargeError, ProtocolError
+from zerok.errors import FrameTooLargeError, LocalProtocolError
 from zerok.protocol.events import (
     Event,
     MessageReceived,
@@ -92,7 +92,7 @@ class ClientSession(Session):
         )
         for label, text in (("device name", device_name), ("client", client)):
             if len(text) > MAX_NAME_CHARS:
-                raise ProtocolError(f"{label} is longer than {MAX_NAME_CHARS} characters")
+                raise LocalProtocolError(f"{label} is longer than {MAX_NAME_CHARS} characters")
         self.identity = identity
         self.keys = keys
         self.device_name = device_name
@@ -124,11 +124,11 @@ class ClientSession(Session):
 
     def _send(self, message: Message, request_id: int, now: float) -> None:
         if self.state is not SessionState.OPEN:
-            raise ProtocolError(
+            raise LocalProtocolError(
                 f"cannot send {type(message).__name__}: session is {self.state.value}"
             )
         if type(message) not in CLIENT_REQUESTS:
-            raise ProtocolError(f"{type(message).__name__} is not a client request")
+            raise LocalProtocolError(f"{type(message).__name__} is not a client request")
         if self.welcome is not None and isinstance(message, Push):
             limit = self.welcome.limits.max_blob_size
             if limit and len(message.ciphertext) > limit:
@@ -150,7 +150,7 @@ class ClientSession(Session):
             self._next_id = candidate + 1 if candidate < U32_MAX else HELLO_REQUEST_ID + 1
             if candidate not in self._pending:
                 return candidate
-        raise ProtocolError("no free request id")  # pragma: no cover - 4 billion in flight
+        raise LocalProtocolError("no free request id")  # pragma: no cover - 4 billion in flight
 
     # -- timeouts -----------------------------------------------------------------------
 

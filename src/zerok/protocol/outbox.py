@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from zerok.errors import ProtocolError
+from zerok.errors import LocalProtocolError
 from zerok.wire import BlobId
 
 
@@ -36,7 +36,7 @@ class Outbox:
 
     def add(self, blob_id: BlobId, ciphertext: bytes, ttl: int = 0) -> OutboxEntry:
         if blob_id in self._entries:
-            raise ProtocolError(f"blob {blob_id} is already in the outbox")
+            raise LocalProtocolError(f"blob {blob_id} is already in the outbox")
         entry = OutboxEntry(blob_id, ciphertext, ttl)
         self._entries[blob_id] = entry
         return entry
@@ -55,7 +55,7 @@ class Outbox:
     def mark_sent(self, blob_id: BlobId) -> OutboxEntry:
         entry = self._get(blob_id)
         if entry.state is not OutboxState.QUEUED:
-            raise ProtocolError(f"blob {blob_id} is {entry.state.value}, not queued")
+            raise LocalProtocolError(f"blob {blob_id} is {entry.state.value}, not queued")
         entry.state = OutboxState.SENT
         entry.attempts += 1
         return entry
@@ -91,4 +91,4 @@ class Outbox:
         try:
             return self._entries[blob_id]
         except KeyError:
-            raise ProtocolError(f"blob {blob_id} is not in the outbox") from None
+            raise LocalProtocolError(f"blob {blob_id} is not in the outbox") from None

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from zerok.crypto.membership import verify_hello
-from zerok.errors import InvalidProofError, ProtocolError
+from zerok.errors import InvalidProofError, LocalProtocolError
 from zerok.protocol.events import Event, HelloReceived, RequestReceived
 from zerok.protocol.session import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -95,7 +95,9 @@ class RelaySession(Session):
     def accept(self, welcome: Welcome, now: float | None = None) -> None:
         """Admit the device whose HELLO was received; ``now`` restarts the idle timer."""
         if self.state is not SessionState.HELLO_PENDING:
-            raise ProtocolError(f"accept() needs a pending HELLO, session is {self.state.value}")
+            raise LocalProtocolError(
+                f"accept() needs a pending HELLO, session is {self.state.value}"
+            )
         self._send_frame(welcome, self._hello_request_id)
         self.state = SessionState.OPEN
         if now is not None:
@@ -104,7 +106,9 @@ class RelaySession(Session):
     def reject(self, code: ErrorCode, message: str) -> list[Event]:
         """Refuse the pending HELLO with an ERROR and close."""
         if self.state is not SessionState.HELLO_PENDING:
-            raise ProtocolError(f"reject() needs a pending HELLO, session is {self.state.value}")
+            raise LocalProtocolError(
+                f"reject() needs a pending HELLO, session is {self.state.value}"
+            )
         return self._close(code, message)
 
     def send(self, message: Message, request_id: int = 0) -> None:
@@ -114,11 +118,11 @@ class RelaySession(Session):
         dropped here, so only NOTIFY, DEVICE_REVOKED and ERROR ever go out unasked.
         """
         if self.state is not SessionState.OPEN:
-            raise ProtocolError(
+            raise LocalProtocolError(
                 f"cannot send {type(message).__name__}: session is {self.state.value}"
             )
         if type(message) not in RELAY_MESSAGES:
-            raise ProtocolError(f"a relay does not send {type(message).__name__}")
+            raise LocalProtocolError(f"a relay does not send {type(message).__name__}")
         if request_id == 0 and type(message) not in UNSOLICITED:
             return
         self._send_frame(message, request_id)

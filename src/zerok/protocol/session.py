@@ -19,8 +19,10 @@ from zerok.errors import (
     DecryptionError,
     FrameTooLargeError,
     HandshakeError,
+    LocalProtocolError,
     NonceExhaustedError,
-    ProtocolError,
+    OversizedFrameError,
+    RemoteProtocolError,
     WireError,
 )
 from zerok.protocol.events import ConnectionClosed, Event, HandshakeComplete
@@ -91,13 +93,13 @@ class Session:
     @property
     def handshake_hash(self) -> bytes:
         if self._transport is None:
-            raise ProtocolError("the handshake is not complete")
+            raise LocalProtocolError("the handshake is not complete")
         return self._transport.handshake_hash
 
     @property
     def peer_static(self) -> bytes:
         if self._transport is None or self._transport.remote_static is None:
-            raise ProtocolError("the handshake is not complete")
+            raise LocalProtocolError("the handshake is not complete")
         return self._transport.remote_static
 
     def next_deadline(self) -> float | None:
@@ -124,11 +126,11 @@ class Session:
         assert self._transport is not None
         try:
             frame_bytes = self._transport.decrypt_message(data)
-        except FrameTooLargeError as exc:
+        except OversizedFrameError as exc:
             return self._frame_too_large(str(exc), exc.head)
         except DecryptionError:
             return self._close(ErrorCode.INVALID_MESSAGE, "message failed authentication")
-        except (ProtocolError, NonceExhaustedError) as exc:
+        except (RemoteProtocolError, NonceExhaustedError) as exc:
             return self._close(ErrorCode.INVALID_MESSAGE, str(exc))
         if frame_bytes is None:
             return []
@@ -162,7 +164,7 @@ class Session:
 
     def _send_encoded(self, frame: bytes) -> None:
         if self._transport is None:
-            raise ProtocolError("cannot send before the handshake is complete")
+            raise LocalProtocolError("cannot send before the handshake is complete")
         self._outgoing.extend(self._transport.encrypt_frame(frame))
 
     def _close(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from zerok.errors import ProtocolError
+from zerok.errors import RemoteProtocolError
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,6 @@ def variant_for(subprotocol: str) -> Variant:
     for variant in VARIANTS:
         if variant.subprotocol == subprotocol:
             return variant
-    raise ProtocolError(
+    raise RemoteProtocolError(
         f"unsupported subprotocol {subprotocol!r}; this peer speaks {', '.join(SUBPROTOCOLS)}"
     )

@@ -15,13 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zerok.errors import SyncError
+from zerok.errors import ConfigError
 
 _BIND = re.compile(r"\[([^\]]+)\]:(\S*)|([^:\[\]]+):(\S*)")
-
-
-class ConfigError(SyncError):
-    """A configuration value is missing, unknown or malformed."""
 
 
 _SIZE_UNITS = {

@@ -17,7 +17,7 @@ from zerok import __version__
 from zerok.crypto.identity import DeviceIdentity
 from zerok.crypto.keys import GroupKeys
 from zerok.crypto.noise.symmetric import MAX_MESSAGE
-from zerok.errors import ProtocolError, RemoteError, SyncError
+from zerok.errors import ConnectError, LocalProtocolError, RemoteError, SyncError
 from zerok.protocol import (
     CLASSIC,
     HYBRID,
@@ -32,10 +32,6 @@ from zerok.protocol import (
     variant_for,
 )
 from zerok.wire import Message, Welcome
-
-
-class ConnectError(SyncError):
-    """The relay could not be reached or refused the connection."""
 
 
 class RelayConnection:
@@ -229,5 +225,5 @@ class RelayConnection:
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
         if self.closed_event is None:
-            raise ProtocolError("connection ended without a close event")
+            raise LocalProtocolError("connection ended without a close event")
         return self.closed_event

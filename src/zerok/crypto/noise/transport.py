@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from zerok.crypto.noise.handshake import HandshakeResult
 from zerok.crypto.noise.symmetric import MAX_MESSAGE, TAGLEN, CipherState
-from zerok.errors import FrameTooLargeError, ProtocolError
+from zerok.errors import FrameTooLargeError, OversizedFrameError, RemoteProtocolError
 
 FRAGMENT_LAST = 0x00
 FRAGMENT_MORE = 0x01
@@ -68,16 +68,18 @@ class NoiseTransport:
         """Decrypt one Noise message; return the frame it completes, or None if more follow.
 
         Raises DecryptionError when the message fails authentication (the session is then
-        unusable), ProtocolError for a malformed fragment and FrameTooLargeError once a frame
+        unusable), RemoteProtocolError for a malformed fragment and OversizedFrameError once a frame
         grows past ``max_frame`` (its remaining fragments are then skipped, the session
         stays usable).
         """
         if len(message) > MAX_MESSAGE:
-            raise ProtocolError(f"Noise message of {len(message)} bytes exceeds {MAX_MESSAGE}")
+            raise RemoteProtocolError(
+                f"Noise message of {len(message)} bytes exceeds {MAX_MESSAGE}"
+            )
         plain = self._receive.decrypt_with_ad(b"", message)
         self._after_use(self._receive)
         if not plain or plain[0] not in (FRAGMENT_LAST, FRAGMENT_MORE):
-            raise ProtocolError("malformed fragment header")
+            raise RemoteProtocolError("malformed fragment header")
         last = plain[0] == FRAGMENT_LAST
         if self._discarding:
             self._discarding = not last
@@ -89,7 +91,7 @@ class NoiseTransport:
             self._parts.clear()
             self._pending = 0
             self._discarding = not last
-            raise FrameTooLargeError(f"frame exceeds the {self.max_frame}-byte limit", head=head)
+            raise OversizedFrameError(f"frame exceeds the {self.max_frame}-byte limit", head=head)
         if not last:
             return None
         frame = b"".join(self._parts)

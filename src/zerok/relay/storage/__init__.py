@@ -1,5 +1,6 @@
 """Relay storage: one interface, SQLite by default."""
 
+from zerok.errors import StorageError
 from zerok.relay.storage.base import (
     BlobStored,
     CleanupStats,
@@ -14,7 +15,7 @@ from zerok.relay.storage.base import (
     Storage,
     StorageEvent,
 )
-from zerok.relay.storage.schema import SCHEMA_VERSION, StorageError
+from zerok.relay.storage.schema import SCHEMA_VERSION
 from zerok.relay.storage.sqlite import SQLiteStorage
 
 __all__ = [

@@ -29,6 +29,7 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from zerok.errors import StorageError
 from zerok.relay.config import redact_url
 from zerok.relay.storage.base import (
     BlobStored,
@@ -44,7 +45,6 @@ from zerok.relay.storage.base import (
     StorageEvent,
     page_length,
 )
-from zerok.relay.storage.schema import StorageError
 from zerok.wire import BlobId, DeviceId, GroupId, StoredBlob
 
 log = logging.getLogger("zerok.relay.postgres")

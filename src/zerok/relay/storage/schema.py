@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from zerok.errors import SyncError
-
-
-class StorageError(SyncError):
-    """The relay's database is unusable (wrong schema, unreachable, corrupt)."""
-
+from zerok.errors import StorageError
 
 # Each entry upgrades the schema from version i to i + 1; never edit a released one.
 MIGRATIONS: tuple[str, ...] = (

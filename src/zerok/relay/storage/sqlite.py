@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from zerok.errors import StorageError
 from zerok.relay.storage.base import (
     BlobStored,
     CleanupStats,
@@ -33,7 +34,7 @@ from zerok.relay.storage.base import (
     StorageEvent,
     page_length,
 )
-from zerok.relay.storage.schema import StorageError, migrate
+from zerok.relay.storage.schema import migrate
 from zerok.wire import BlobId, DeviceId, GroupId, StoredBlob
 
 T = TypeVar("T")
