@@ -40,7 +40,7 @@ from zerok.protocol import (
     Variant,
     Welcomed,
 )
-from zerok.protocol.relay import CLIENT_REQUESTS
+from zerok.protocol.catalog import CLIENT_REQUESTS
 from zerok.protocol.variants import prologue
 from zerok.wire import (
     ALL_MESSAGES,

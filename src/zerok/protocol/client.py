@@ -14,6 +14,7 @@ from zerok.crypto.keys import GroupKeys
 from zerok.crypto.membership import make_hello
 from zerok.crypto.noise.transport import MAX_SEND_FRAME
 from zerok.errors import FrameTooLargeError, LocalProtocolError
+from zerok.protocol.catalog import ANSWERS, CLIENT_REQUESTS, UNSOLICITED
 from zerok.protocol.events import (
     Event,
     MessageReceived,
@@ -21,7 +22,6 @@ from zerok.protocol.events import (
     ResponseReceived,
     Welcomed,
 )
-from zerok.protocol.relay import CLIENT_REQUESTS
 from zerok.protocol.session import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_FRAME,
@@ -31,33 +31,17 @@ from zerok.protocol.session import (
 from zerok.protocol.variants import HYBRID, Variant
 from zerok.wire import (
     U32_MAX,
-    DeviceRevoked,
-    Devices,
     Error,
     ErrorCode,
     Frame,
-    ListDevices,
     Message,
-    Notify,
     Presence,
-    Pull,
-    PullResponse,
     Push,
-    PushAck,
-    RevokeDevice,
     Welcome,
     encode,
 )
 from zerok.wire.messages import MAX_NAME_CHARS
 
-#: The result type of each request; requests not listed are confirmed by their own echo.
-RESPONSE_TYPES: dict[type[Message], type[Message]] = {
-    Push: PushAck,
-    Pull: PullResponse,
-    ListDevices: Devices,
-    RevokeDevice: DeviceRevoked,
-}
-UNSOLICITED: frozenset[type[Message]] = frozenset({Notify, DeviceRevoked})
 HELLO_REQUEST_ID = 1
 DEFAULT_HEARTBEAT = 30.0
 
@@ -200,7 +184,7 @@ class ClientSession(Session):
             if _is_fatal(message.code):
                 events += self._close(message.code, message.message, by_peer=True)
             return events
-        expected = RESPONSE_TYPES.get(request_type, request_type)
+        expected = ANSWERS[request_type]
         if type(message) is not expected:
             return self._close(
                 ErrorCode.INVALID_MESSAGE,

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 
 from zerok.crypto.membership import verify_hello
 from zerok.errors import InvalidProofError, LocalProtocolError
+from zerok.protocol.catalog import CLIENT_REQUESTS, RELAY_MESSAGES, UNSOLICITED
 from zerok.protocol.events import Event, HelloReceived, RequestReceived
 from zerok.protocol.session import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -23,42 +24,16 @@ from zerok.protocol.session import (
 )
 from zerok.protocol.variants import HYBRID, Variant
 from zerok.wire import (
-    Ack,
-    Delete,
     DeviceId,
-    DeviceRevoked,
-    Devices,
     Error,
     ErrorCode,
     Frame,
     Hello,
-    ListDevices,
     Message,
-    Notify,
-    Presence,
-    Pull,
-    PullResponse,
-    Push,
-    PushAck,
-    RegisterPush,
-    RevokeDevice,
-    UnregisterPush,
     Welcome,
     peek_request_id,
 )
 from zerok.wire.messages import MAX_TEXT_CHARS
-
-#: What a client may send once the session is open.
-CLIENT_REQUESTS: frozenset[type[Message]] = frozenset(
-    {Push, Pull, Presence, Ack, Delete, RevokeDevice, ListDevices, RegisterPush, UnregisterPush}
-)
-#: What the relay may send once the session is open: results, pushes from the relay, and the
-#: request itself echoed back as confirmation for requests that have no result type.
-_RESULTS: tuple[type[Message], ...] = (PushAck, PullResponse, Notify, DeviceRevoked, Devices, Error)
-_ECHOED: tuple[type[Message], ...] = (Presence, Ack, Delete, RegisterPush, UnregisterPush)
-RELAY_MESSAGES: frozenset[type[Message]] = frozenset((*_RESULTS, *_ECHOED))
-#: What the relay sends without being asked (request id 0).
-UNSOLICITED: frozenset[type[Message]] = frozenset((Notify, DeviceRevoked, Error))
 
 
 class RelaySession(Session):

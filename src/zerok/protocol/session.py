@@ -70,6 +70,7 @@ class Session:
         self.close_code: int | None = None
         self.close_reason = ""
         self._outgoing: list[bytes] = []
+        self.bytes_to_send = 0  # in _outgoing, for the driver's back-pressure
         self.errors_sent: list[int] = []  # codes of the ERRORs sent, for the driver to count
         self._transport: NoiseTransport | None = None
         self._handshake = HandshakeState(
@@ -84,6 +85,7 @@ class Session:
     def data_to_send(self) -> list[bytes]:
         """Noise messages to put on the wire, in order; each at most 65535 bytes."""
         out, self._outgoing = self._outgoing, []
+        self.bytes_to_send = 0
         return out
 
     @property
@@ -165,7 +167,11 @@ class Session:
     def _send_encoded(self, frame: bytes) -> None:
         if self._transport is None:
             raise LocalProtocolError("cannot send before the handshake is complete")
-        self._outgoing.extend(self._transport.encrypt_frame(frame))
+        self._queue(self._transport.encrypt_frame(frame))
+
+    def _queue(self, messages: list[bytes]) -> None:
+        self._outgoing.extend(messages)
+        self.bytes_to_send += sum(map(len, messages))
 
     def _close(
         self, code: int | None, reason: str, *, by_peer: bool = False, request_id: int = 0
@@ -182,7 +188,7 @@ class Session:
 
     def _start_handshake(self) -> None:
         """Initiator: queue the first handshake message."""
-        self._outgoing.append(self._handshake.write_message(b""))
+        self._queue([self._handshake.write_message(b"")])
 
     def _receive_handshake(self, data: bytes) -> list[Event]:
         if self._handshake.my_turn():
@@ -193,7 +199,7 @@ class Session:
                 # another pattern (e.g. a hybrid client talking to a classic relay).
                 raise HandshakeError("unexpected handshake payload: the variants differ")
             if not self._handshake.complete:
-                self._outgoing.append(self._handshake.write_message(b""))
+                self._queue([self._handshake.write_message(b"")])
         except HandshakeError as exc:
             return self._close(None, str(exc))
         if not self._handshake.complete:

@@ -1,8 +1,16 @@
 """One client connection: moves bytes between a WebSocket and a RelaySession.
 
 All decisions are the session's (protocol) or the service's (membership, storage); this
-shell reads messages, feeds them in with the time, runs requests as tasks so that a device
-can pipeline, and writes what the session produced, in order.
+shell reads messages and feeds them in with the time, runs requests as tasks so that a
+device can pipeline, and writes what the session produced.
+
+There is one send path: ``send`` (and ``accept``, ``close``) put messages into the session,
+which encrypts them in order, and wake the connection's one writer task, which writes
+everything pending in one system call and then waits for the peer's window to drain. The
+back-pressure rule: the bytes waiting for one peer (encrypted in the session and buffered
+by the kernel socket's transport) may not pass ``WRITE_BUFFER_LIMIT``, and its window may
+not stay full for ``DRAIN_TIMEOUT``; a peer that breaks either is dropped. While a write
+waits, reading from that peer waits too.
 """
 
 from __future__ import annotations
@@ -11,32 +19,30 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+import msgspec
 from aiohttp import WSMsgType, web
 
-from zerok.errors import ProtocolError
 from zerok.protocol import (
     ConnectionClosed,
     Event,
     HelloReceived,
     RelaySession,
     RequestReceived,
-    SessionState,
     Variant,
 )
+from zerok.relay.service import RelayService
+from zerok.relay.tasks import TaskSet
 from zerok.transport.wsframe import binary_frames
-from zerok.wire import DeviceId, ErrorCode, GroupId, Message
-
-if TYPE_CHECKING:
-    from zerok.relay.service import RelayService
+from zerok.wire import DeviceId, Error, ErrorCode, GroupId, Message, Welcome
+from zerok.wire.messages import MAX_TEXT_CHARS
 
 log = logging.getLogger("zerok.relay.connection")
 
 MAX_IN_FLIGHT = 64  # requests of one connection being processed at once
-WRITE_BUFFER_LIMIT = 8 * 1024 * 1024  # bytes queued for one peer before it is dropped
+WRITE_BUFFER_LIMIT = 8 * 1024 * 1024  # bytes waiting for one peer before it is dropped
 DRAIN_TIMEOUT = 30.0  # seconds a peer may leave its receive window full
-CLOSE_TIMEOUT = 15.0  # seconds for the last words and the closing handshake
+CLOSE_TIMEOUT = 15.0  # seconds for the closing handshake
 
 # WebSocket close codes (RFC 6455) for the ways a session ends.
 _WS_CLOSE = {
@@ -51,6 +57,8 @@ _WS_CLOSE = {
 
 
 class Connection:
+    """A ``Peer`` of the service, over one aiohttp WebSocket."""
+
     def __init__(
         self,
         service: RelayService,
@@ -78,92 +86,137 @@ class Connection:
         )
         self.group_id: GroupId | None = None
         self.device_id: DeviceId | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.requests = TaskSet(f"the connection from {remote}")  # HELLO and requests
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._send_lock = asyncio.Lock()
-        self._flush_scheduled = False
+        self._wake = asyncio.Event()  # the session has something to write, or closed
+        self._writable = asyncio.Event()  # not waiting for the peer's window
+        self._writable.set()
+        self._writer = self.loop.create_task(self._write_loop())
+        self.finished = asyncio.Event()  # run() is over: the connection is gone
+
+    # -- the Peer interface -----------------------------------------------------------------
 
     @property
-    def authenticated(self) -> bool:
-        return self.device_id is not None and self.session.state is SessionState.OPEN
+    def closed(self) -> bool:
+        return self.session.closed
 
-    # -- sending --------------------------------------------------------------------------
+    def accept(self, welcome: Welcome, group_id: GroupId, device_id: DeviceId) -> None:
+        self.session.accept(welcome, now=self.loop.time())
+        self.group_id, self.device_id = group_id, device_id
+        self._queued()
 
     def send(self, message: Message, request_id: int = 0) -> bool:
-        """Queue a message for the peer; False if the session has ended meanwhile."""
         if self.session.closed:
             return False
-        try:
-            self.session.send(message, request_id)
-        except ProtocolError:
+        if isinstance(message, Error):
+            if len(message.message) > MAX_TEXT_CHARS:
+                message = msgspec.structs.replace(message, message=message.message[:MAX_TEXT_CHARS])
+            if _is_fatal(message.code):
+                self._closed_by_us(
+                    self.session.error(ErrorCode(message.code), message.message, request_id)
+                )
+                return True
+        self.session.send(message, request_id)
+        return self._queued()
+
+    def close(self, code: ErrorCode, message: str) -> None:
+        self._closed_by_us(self.session.close(code, message))
+
+    # -- writing --------------------------------------------------------------------------
+
+    def _queued(self) -> bool:
+        """Apply the back-pressure rule after the session took a message; wake the writer."""
+        transport = self.request.transport
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        if self.session.bytes_to_send + buffered > WRITE_BUFFER_LIMIT:
+            # A peer that does not read must not hold the relay's memory.
+            self._drop(f"over {WRITE_BUFFER_LIMIT} bytes waiting for a peer that does not read")
             return False
-        self.schedule_flush()
+        self._wake.set()
         return True
 
-    def schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.create_task(self.flush())
+    def _closed_by_us(self, events: list[Event]) -> None:
+        self._handle_closed(events)
+        self._wake.set()
 
-    async def flush(self) -> None:
-        """Write what the session produced, in order (Noise nonces depend on it)."""
-        async with self._send_lock:
-            self._flush_scheduled = False
-            out = self.session.data_to_send()
-            self._count_errors()
-            if not out or self.ws.closed:
-                return
-            transport, protocol = self.request.transport, self.request.protocol
-            if transport is None or transport.is_closing():
-                return  # the peer went away; the read loop notices and cleans up
-            # One write for the whole burst (see zerok.transport.wsframe); the WebSocket
-            # writer of aiohttp only ever writes whole frames too, so frames never interleave.
-            transport.write(binary_frames(out))
-            self.service.metrics.bytes_transferred.labels("out").inc(sum(map(len, out)))
-            if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
-                # A peer that does not read must not hold the relay's memory.
-                self._drop(f"over {WRITE_BUFFER_LIMIT} bytes waiting for a peer that does not read")
-                return
-            if protocol.writing_paused:
-                # The kernel's buffer is full: wait, as aiohttp's own writer does, but not
-                # for ever.
-                try:
-                    await asyncio.wait_for(protocol._drain_helper(), DRAIN_TIMEOUT)
-                except TimeoutError:
-                    self._drop(f"the peer read nothing for {DRAIN_TIMEOUT:g} s")
-                except (ConnectionError, RuntimeError):
-                    pass
+    async def _write_loop(self) -> None:
+        """The one writer: in order (Noise nonces depend on it), then the closing handshake."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                ended = self.session.closed  # everything queued before the end is in `out`
+                out = self.session.data_to_send()
+                self._count_errors()
+                if out:
+                    await self._write(out)
+                if ended:
+                    break
+        finally:
+            await self._close_websocket()
+
+    async def _write(self, out: list[bytes]) -> None:
+        transport = self.request.transport
+        if transport is None or transport.is_closing():
+            return  # the peer went away; the read loop notices and cleans up
+        # One write for the whole burst (see zerok.transport.wsframe); aiohttp's own
+        # WebSocket writer also writes whole frames only, so frames never interleave.
+        transport.write(binary_frames(out))
+        self.service.metrics.bytes_transferred.labels("out").inc(sum(map(len, out)))
+        if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+            self._drop(f"over {WRITE_BUFFER_LIMIT} bytes waiting for a peer that does not read")
+            return
+        self._writable.clear()
+        try:
+            await asyncio.wait_for(self.request.writer.drain(), DRAIN_TIMEOUT)
+        except TimeoutError:
+            self._drop(f"the peer read nothing for {DRAIN_TIMEOUT:g} s")
+        except (ConnectionError, RuntimeError):
+            pass  # the peer went away; the read loop notices and cleans up
+        finally:
+            self._writable.set()
+
+    async def _close_websocket(self) -> None:
+        code = _WS_CLOSE.get(_as_code(self.session.close_code), 1000)
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await self.ws.close(code=code)
+        except TimeoutError:
+            self._drop(f"the peer did not take the close within {CLOSE_TIMEOUT:g} s")
 
     def _drop(self, why: str) -> None:
         """Cut the connection at once (nothing more can be sent on it)."""
         log.info("dropping %s: %s", self.remote, why)
-        if not self.session.closed:
-            for event in self.session.close(None, why):
-                if isinstance(event, ConnectionClosed):
-                    self.service.on_session_closed(self, event)
+        self._handle_closed(self.session.close(None, why))
+        self._wake.set()
         transport = self.request.transport
         if transport is not None:
             transport.abort()
 
-    # -- the read loop --------------------------------------------------------------------
-
     def _count_errors(self) -> None:
         sent = self.session.errors_sent
-        if sent:
-            for code in sent:
-                self.service.metrics.errors.labels(str(code)).inc()
-            sent.clear()
+        for code in sent:
+            self.service.metrics.errors.labels(str(code)).inc()
+        sent.clear()
+
+    # -- the read loop --------------------------------------------------------------------
 
     async def run(self) -> None:
+        self.service.on_connect(self)
         try:
             await self._read_loop()
         finally:
-            await self._finish()
+            try:
+                await self._finish()
+            finally:
+                self.finished.set()
 
     async def _read_loop(self) -> None:
         session = self.session
         received = self.service.metrics.bytes_transferred.labels("in")
         while not session.closed:
+            await self._writable.wait()  # bounded by DRAIN_TIMEOUT
             deadline = session.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - self.loop.time())
             try:
@@ -175,28 +228,27 @@ class Connection:
                 received.inc(len(msg.data))
                 await self._handle(session.receive(msg.data, self.loop.time()))
             elif msg.type == WSMsgType.TEXT:
-                await self._handle(
-                    session.close(ErrorCode.INVALID_MESSAGE, "text frames are not part of 0k-Sync")
-                )
+                text_refused = "text frames are not part of 0k-Sync"
+                await self._handle(session.close(ErrorCode.INVALID_MESSAGE, text_refused))
             else:  # CLOSE, CLOSING, CLOSED, ERROR: the peer is gone
                 await self._handle(session.close())
                 return
-            await self.flush()
 
     async def _handle(self, events: list[Event]) -> None:
+        self._wake.set()  # handshake messages, or an ERROR the session sent
         for event in events:
             if isinstance(event, RequestReceived):
-                await self._slots.acquire()
-                task = self.loop.create_task(self._run_request(event))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                await self._slots.acquire()  # reading waits while MAX_IN_FLIGHT are running
+                self.requests.spawn(self._run_request(event))
             elif isinstance(event, HelloReceived):
                 # Decided in a task while reading goes on, so that a frame the client sends
                 # before WELCOME reaches the session (which refuses it) instead of waiting.
-                task = self.loop.create_task(self._run_hello(event))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            elif isinstance(event, ConnectionClosed):
+                self.requests.spawn(self._run_hello(event))
+        self._handle_closed(events)
+
+    def _handle_closed(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, ConnectionClosed):
                 self.service.on_session_closed(self, event)
 
     async def _run_hello(self, event: HelloReceived) -> None:
@@ -211,48 +263,30 @@ class Connection:
             await self.service.on_request(self, event)
         except Exception:
             log.exception("request %s from %s failed", event.message.TYPE.name, self.remote)
-            self.fail(ErrorCode.RELAY_OVERLOADED, "the relay could not process the request")
+            failed = "the relay could not process the request"
+            self.send(Error(code=ErrorCode.RELAY_OVERLOADED, message=failed), event.request_id)
         finally:
             self._slots.release()
 
-    def fail(self, code: ErrorCode, message: str, request_id: int = 0) -> None:
-        """Answer with an ERROR (fatal codes end the session)."""
-        if self.session.closed:
-            return
-        for event in self.session.error(code, message, request_id):
-            if isinstance(event, ConnectionClosed):
-                self.service.on_session_closed(self, event)
-        if self.session.closed:
-            self.loop.create_task(self._flush_and_close())
-        else:
-            self.schedule_flush()
-
-    def close(self, code: ErrorCode, message: str) -> None:
-        """End the session from the relay's side (revocation, shutdown)."""
-        if self.session.closed:
-            return
-        for event in self.session.close(code, message):
-            if isinstance(event, ConnectionClosed):
-                self.service.on_session_closed(self, event)
-        self.loop.create_task(self._flush_and_close())
-
-    async def _flush_and_close(self) -> None:
-        try:
-            await asyncio.wait_for(self._flush_then_close(), CLOSE_TIMEOUT)
-        except TimeoutError:
-            self._drop(f"the peer did not take the close within {CLOSE_TIMEOUT:g} s")
-
-    async def _flush_then_close(self) -> None:
-        await self.flush()
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.ws.close(code=_WS_CLOSE.get(_as_code(self.session.close_code), 1000))
-
     async def _finish(self) -> None:
         # Requests already taken finish first: their commits must be answered if possible.
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.requests.wait()
         self.service.on_disconnect(self)
-        await self._flush_and_close()
+        if not self.session.closed:
+            self._handle_closed(self.session.close())
+        self._wake.set()
+        await asyncio.shield(self._writer)  # bounded by DRAIN_TIMEOUT and CLOSE_TIMEOUT
+
+    async def cancel(self) -> None:
+        """Stop everything this connection runs (shutdown, after the grace period)."""
+        self._writer.cancel()
+        await self.requests.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+
+
+def _is_fatal(code: int) -> bool:
+    return (known := _as_code(code)) is not None and known.fatal
 
 
 def _as_code(code: int | None) -> ErrorCode | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import resource
 import signal
@@ -25,6 +24,7 @@ from zerok.relay.metrics import RelayMetrics
 from zerok.relay.push import LoggingPushSender, PushSender, WebhookPushSender
 from zerok.relay.service import RelayService
 from zerok.relay.storage import SQLiteStorage, Storage, StorageError
+from zerok.relay.tasks import TaskSet
 from zerok.wire import ErrorCode
 
 log = logging.getLogger("zerok.relay")
@@ -84,8 +84,8 @@ class Relay:
         self._per_ip: Counter[str] = Counter()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
-        self._cleanup_task: asyncio.Task[None] | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._connections: set[Connection] = set()
+        self.tasks = TaskSet("the relay")  # the cleanup loop
 
     @property
     def relay_id(self) -> bytes:
@@ -104,7 +104,7 @@ class Relay:
             self._runner, self.config.host, self.config.port, backlog=1024, reuse_address=True
         )
         await self._site.start()
-        self._cleanup_task = asyncio.get_running_loop().create_task(self._cleanup_loop())
+        self.tasks.spawn(self._cleanup_loop())
         log.info(
             "relay %s listening on ws://%s (database %s)",
             self.identity.device_id.short(),
@@ -114,11 +114,10 @@ class Relay:
 
     @property
     def bound_address(self) -> str:
-        if self._site is not None and self._site._server is not None:
-            sockets = getattr(self._site._server, "sockets", None) or []
-            if sockets:
-                host, port = sockets[0].getsockname()[:2]
-                return f"{host}:{port}"
+        addresses = self._runner.addresses if self._runner is not None else []
+        if addresses:
+            host, port = addresses[0][:2]
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return self.config.bind
 
     async def stop(self) -> None:
@@ -129,16 +128,17 @@ class Relay:
         log.info("shutting down: telling %d connections", len(self.service.connections))
         if self._site is not None:
             await self._site.stop()  # no new connections
-        for conn in list(self.service.connections):
+        for conn in list(self._connections):
             conn.close(ErrorCode.RELAY_SHUTTING_DOWN, "the relay is shutting down; reconnect later")
-        if self._handlers:
-            _, pending = await asyncio.wait(self._handlers, timeout=SHUTDOWN_GRACE)
-            for task in pending:
-                task.cancel()
-        if self._cleanup_task is not None:
-            self._cleanup_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._cleanup_task
+        if self._connections:
+            finishing = [asyncio.ensure_future(c.finished.wait()) for c in self._connections]
+            _, late = await asyncio.wait(finishing, timeout=SHUTDOWN_GRACE)
+            for waiter in late:
+                waiter.cancel()
+        for conn in list(self._connections):  # still busy after the grace period
+            await conn.cancel()
+        await self.tasks.cancel()
+        await self.service.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.service.push_sender.close()
@@ -203,16 +203,12 @@ class Relay:
         conn = Connection(
             self.service, request, ws, variant_for(chosen), offered=offered, remote=ip
         )
-        self.service.connections.add(conn)
-        self.service.metrics.connections_total.inc()
+        self._connections.add(conn)
         self._per_ip[ip] += 1
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
         try:
             await conn.run()
         finally:
-            self._handlers.discard(task)
+            self._connections.discard(conn)
             self._per_ip[ip] -= 1
             if self._per_ip[ip] <= 0:
                 del self._per_ip[ip]

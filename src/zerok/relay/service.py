@@ -1,34 +1,42 @@
-"""What the relay does with each HELLO and request (DESIGN §5).
+"""What the relay does with each HELLO and request.
 
 The service owns the routing table (which devices of which group are connected here), the
-per-device rate limits and the push notifications for devices that are offline. Storage
-does the durable part; every answer is sent only after the storage call returned, i.e.
-after its commit.
+per-device rate limits and the wake-ups of devices that are offline. Storage does the
+durable part; every answer is sent only after the storage call returned, i.e. after its
+commit. A connection is seen only through ``Peer``, so the service knows nothing of
+WebSockets and is tested with plain objects.
+
+Requests are dispatched through a registry: each request type of the message catalogue
+(``zerok.protocol.catalog``) has exactly one handler, marked ``@handles(Type)``; a relay
+without a handler for a request type does not start.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from zerok.protocol import ConnectionClosed, HelloReceived, RequestReceived, SessionState
+from zerok.errors import LocalProtocolError
+from zerok.protocol import ConnectionClosed, HelloReceived, RequestReceived
+from zerok.protocol.catalog import CLIENT_REQUESTS
 from zerok.protocol.ratelimit import RateLimiter
 from zerok.relay.config import RelayConfig
-from zerok.relay.connection import Connection
 from zerok.relay.metrics import RelayMetrics
-from zerok.relay.push import PushSender, PushTarget
+from zerok.relay.push import OfflineWaker, PushSender
 from zerok.relay.storage import (
     BlobStored,
+    DeviceRecord,
     DeviceWasRevoked,
     Resync,
     Storage,
     StorageEvent,
 )
+from zerok.relay.tasks import TaskSet
 from zerok.wire import (
     Ack,
     Delete,
@@ -41,6 +49,7 @@ from zerok.wire import (
     GroupId,
     Limits,
     ListDevices,
+    Message,
     Notify,
     Presence,
     Pull,
@@ -57,14 +66,61 @@ from zerok.wire.messages import MAX_DEVICES, PULL_RESPONSE_OVERHEAD
 
 log = logging.getLogger("zerok.relay")
 
-PUSH_DEBOUNCE = 30.0  # seconds between wake-ups of one offline device
+RESYNC_PAGE = 500  # blobs read per query when catching up on other relays' pushes
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class Peer(Protocol):
+    """One client connection, as the service sees it."""
+
+    remote: str  # the client's address, for logs and per-IP limits
+    group_id: GroupId | None  # set by accept()
+    device_id: DeviceId | None
+
+    @property
+    def closed(self) -> bool: ...
+
+    def accept(self, welcome: Welcome, group_id: GroupId, device_id: DeviceId) -> None:
+        """Answer the pending HELLO with WELCOME; the device is in. LocalProtocolError if
+        no HELLO is pending."""
+        ...
+
+    def send(self, message: Message, request_id: int = 0) -> bool:
+        """Queue an answer (``request_id`` of the request) or an unsolicited message (0);
+        an ERROR with a fatal code also ends the session. False if the session ended
+        meanwhile; LocalProtocolError if the relay may not send this message."""
+        ...
+
+    def close(self, code: ErrorCode, message: str) -> None:
+        """End the session with a fatal ERROR (refusal, revocation, shutdown); a no-op if
+        it has ended already."""
+        ...
+
+
+M = TypeVar("M", bound=Message)
+Handler = Callable[["RelayService", Peer, int, M], Awaitable[None]]
+_HANDLERS: dict[type[Message], Handler[Any]] = {}
+
+
+def handles(kind: type[M]) -> Callable[[Handler[M]], Handler[M]]:
+    """Register a RelayService method as the handler of one request type."""
+
+    def register(handler: Handler[M]) -> Handler[M]:
+        if kind in _HANDLERS:
+            raise LocalProtocolError(f"two relay handlers for {kind.__name__}")
+        _HANDLERS[kind] = handler
+        return handler
+
+    return register
+
+
 class RelayService:
+    #: The handler of each request type (filled by ``@handles``).
+    handlers: dict[type[Message], Handler[Any]] = _HANDLERS
+
     def __init__(
         self,
         config: RelayConfig,
@@ -74,23 +130,28 @@ class RelayService:
         *,
         metrics: RelayMetrics | None = None,
         clock: Callable[[], int] = now_ms,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        missing = CLIENT_REQUESTS - set(self.handlers)
+        if missing:
+            names = ", ".join(sorted(m.__name__ for m in missing))
+            raise LocalProtocolError(f"the relay has no handler for {names}")
         self.config = config
         self.storage = storage
         self.static_key = static_key
         self.relay_id = static_key.public_key().public_bytes_raw()
         self.push_sender = push_sender
         self.metrics = metrics or RelayMetrics()
-        self.clock = clock
-        self.groups: dict[GroupId, set[Connection]] = defaultdict(set)
+        self.clock = clock  # wall time in ms: timestamps, TTLs, invite expiry
+        self.monotonic = monotonic  # seconds: rate limits, wake-up debounce
+        self.connections: set[Peer] = set()
+        self.groups: dict[GroupId, set[Peer]] = defaultdict(set)
         # Highest cursor NOTIFYed to this relay's devices, per group with devices here: a
         # resync after missed cross-relay events notifies what lies beyond it.
         self.notified: dict[GroupId, int] = {}
-        self.connections: set[Connection] = set()
         self.rate = RateLimiter(config.messages_per_minute)
-        self._push_targets: dict[GroupId, dict[DeviceId, PushTarget]] = {}
-        self._last_wake: dict[DeviceId, float] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self.waker = OfflineWaker(push_sender, storage, self.metrics, monotonic=monotonic)
+        self.tasks = TaskSet("the relay service")
         storage.subscribe(self.on_storage_event)
         self.limits = Limits(
             max_blob_size=config.max_blob_size,
@@ -101,14 +162,21 @@ class RelayService:
             max_ttl=int(config.max_ttl),
         )
 
+    async def stop(self) -> None:
+        """Cancel the service's own background work (resyncs)."""
+        await self.tasks.cancel()
+
     # -- connections ----------------------------------------------------------------------
 
     def online(self, group_id: GroupId) -> set[DeviceId]:
-        return {c.device_id for c in self.groups.get(group_id, ()) if c.device_id is not None}
+        return {p.device_id for p in self.groups.get(group_id, ()) if p.device_id is not None}
 
-    async def on_hello(self, conn: Connection, event: HelloReceived) -> None:
+    def on_connect(self, peer: Peer) -> None:
+        self.connections.add(peer)
+        self.metrics.connections_total.inc()
+
+    async def on_hello(self, peer: Peer, event: HelloReceived) -> None:
         hello, device_id = event.hello, event.device_id
-        session = conn.session
         now = self.clock()
         group = await self.storage.get_group(hello.group_id)
         if group is None:
@@ -116,16 +184,15 @@ class RelayService:
             log.info("group %s registered by device %s", hello.group_id.short(), device_id.short())
         if group.auth_key != hello.auth_key:
             # Knowing a group id is not enough: the proof must be by the registered key.
-            self._refuse(conn, ErrorCode.UNAUTHORIZED, "this device does not hold the group's key")
+            self._refuse(peer, device_id, ErrorCode.UNAUTHORIZED, _NOT_THE_GROUPS_KEY)
             return
         device = await self.storage.get_device(hello.group_id, device_id)
         if device is not None and device.revoked:
-            self._refuse(
-                conn,
-                ErrorCode.DEVICE_REVOKED,
+            message = (
                 f"this device was revoked from the group ({device.revoke_reason}); "
-                "it can no longer sync with it",
+                "it can no longer sync with it"
             )
+            self._refuse(peer, device_id, ErrorCode.DEVICE_REVOKED, message)
             return
         await self.storage.touch_device(hello.group_id, device_id, hello.device_name, now)
         if hello.last_cursor:
@@ -137,134 +204,115 @@ class RelayService:
         # joining the group's connections, so a later revocation will find this one.
         device = await self.storage.get_device(hello.group_id, device_id)
         if device is not None and device.revoked:
-            self._refuse(conn, ErrorCode.DEVICE_REVOKED, "this device was revoked from the group")
+            self._refuse(peer, device_id, ErrorCode.DEVICE_REVOKED, _REVOKED)
             return
-        if session.closed:
+        if peer.closed:
             return
-        session.accept(
-            Welcome(
-                relay_id=self.relay_id,
-                max_cursor=group.max_cursor,
-                pending=pending,
-                limits=self.limits,
-                server_time=now,
-            ),
-            now=conn.loop.time(),
+        welcome = Welcome(
+            relay_id=self.relay_id,
+            max_cursor=group.max_cursor,
+            pending=pending,
+            limits=self.limits,
+            server_time=now,
         )
-        conn.group_id, conn.device_id = hello.group_id, device_id
-        self.groups[hello.group_id].add(conn)
+        peer.accept(welcome, hello.group_id, device_id)
+        self.groups[hello.group_id].add(peer)
         self.notified[hello.group_id] = max(self.notified.get(hello.group_id, 0), group.max_cursor)
         self.metrics.sessions_active.inc()
-        conn.schedule_flush()
 
-    def _refuse(self, conn: Connection, code: ErrorCode, message: str) -> None:
-        device = conn.session.device_id
-        log.info(
-            "refused device %s from %s: %s", device.short() if device else "?", conn.remote, message
-        )
-        if conn.session.state is SessionState.HELLO_PENDING:  # not already closed meanwhile
-            conn.close(code, message)
+    def _refuse(self, peer: Peer, device_id: DeviceId, code: ErrorCode, message: str) -> None:
+        log.info("refused device %s from %s: %s", device_id.short(), peer.remote, message)
+        peer.close(code, message)
 
-    def on_session_closed(self, conn: Connection, event: ConnectionClosed) -> None:
-        if conn.device_id is None:  # never got in: a failed handshake or a refused HELLO
+    def on_session_closed(self, peer: Peer, event: ConnectionClosed) -> None:
+        if peer.device_id is None:  # never got in: a failed handshake or a refused HELLO
             reason = "aborted" if event.code is None else _reason_label(event.code)
             self.metrics.handshake_failures.labels(reason).inc()
-        log.debug("session with %s ended: %s", conn.remote, event.reason)
+        log.debug("session with %s ended: %s", peer.remote, event.reason)
 
-    def on_disconnect(self, conn: Connection) -> None:
-        self.connections.discard(conn)
-        if conn.group_id is not None:
-            members = self.groups.get(conn.group_id)
-            if members is not None and conn in members:
-                members.discard(conn)
-                self.metrics.sessions_active.dec()
-                if not members:
-                    del self.groups[conn.group_id]
-                    self.notified.pop(conn.group_id, None)
+    def on_disconnect(self, peer: Peer) -> None:
+        self.connections.discard(peer)
+        if peer.group_id is None:
+            return
+        members = self.groups.get(peer.group_id)
+        if members is not None and peer in members:
+            members.discard(peer)
+            self.metrics.sessions_active.dec()
+            if not members:
+                del self.groups[peer.group_id]
+                self.notified.pop(peer.group_id, None)
 
     # -- requests -------------------------------------------------------------------------
 
-    async def on_request(self, conn: Connection, event: RequestReceived) -> None:
-        assert conn.group_id is not None and conn.device_id is not None
+    async def on_request(self, peer: Peer, event: RequestReceived) -> None:
+        assert peer.device_id is not None
         message, rid = event.message, event.request_id
-        loop_now = conn.loop.time()
         # Heartbeats do not count: a limit for data must not cut idle, healthy devices.
-        if not isinstance(message, Presence) and not self.rate.allow(conn.device_id, loop_now):
-            retry = self.rate.retry_after(conn.device_id, loop_now)
-            conn.send(
-                Error(
-                    code=ErrorCode.RATE_LIMITED,
-                    message=f"over {self.config.messages_per_minute} messages a minute; "
-                    f"retry in {retry} s",
-                    retry_after=retry,
-                ),
-                rid,
-            )
-            return
-        if isinstance(message, Push):
-            await self._push(conn, rid, message)
-        elif isinstance(message, Pull):
-            await self._pull(conn, rid, message)
-        elif isinstance(message, Ack):
-            await self.storage.ack(conn.group_id, conn.device_id, message.cursor)
-            self._confirm(conn, rid, message)
-        elif isinstance(message, Delete):
-            await self._delete(conn, rid, message)
-        elif isinstance(message, RevokeDevice):
-            await self._revoke(conn, rid, message)
-        elif isinstance(message, ListDevices):
-            await self._list_devices(conn, rid)
-        elif isinstance(message, RegisterPush):
-            await self._register_push(conn, rid, message)
-        elif isinstance(message, UnregisterPush):
-            await self.storage.set_push_token(conn.group_id, conn.device_id, None, None, None)
-            self._push_targets.pop(conn.group_id, None)
-            self._confirm(conn, rid, message)
-        elif isinstance(message, Presence):
-            self._confirm(conn, rid, message)
+        if not isinstance(message, Presence):
+            now = self.monotonic()
+            if not self.rate.allow(peer.device_id, now):
+                retry = self.rate.retry_after(peer.device_id, now)
+                limit = self.config.messages_per_minute
+                text = f"over {limit} messages a minute; retry in {retry} s"
+                peer.send(Error(code=ErrorCode.RATE_LIMITED, message=text, retry_after=retry), rid)
+                return
+        handler = self.handlers.get(type(message))
+        if handler is None:  # the session admitted a request type nobody handles: our bug
+            raise LocalProtocolError(f"the relay has no handler for {message.TYPE.name}")
+        await handler(self, peer, rid, message)
 
     @staticmethod
-    def _confirm(
-        conn: Connection, rid: int, message: Ack | Delete | Presence | RegisterPush | UnregisterPush
-    ) -> None:
-        if rid:
-            conn.send(message, rid)
+    def _fail(peer: Peer, code: ErrorCode, message: str, rid: int) -> None:
+        peer.send(Error(code=int(code), message=message), rid)
 
-    async def _push(self, conn: Connection, rid: int, push: Push) -> None:
-        assert conn.group_id is not None and conn.device_id is not None
-        started = conn.loop.time()
+    @staticmethod
+    def _confirm(peer: Peer, rid: int, message: Message) -> None:
+        """Answer a request that is confirmed by its own echo (id 0: no answer wanted)."""
+        if rid:
+            peer.send(message, rid)
+
+    @handles(Presence)
+    async def _presence(self, peer: Peer, rid: int, presence: Presence) -> None:
+        self._confirm(peer, rid, presence)
+
+    @handles(Ack)
+    async def _ack(self, peer: Peer, rid: int, ack: Ack) -> None:
+        group_id, device_id = _member(peer)
+        await self.storage.ack(group_id, device_id, ack.cursor)
+        self._confirm(peer, rid, ack)
+
+    @handles(Push)
+    async def _push(self, peer: Peer, rid: int, push: Push) -> None:
+        group_id, device_id = _member(peer)
+        started = self.monotonic()
         size = len(push.ciphertext)
         if size > self.config.max_blob_size:
-            conn.fail(
-                ErrorCode.BLOB_TOO_LARGE,
-                f"blob of {size} bytes exceeds this relay's limit of {self.config.max_blob_size}",
-                rid,
-            )
+            limit = self.config.max_blob_size
+            text = f"blob of {size} bytes exceeds this relay's limit of {limit}"
+            self._fail(peer, ErrorCode.BLOB_TOO_LARGE, text, rid)
             return
         ttl = push.ttl or self.config.default_ttl
         now = self.clock()
         outcome = await self.storage.push(
-            conn.group_id,
+            group_id,
             push.blob_id,
-            conn.device_id,
+            device_id,
             push.ciphertext,
             now=now,
             expires_at=now + int(min(ttl, self.config.max_ttl) * 1000),
             max_group_bytes=self.config.max_group_storage,
         )
         if outcome.quota_exceeded:
-            conn.fail(
-                ErrorCode.GROUP_QUOTA_EXCEEDED,
+            text = (
                 f"the group's {self.config.max_group_storage} bytes of buffer are full; "
-                "let devices catch up or delete blobs",
-                rid,
+                "let devices catch up or delete blobs"
             )
+            self._fail(peer, ErrorCode.GROUP_QUOTA_EXCEEDED, text, rid)
             return
-        online = self.online(conn.group_id)  # who was here when the blob arrived
-        conn.send(
-            PushAck(blob_id=push.blob_id, cursor=outcome.cursor, timestamp=outcome.timestamp), rid
-        )
-        self.metrics.push_latency.observe(conn.loop.time() - started)
+        online = self.online(group_id)  # who was here when the blob arrived
+        ack = PushAck(blob_id=push.blob_id, cursor=outcome.cursor, timestamp=outcome.timestamp)
+        peer.send(ack, rid)
+        self.metrics.push_latency.observe(self.monotonic() - started)
         if outcome.duplicate:
             return
         self.metrics.blobs_received.inc()
@@ -272,14 +320,114 @@ class RelayService:
         notify = Notify(
             blob_id=push.blob_id,
             cursor=outcome.cursor,
-            sender=conn.device_id,
+            sender=device_id,
             timestamp=outcome.timestamp,
             size=size,
         )
-        self.fan_out(conn.group_id, notify, exclude=conn)
-        await self._wake_offline(conn.group_id, conn.device_id, outcome.cursor, online)
+        self.fan_out(group_id, notify, exclude=peer)
+        await self.waker.wake(group_id, device_id, outcome.cursor, online)
 
-    def fan_out(self, group_id: GroupId, notify: Notify, *, exclude: Connection | None) -> int:
+    @handles(Pull)
+    async def _pull(self, peer: Peer, rid: int, pull: Pull) -> None:
+        group_id, _ = _member(peer)
+        page = await self.storage.pull(
+            group_id,
+            pull.after,
+            pull.limit,
+            max_bytes=self.config.frame_limit - PULL_RESPONSE_OVERHEAD,
+        )
+        answer = PullResponse(
+            blobs=list(page.blobs), has_more=page.has_more, max_cursor=page.max_cursor
+        )
+        if peer.send(answer, rid):
+            self.metrics.blobs_delivered.inc(len(page.blobs))
+
+    @handles(Delete)
+    async def _delete(self, peer: Peer, rid: int, delete: Delete) -> None:
+        group_id, device_id = _member(peer)
+        outcome = await self.storage.delete_blob(
+            group_id, delete.blob_id, device_id, force=delete.force
+        )
+        if outcome.found and not outcome.owner:
+            text = "only the device that pushed a blob may delete it"
+            self._fail(peer, ErrorCode.NOT_BLOB_OWNER, text, rid)
+            return
+        if outcome.deleted and delete.force:
+            log.warning(
+                "audit: device %s force-deleted blob %s of group %s",
+                device_id.short(),
+                delete.blob_id,
+                group_id.short(),
+            )
+        self._confirm(peer, rid, delete)
+
+    @handles(RevokeDevice)
+    async def _revoke(self, peer: Peer, rid: int, revoke: RevokeDevice) -> None:
+        group_id, device_id = _member(peer)
+        now = self.clock()
+        record = await self.storage.revoke_device(
+            group_id, revoke.device_id, device_id, revoke.reason.value, now
+        )
+        self.waker.forget(group_id)
+        notice = DeviceRevoked(
+            device_id=revoke.device_id,
+            revoked_by=record.revoked_by or device_id,
+            timestamp=record.revoked_at or now,
+            reason=revoke.reason,
+        )
+        log.warning(
+            "audit: device %s revoked device %s of group %s (%s)",
+            device_id.short(),
+            revoke.device_id.short(),
+            group_id.short(),
+            revoke.reason.value,
+        )
+        peer.send(notice, rid)
+        self.revoke_connected(group_id, notice, exclude=peer)
+
+    @handles(ListDevices)
+    async def _list_devices(self, peer: Peer, rid: int, _: ListDevices) -> None:
+        group_id, _device = _member(peer)
+        devices = await self.storage.list_devices(group_id)
+        pending = await self.storage.pending_by_device(group_id)
+        online = self.online(group_id)
+        infos = [
+            DeviceInfo(
+                device_id=d.device_id,
+                name=d.name,
+                last_seen=d.last_seen,
+                pending=pending.get(d.device_id, 0),
+                online=d.device_id in online,
+                revoked=d.revoked,
+            )
+            for d in devices[:MAX_DEVICES]  # the wire's bound on one DEVICES answer
+        ]
+        peer.send(Devices(devices=infos), rid)
+
+    @handles(RegisterPush)
+    async def _register_push(self, peer: Peer, rid: int, register: RegisterPush) -> None:
+        group_id, device_id = _member(peer)
+        token = register.token
+        if not token.isprintable() or token.strip() != token:
+            text = "the push token has invalid characters"
+            self._fail(peer, ErrorCode.INVALID_PUSH_TOKEN, text, rid)
+            return
+        await self.storage.set_push_token(
+            group_id, device_id, token, register.platform.value, register.app_id
+        )
+        self.waker.forget(group_id)
+        self._confirm(peer, rid, register)
+
+    @handles(UnregisterPush)
+    async def _unregister_push(self, peer: Peer, rid: int, unregister: UnregisterPush) -> None:
+        group_id, device_id = _member(peer)
+        await self.storage.set_push_token(group_id, device_id, None, None, None)
+        self.waker.forget(group_id)
+        self._confirm(peer, rid, unregister)
+
+    # -- fan-out --------------------------------------------------------------------------
+
+    def fan_out(self, group_id: GroupId, notify: Notify, *, exclude: Peer | None) -> int:
         """NOTIFY every other device of the group connected to this relay."""
         if group_id in self.notified:
             self.notified[group_id] = max(self.notified[group_id], notify.cursor)
@@ -290,29 +438,16 @@ class RelayService:
         self.metrics.notifications.inc(sent)
         return sent
 
-    async def _wake_offline(
-        self, group_id: GroupId, sender: DeviceId, cursor: int, online: set[DeviceId]
+    def revoke_connected(
+        self, group_id: GroupId, notice: DeviceRevoked, *, exclude: Peer | None = None
     ) -> None:
-        """Wake the devices with a push token that were offline when the blob arrived."""
-        targets = self._push_targets.get(group_id)
-        if targets is None:
-            devices = await self.storage.list_devices(group_id)
-            targets = self._push_targets[group_id] = {
-                d.device_id: PushTarget(d.push_token, d.push_platform or "", d.push_app_id or "")
-                for d in devices
-                if d.push_token and not d.revoked
-            }
-        if not targets:
-            return
-        loop_now = time.monotonic()
-        for device_id, target in targets.items():
-            if device_id == sender or device_id in online:
-                continue
-            if loop_now - self._last_wake.get(device_id, -PUSH_DEBOUNCE) < PUSH_DEBOUNCE:
-                continue
-            self._last_wake[device_id] = loop_now
-            ok = await self.push_sender.send(target, cursor=cursor)
-            self.metrics.push_notifications.labels("sent" if ok else "failed").inc()
+        """Tell the group's devices here, and end the revoked device's connections."""
+        for other in list(self.groups.get(group_id, ())):
+            if other.device_id == notice.device_id:
+                other.send(notice)
+                other.close(ErrorCode.DEVICE_REVOKED, "this device was revoked")
+            elif other is not exclude:
+                other.send(notice)
 
     # -- other relays (shared PostgreSQL) ---------------------------------------------------
 
@@ -330,11 +465,9 @@ class RelayService:
                     reason=RevokeReason(event.reason),
                 )
                 self.revoke_connected(event.group_id, notice)
-            self._push_targets.pop(event.group_id, None)
+            self.waker.forget(event.group_id)
         elif isinstance(event, Resync):
-            task = asyncio.get_running_loop().create_task(self.resync())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self.tasks.spawn(self.resync())
 
     async def resync(self) -> None:
         """Catch up on events missed from other relays: NOTIFY blobs stored meanwhile and
@@ -342,122 +475,29 @@ class RelayService:
         for group_id in list(self.groups):
             after = self.notified.get(group_id, 0)
             while True:
-                missed = await self.storage.blobs_after(group_id, after, 500)
+                missed = await self.storage.blobs_after(group_id, after, RESYNC_PAGE)
                 for blob in missed:
                     self.fan_out(group_id, _notify_of(blob), exclude=None)
                     after = blob.cursor
-                if len(missed) < 500:
+                if len(missed) < RESYNC_PAGE:
                     break
-            for conn in list(self.groups.get(group_id, ())):
-                if conn.device_id is None:
+            for peer in list(self.groups.get(group_id, ())):
+                if peer.device_id is None:
                     continue
-                device = await self.storage.get_device(group_id, conn.device_id)
+                device = await self.storage.get_device(group_id, peer.device_id)
                 if device is not None and device.revoked:
-                    notice = DeviceRevoked(
-                        device_id=device.device_id,
-                        revoked_by=device.revoked_by or device.device_id,
-                        timestamp=device.revoked_at or 0,
-                        reason=RevokeReason(device.revoke_reason or "lost"),
-                    )
-                    self.revoke_connected(group_id, notice)
+                    self.revoke_connected(group_id, _revocation_of(device))
 
-    async def _pull(self, conn: Connection, rid: int, pull: Pull) -> None:
-        assert conn.group_id is not None
-        page = await self.storage.pull(
-            conn.group_id,
-            pull.after,
-            pull.limit,
-            max_bytes=self.config.frame_limit - PULL_RESPONSE_OVERHEAD,
-        )
-        if conn.send(
-            PullResponse(
-                blobs=list(page.blobs), has_more=page.has_more, max_cursor=page.max_cursor
-            ),
-            rid,
-        ):
-            self.metrics.blobs_delivered.inc(len(page.blobs))
 
-    async def _delete(self, conn: Connection, rid: int, delete: Delete) -> None:
-        assert conn.group_id is not None and conn.device_id is not None
-        outcome = await self.storage.delete_blob(
-            conn.group_id, delete.blob_id, conn.device_id, force=delete.force
-        )
-        if outcome.found and not outcome.owner:
-            conn.fail(
-                ErrorCode.NOT_BLOB_OWNER, "only the device that pushed a blob may delete it", rid
-            )
-            return
-        if outcome.deleted and delete.force:
-            log.warning(
-                "audit: device %s force-deleted blob %s of group %s",
-                conn.device_id.short(),
-                delete.blob_id,
-                conn.group_id.short(),
-            )
-        self._confirm(conn, rid, delete)
+_NOT_THE_GROUPS_KEY = "this device does not hold the group's key"
+_REVOKED = "this device was revoked from the group"
 
-    async def _revoke(self, conn: Connection, rid: int, revoke: RevokeDevice) -> None:
-        assert conn.group_id is not None and conn.device_id is not None
-        record = await self.storage.revoke_device(
-            conn.group_id, revoke.device_id, conn.device_id, revoke.reason.value, self.clock()
-        )
-        self._push_targets.pop(conn.group_id, None)
-        notice = DeviceRevoked(
-            device_id=revoke.device_id,
-            revoked_by=record.revoked_by or conn.device_id,
-            timestamp=record.revoked_at or self.clock(),
-            reason=revoke.reason,
-        )
-        log.warning(
-            "audit: device %s revoked device %s of group %s (%s)",
-            conn.device_id.short(),
-            revoke.device_id.short(),
-            conn.group_id.short(),
-            revoke.reason.value,
-        )
-        conn.send(notice, rid)
-        self.revoke_connected(conn.group_id, notice, exclude=conn)
 
-    def revoke_connected(
-        self, group_id: GroupId, notice: DeviceRevoked, *, exclude: Connection | None = None
-    ) -> None:
-        """Tell the group's devices here, and end the revoked device's connections."""
-        for other in list(self.groups.get(group_id, ())):
-            if other.device_id == notice.device_id:
-                other.send(notice)
-                other.close(ErrorCode.DEVICE_REVOKED, "this device was revoked")
-            elif other is not exclude:
-                other.send(notice)
-
-    async def _list_devices(self, conn: Connection, rid: int) -> None:
-        assert conn.group_id is not None
-        devices = await self.storage.list_devices(conn.group_id)
-        pending = await self.storage.pending_by_device(conn.group_id)
-        online = self.online(conn.group_id)
-        infos = [
-            DeviceInfo(
-                device_id=d.device_id,
-                name=d.name,
-                last_seen=d.last_seen,
-                pending=pending.get(d.device_id, 0),
-                online=d.device_id in online,
-                revoked=d.revoked,
-            )
-            for d in devices[:MAX_DEVICES]  # the wire's bound on one DEVICES answer
-        ]
-        conn.send(Devices(devices=infos), rid)
-
-    async def _register_push(self, conn: Connection, rid: int, register: RegisterPush) -> None:
-        assert conn.group_id is not None and conn.device_id is not None
-        token = register.token
-        if not token.isprintable() or token.strip() != token:
-            conn.fail(ErrorCode.INVALID_PUSH_TOKEN, "the push token has invalid characters", rid)
-            return
-        await self.storage.set_push_token(
-            conn.group_id, conn.device_id, token, register.platform.value, register.app_id
-        )
-        self._push_targets.pop(conn.group_id, None)
-        self._confirm(conn, rid, register)
+def _member(peer: Peer) -> tuple[GroupId, DeviceId]:
+    """The group and device of an admitted peer (requests come only after WELCOME)."""
+    if peer.group_id is None or peer.device_id is None:
+        raise LocalProtocolError("a request from a peer that was never admitted")
+    return peer.group_id, peer.device_id
 
 
 def _reason_label(code: int) -> str:
@@ -474,4 +514,13 @@ def _notify_of(blob: BlobStored) -> Notify:
         sender=blob.sender,
         timestamp=blob.timestamp,
         size=blob.size,
+    )
+
+
+def _revocation_of(device: DeviceRecord) -> DeviceRevoked:
+    return DeviceRevoked(
+        device_id=device.device_id,
+        revoked_by=device.revoked_by or device.device_id,
+        timestamp=device.revoked_at or 0,
+        reason=RevokeReason(device.revoke_reason or "lost"),
     )
