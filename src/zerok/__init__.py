@@ -1,7 +1,5 @@
 """0k-Sync: zero-knowledge sync for local-first applications."""
 
-__version__ = "0.1.0"
-
 from zerok.client import (
     Blob,
     Invite,
@@ -10,6 +8,7 @@ from zerok.client import (
     SyncClient,
     SyncStatus,
 )
+from zerok.version import __version__
 
 __all__ = [
     "Blob",

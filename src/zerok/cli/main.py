@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from zerok import __version__
 from zerok.cli import data, device, pair, relay
+from zerok.version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,9 +9,9 @@ import os
 import shutil
 import sys
 
-from zerok import __version__
 from zerok.errors import ConfigError, SyncError
 from zerok.relay.config import OPTIONS, RelayConfig, load_config
+from zerok.version import __version__
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

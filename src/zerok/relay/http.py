@@ -12,15 +12,14 @@ import binascii
 import json
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
-from zerok import __version__
 from zerok.protocol.ratelimit import RateLimiter
-
-if TYPE_CHECKING:
-    from zerok.relay.server import Relay
+from zerok.relay.service import RelayService
+from zerok.version import __version__
 
 LOOKUP = re.compile(r"[A-Za-z0-9_-]{8,128}")
 
@@ -47,9 +46,14 @@ def _b64decode(text: str) -> bytes:
 
 
 class HttpApi:
-    def __init__(self, relay: Relay) -> None:
-        self.relay = relay
-        self.invite_limit = RateLimiter(relay.config.invites_per_minute)
+    def __init__(self, service: RelayService, *, draining: Callable[[], bool]) -> None:
+        """``draining`` tells whether the relay is shutting down (health answers 503)."""
+        self.service = service
+        self.config = service.config
+        self.storage = service.storage
+        self.draining = draining
+        self.started_at = time.monotonic()
+        self.invite_limit = RateLimiter(service.config.invites_per_minute)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -61,30 +65,30 @@ class HttpApi:
         ]
 
     async def health(self, request: web.Request) -> web.Response:
-        relay = self.relay
-        groups, blobs = await relay.storage.stats()
+        groups, blobs = await self.storage.stats()
+        draining = self.draining()
         body = {
-            "status": "draining" if relay.stopping else "ok",
+            "status": "draining" if draining else "ok",
             "version": __version__,
-            "connections": len(relay.service.connections),
+            "connections": len(self.service.connections),
             "groups": groups,
             "blobs_buffered": blobs,
-            "uptime_seconds": round(time.monotonic() - relay.started_at, 3),
+            "uptime_seconds": round(time.monotonic() - self.started_at, 3),
         }
-        return web.json_response(body, status=503 if relay.stopping else 200)
+        return web.json_response(body, status=503 if draining else 200)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        groups, blobs = await self.relay.storage.stats()
-        m = self.relay.service.metrics
+        groups, blobs = await self.storage.stats()
+        m = self.service.metrics
         m.groups.set(groups)
         m.blobs_buffered.set(blobs)
-        m.connections_active.set(len(self.relay.service.connections))
+        m.connections_active.set(len(self.service.connections))
         return web.Response(
             body=m.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
         )
 
     def _limited(self, request: web.Request) -> web.Response | None:
-        ip = client_ip(request, self.relay.config.trust_proxy)
+        ip = client_ip(request, self.config.trust_proxy)
         now = time.monotonic()
         if self.invite_limit.allow(ip, now):
             return None
@@ -98,7 +102,7 @@ class HttpApi:
     async def create_invite(self, request: web.Request) -> web.Response:
         if (limited := self._limited(request)) is not None:
             return limited
-        config = self.relay.config
+        config = self.config
         # base64 grows data by 4/3; allow the JSON around it too.
         if (
             request.content_length is not None
@@ -117,8 +121,8 @@ class HttpApi:
             return _error(400, "lookup must be 8 to 128 characters of A-Z a-z 0-9 _ -")
         if not payload or len(payload) > config.invite_max_size:
             return _error(413, f"invite payload must be 1 to {config.invite_max_size} bytes")
-        expires_at = self.relay.service.clock() + int(config.invite_ttl * 1000)
-        if not await self.relay.storage.put_invite(lookup.encode(), payload, expires_at):
+        expires_at = self.service.clock() + int(config.invite_ttl * 1000)
+        if not await self.storage.put_invite(lookup.encode(), payload, expires_at):
             return _error(409, "an invite with this lookup key already exists")
         return web.json_response({"expires_at": expires_at}, status=201)
 
@@ -128,8 +132,8 @@ class HttpApi:
         lookup = request.match_info["lookup"]
         if not LOOKUP.fullmatch(lookup):
             return _error(400, "malformed lookup key")
-        clock = self.relay.service.clock
-        found = await self.relay.storage.take_invite(lookup.encode(), clock())
+        clock = self.service.clock
+        found = await self.storage.take_invite(lookup.encode(), clock())
         if found.status == "unknown":
             return _error(404, "no such invite")
         if found.payload is None:
@@ -142,8 +146,6 @@ class HttpApi:
         if (limited := self._limited(request)) is not None:
             return limited
         lookup = request.match_info["lookup"]
-        if not LOOKUP.fullmatch(lookup) or not await self.relay.storage.delete_invite(
-            lookup.encode()
-        ):
+        if not LOOKUP.fullmatch(lookup) or not await self.storage.delete_invite(lookup.encode()):
             return _error(404, "no such invite")
         return web.Response(status=204)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from aiohttp import web
 
-from zerok import __version__
 from zerok.crypto.identity import DeviceIdentity
 from zerok.crypto.noise.symmetric import MAX_MESSAGE
 from zerok.protocol import SUBPROTOCOLS, variant_for
@@ -25,6 +24,7 @@ from zerok.relay.push import LoggingPushSender, PushSender, WebhookPushSender
 from zerok.relay.service import RelayService
 from zerok.relay.storage import SQLiteStorage, Storage, StorageError
 from zerok.relay.tasks import TaskSet
+from zerok.version import __version__
 from zerok.wire import ErrorCode
 
 log = logging.getLogger("zerok.relay")
@@ -78,8 +78,7 @@ class Relay:
             push_sender or make_push_sender(config),
             metrics=RelayMetrics(),
         )
-        self.http = HttpApi(self)
-        self.started_at = time.monotonic()
+        self.http = HttpApi(self.service, draining=lambda: self.stopping)
         self.stopping = False
         self._per_ip: Counter[str] = Counter()
         self._runner: web.AppRunner | None = None

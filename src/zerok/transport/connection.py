@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 
-from zerok import __version__
 from zerok.crypto.identity import DeviceIdentity
 from zerok.crypto.keys import GroupKeys
 from zerok.crypto.noise.symmetric import MAX_MESSAGE
@@ -31,6 +30,7 @@ from zerok.protocol import (
     Welcomed,
     variant_for,
 )
+from zerok.version import __version__
 from zerok.wire import Message, Welcome
 
 
