@@ -1,0 +1,427 @@
+"""RelayService on its own: no sockets, no Noise, a real SQLite database, clocks in hand.
+
+The service sees connections only through the ``Peer`` interface, so these tests drive it
+with ``FakePeer``s that record what the relay sent and refuse, like a real connection,
+any message the catalogue does not let a relay send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from zerok.crypto import DeviceIdentity, GroupKeys
+from zerok.crypto.membership import make_hello
+from zerok.errors import LocalProtocolError
+from zerok.protocol import ConnectionClosed, HelloReceived, RequestReceived
+from zerok.protocol.catalog import RELAY_MESSAGES
+from zerok.relay.config import RelayConfig
+from zerok.relay.push import LoggingPushSender
+from zerok.relay.service import RelayService
+from zerok.relay.storage import BlobStored, DeviceWasRevoked, Resync, SQLiteStorage
+from zerok.wire import (
+    Ack,
+    BlobId,
+    Delete,
+    DeviceId,
+    DeviceRevoked,
+    Devices,
+    Error,
+    ErrorCode,
+    GroupId,
+    ListDevices,
+    Message,
+    Notify,
+    Presence,
+    Pull,
+    PullResponse,
+    Push,
+    PushAck,
+    PushPlatform,
+    RegisterPush,
+    RevokeDevice,
+    RevokeReason,
+    UnregisterPush,
+    Welcome,
+)
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, 20)
+
+    return asyncio.run(bounded())
+
+
+@dataclass(eq=False)  # peers are kept in sets: by identity
+class FakePeer:
+    """A Peer that records: what was sent (with request ids) and how it was closed."""
+
+    remote: str = "192.0.2.1"
+    group_id: GroupId | None = None
+    device_id: DeviceId | None = None
+    sent: list[tuple[Message, int]] = field(default_factory=list)
+    closed_with: tuple[ErrorCode, str] | None = None
+    welcome: Welcome | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.closed_with is not None
+
+    def accept(self, welcome: Welcome, group_id: GroupId, device_id: DeviceId) -> None:
+        if self.closed or self.welcome is not None:
+            raise LocalProtocolError("no HELLO is pending")
+        self.welcome, self.group_id, self.device_id = welcome, group_id, device_id
+
+    def send(self, message: Message, request_id: int = 0) -> bool:
+        if type(message) not in RELAY_MESSAGES:
+            raise LocalProtocolError(f"a relay does not send {type(message).__name__}")
+        if self.closed:
+            return False
+        self.sent.append((message, request_id))
+        return True
+
+    def close(self, code: ErrorCode, message: str) -> None:
+        if not self.closed:
+            self.closed_with = (code, message)
+
+    def answer(self, request_id: int) -> Message:
+        answers = [m for m, rid in self.sent if rid == request_id]
+        assert len(answers) == 1, f"expected one answer to {request_id}, got {answers}"
+        return answers[0]
+
+    def unsolicited(self) -> list[Message]:
+        return [m for m, rid in self.sent if rid == 0]
+
+
+class Clocks:
+    """Wall time (ms) and monotonic time (s), both moved by hand."""
+
+    def __init__(self) -> None:
+        self.wall = 1_767_225_600_000
+        self.mono = 1000.0
+
+    def advance(self, seconds: float) -> None:
+        self.wall += int(seconds * 1000)
+        self.mono += seconds
+
+
+@dataclass
+class Relay:
+    service: RelayService
+    storage: SQLiteStorage
+    clocks: Clocks
+    pushes: LoggingPushSender
+    keys: GroupKeys = field(default_factory=GroupKeys.generate)
+    _next_id: int = 1
+
+    async def join(
+        self, identity: DeviceIdentity | None = None, *, keys: GroupKeys | None = None
+    ) -> FakePeer:
+        """A device says HELLO; the peer, accepted or refused."""
+        identity = identity or DeviceIdentity.generate()
+        hello = make_hello(keys or self.keys, os.urandom(32), identity.device_id)
+        peer = FakePeer()
+        self.service.on_connect(peer)
+        await self.service.on_hello(peer, HelloReceived(identity.device_id, hello))
+        return peer
+
+    async def request(self, peer: FakePeer, message: Message, *, answer: bool = True) -> int:
+        self._next_id += 1
+        rid = self._next_id if answer else 0
+        await self.service.on_request(peer, RequestReceived(rid, message))
+        return rid
+
+    async def ask(self, peer: FakePeer, message: Message) -> Message:
+        return peer.answer(await self.request(peer, message))
+
+
+@asynccontextmanager
+async def relay(tmp_path: Path, **options: Any) -> AsyncIterator[Relay]:
+    settings: dict[str, Any] = {"messages_per_minute": 0, **options}
+    config = RelayConfig(database=str(tmp_path / "relay.db"), **settings).validate()
+    storage = SQLiteStorage(tmp_path / "relay.db")
+    await storage.open()
+    clocks = Clocks()
+    pushes = LoggingPushSender()
+    service = RelayService(
+        config,
+        storage,
+        DeviceIdentity.generate().private_key,
+        pushes,
+        clock=lambda: clocks.wall,
+        monotonic=lambda: clocks.mono,
+    )
+    try:
+        yield Relay(service, storage, clocks, pushes)
+    finally:
+        await service.stop()
+        await storage.close()
+
+
+def with_relay(
+    tmp_path: Path, test: Callable[[Relay], Coroutine[Any, Any, None]], **kw: Any
+) -> None:
+    async def go() -> None:
+        async with relay(tmp_path, **kw) as r:
+            await test(r)
+
+    run(go())
+
+
+def test_a_first_hello_registers_the_group_and_is_welcomed(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        peer = await r.join()
+        assert peer.welcome is not None and peer.closed_with is None
+        assert peer.welcome.relay_id == r.service.relay_id
+        assert peer.welcome.max_cursor == 0 and peer.welcome.pending == 0
+        assert peer.welcome.limits == r.service.limits
+        assert peer.welcome.server_time == r.clocks.wall
+        assert peer.group_id == r.keys.group_id
+        assert r.service.online(r.keys.group_id) == {peer.device_id}
+        assert await r.storage.get_group(r.keys.group_id) is not None
+
+    with_relay(tmp_path, test)
+
+
+def test_another_groups_key_for_a_known_group_id_is_refused(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        await r.join()
+        impostor = GroupKeys.generate()
+        hello_keys = GroupKeys(impostor.root_key)
+        # Same group id, another auth key: as if someone registered it first.
+        object.__setattr__(hello_keys, "group_id", r.keys.group_id)
+        peer = await r.join(keys=hello_keys)
+        assert peer.welcome is None
+        assert peer.closed_with is not None and peer.closed_with[0] == ErrorCode.UNAUTHORIZED
+        assert len(r.service.online(r.keys.group_id)) == 1
+
+    with_relay(tmp_path, test)
+
+
+def test_a_revoked_device_is_refused_at_hello(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        admin = await r.join()
+        lost = DeviceIdentity.generate()
+        await r.ask(admin, RevokeDevice(device_id=lost.device_id, reason=RevokeReason.LOST))
+        peer = await r.join(lost)
+        assert peer.closed_with is not None
+        assert peer.closed_with[0] == ErrorCode.DEVICE_REVOKED
+        assert "lost" in peer.closed_with[1]
+        handshake_failures = r.service.metrics.handshake_failures
+        r.service.on_session_closed(peer, ConnectionClosed(ErrorCode.DEVICE_REVOKED, "", False))
+        assert handshake_failures.labels("device_revoked")._value.get() == 1
+
+    with_relay(tmp_path, test)
+
+
+def test_a_peer_gone_while_its_hello_was_decided_is_not_admitted(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        identity = DeviceIdentity.generate()
+        hello = make_hello(r.keys, os.urandom(32), identity.device_id)
+        peer = FakePeer()
+        peer.close(ErrorCode.INVALID_MESSAGE, "sent a frame before WELCOME")
+        await r.service.on_hello(peer, HelloReceived(identity.device_id, hello))
+        assert peer.welcome is None
+        assert r.service.online(r.keys.group_id) == set()
+
+    with_relay(tmp_path, test)
+
+
+def test_push_is_acked_then_notified_to_the_other_devices_once(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        laptop, phone, tablet = await r.join(), await r.join(), await r.join()
+        blob_id = BlobId.random()
+        ack = await r.ask(laptop, Push(blob_id=blob_id, ciphertext=b"x" * 10))
+        assert isinstance(ack, PushAck) and ack.cursor == 1 and ack.timestamp == r.clocks.wall
+        for other in (phone, tablet):
+            (notify,) = other.unsolicited()
+            assert isinstance(notify, Notify)
+            assert (notify.cursor, notify.blob_id, notify.size) == (1, blob_id, 10)
+            assert notify.sender == laptop.device_id
+        assert laptop.unsolicited() == []
+        # A retry of the same blob: the same cursor, no second NOTIFY.
+        again = await r.ask(laptop, Push(blob_id=blob_id, ciphertext=b"x" * 10))
+        assert isinstance(again, PushAck) and again.cursor == 1
+        assert len(phone.unsolicited()) == 1
+        assert r.service.notified[r.keys.group_id] == 1
+
+    with_relay(tmp_path, test)
+
+
+def test_push_over_the_blob_limit_or_the_quota_is_refused(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        peer = await r.join()
+        big = await r.ask(peer, Push(blob_id=BlobId.random(), ciphertext=bytes(1025)))
+        assert isinstance(big, Error) and big.code == ErrorCode.BLOB_TOO_LARGE
+        for _ in range(2):
+            ok = await r.ask(peer, Push(blob_id=BlobId.random(), ciphertext=bytes(1000)))
+            assert isinstance(ok, PushAck)
+        full = await r.ask(peer, Push(blob_id=BlobId.random(), ciphertext=bytes(1000)))
+        assert isinstance(full, Error) and full.code == ErrorCode.GROUP_QUOTA_EXCEEDED
+        assert not peer.closed
+
+    with_relay(tmp_path, test, max_blob_size=1024, max_group_storage=2500, max_frame_size=70_000)
+
+
+def test_rate_limit_counts_data_not_heartbeats_and_refills_with_time(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        peer = await r.join()
+        for _ in range(3):
+            assert isinstance(await r.ask(peer, Pull()), PullResponse)
+        limited = await r.ask(peer, Pull())
+        assert isinstance(limited, Error) and limited.code == ErrorCode.RATE_LIMITED
+        assert limited.retry_after == 20  # 3 a minute: one every 20 s
+        assert isinstance(await r.ask(peer, Presence()), Presence)  # heartbeats pass
+        r.clocks.advance(20)
+        assert isinstance(await r.ask(peer, Pull()), PullResponse)
+
+    with_relay(tmp_path, test, messages_per_minute=3)
+
+
+def test_echoed_requests_are_confirmed_only_when_an_answer_is_wanted(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        peer = await r.join()
+        await r.ask(peer, Push(blob_id=BlobId.random(), ciphertext=b"a"))
+        assert await r.ask(peer, Ack(cursor=1)) == Ack(cursor=1)
+        assert await r.ask(peer, Presence(online=False)) == Presence(online=False)
+        before = len(peer.sent)
+        await r.request(peer, Ack(cursor=1), answer=False)
+        await r.request(peer, Presence(), answer=False)
+        assert len(peer.sent) == before
+
+    with_relay(tmp_path, test)
+
+
+def test_pull_pages_and_delete_rules(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        owner, other = await r.join(), await r.join()
+        ids = [BlobId.random() for _ in range(3)]
+        for blob_id in ids:
+            await r.ask(owner, Push(blob_id=blob_id, ciphertext=b"data"))
+        page = await r.ask(other, Pull(after=1, limit=1))
+        assert isinstance(page, PullResponse)
+        assert [b.cursor for b in page.blobs] == [2] and page.has_more and page.max_cursor == 3
+        refused = await r.ask(other, Delete(blob_id=ids[0], force=True))
+        assert isinstance(refused, Error) and refused.code == ErrorCode.NOT_BLOB_OWNER
+        assert await r.ask(owner, Delete(blob_id=ids[0], force=True)) == Delete(
+            blob_id=ids[0], force=True
+        )
+        rest = await r.ask(other, Pull())
+        assert isinstance(rest, PullResponse) and [b.cursor for b in rest.blobs] == [2, 3]
+
+    with_relay(tmp_path, test)
+
+
+def test_revocation_tells_everyone_and_ends_the_revoked_session(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        admin, lost, bystander = await r.join(), await r.join(), await r.join()
+        assert lost.device_id is not None
+        notice = await r.ask(
+            admin, RevokeDevice(device_id=lost.device_id, reason=RevokeReason.LOST)
+        )
+        assert isinstance(notice, DeviceRevoked)
+        assert notice.revoked_by == admin.device_id and notice.timestamp == r.clocks.wall
+        assert bystander.unsolicited() == [notice]
+        assert lost.unsolicited() == [notice]
+        assert lost.closed_with is not None and lost.closed_with[0] == ErrorCode.DEVICE_REVOKED
+        assert admin.unsolicited() == []  # it has its answer
+
+    with_relay(tmp_path, test)
+
+
+def test_list_devices_shows_who_is_online_and_pending(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        laptop, phone = await r.join(), await r.join()
+        await r.ask(laptop, Push(blob_id=BlobId.random(), ciphertext=b"a"))
+        r.service.on_disconnect(phone)
+        listing = await r.ask(laptop, ListDevices())
+        assert isinstance(listing, Devices)
+        by_id = {d.device_id: d for d in listing.devices}
+        assert by_id[laptop.device_id].online and not by_id[phone.device_id].online  # type: ignore[index]
+        assert by_id[phone.device_id].pending == 1  # type: ignore[index]
+        assert r.service.online(r.keys.group_id) == {laptop.device_id}
+
+    with_relay(tmp_path, test)
+
+
+def test_offline_devices_with_a_token_are_woken_once_per_burst(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        sender, sleeper = await r.join(), await r.join()
+        bad = await r.ask(sleeper, RegisterPush(token="tok en\n", platform=PushPlatform.FCM))
+        assert isinstance(bad, Error) and bad.code == ErrorCode.INVALID_PUSH_TOKEN
+        register = RegisterPush(token="token-1", platform=PushPlatform.FCM, app_id="app")
+        assert await r.ask(sleeper, register) == register
+        r.service.on_disconnect(sleeper)
+        for _ in range(3):
+            await r.ask(sender, Push(blob_id=BlobId.random(), ciphertext=b"a"))
+        assert [(t.token, cursor) for t, cursor in r.pushes.sent] == [("token-1", 1)]
+        r.clocks.advance(31)
+        await r.ask(sender, Push(blob_id=BlobId.random(), ciphertext=b"a"))
+        assert [cursor for _, cursor in r.pushes.sent] == [1, 4]
+        back = await r.join()
+        await r.ask(back, UnregisterPush())
+        r.clocks.advance(31)
+        await r.ask(sender, Push(blob_id=BlobId.random(), ciphertext=b"a"))
+        assert len(r.pushes.sent) == 3  # the sleeper's token still stands
+
+    with_relay(tmp_path, test)
+
+
+def test_events_from_other_relays_reach_the_devices_here(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        here = await r.join()
+        group = r.keys.group_id
+        elsewhere = DeviceIdentity.generate().device_id
+        blob = BlobStored(group, BlobId.random(), 7, elsewhere, r.clocks.wall, 3)
+        r.service.on_storage_event(blob)
+        (notify,) = here.unsolicited()
+        assert isinstance(notify, Notify) and notify.cursor == 7
+        assert here.device_id is not None
+        r.service.on_storage_event(
+            DeviceWasRevoked(group, here.device_id, elsewhere, r.clocks.wall, "compromised")
+        )
+        assert here.closed_with is not None
+        assert here.closed_with[0] == ErrorCode.DEVICE_REVOKED
+
+    with_relay(tmp_path, test)
+
+
+def test_a_resync_notifies_what_was_missed(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        reader = await r.join()
+        elsewhere = DeviceIdentity.generate().device_id
+        for _ in range(3):  # stored through another relay, whose events were lost
+            await r.storage.push(
+                r.keys.group_id,
+                BlobId.random(),
+                elsewhere,
+                b"a",
+                now=r.clocks.wall,
+                expires_at=r.clocks.wall + 60_000,
+                max_group_bytes=1 << 20,
+            )
+        assert reader.unsolicited() == []
+        r.service.on_storage_event(Resync())
+        assert await r.service.tasks.wait(5)
+        assert [m.cursor for m in reader.unsolicited() if isinstance(m, Notify)] == [1, 2, 3]
+
+    with_relay(tmp_path, test)
+
+
+def test_a_request_from_an_unadmitted_peer_is_a_bug_not_a_silence(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        stranger = FakePeer(device_id=DeviceIdentity.generate().device_id)
+        with pytest.raises(LocalProtocolError):
+            await r.service.on_request(stranger, RequestReceived(5, Pull()))
+
+    with_relay(tmp_path, test)
