@@ -221,7 +221,7 @@ OPTIONS: tuple[Option, ...] = (
         parse_bool,
         "behind one reverse proxy: take the client IP from X-Forwarded-For",
     ),
-    Option("database", "storage", "database", str, "SQLite file (or postgresql:// URL, later)"),
+    Option("database", "storage", "database", str, "SQLite file, or postgresql:// URL"),
     Option(
         "key_file",
         "storage",

@@ -5,8 +5,9 @@ shell reads messages and feeds them in with the time, runs requests as tasks so 
 device can pipeline, and writes what the session produced.
 
 There is one send path: ``send`` (and ``accept``, ``close``) put messages into the session,
-which encrypts them in order, and wake the connection's one writer task, which writes
-everything pending in one system call and then waits for the peer's window to drain. The
+which encrypts them in order, and start the connection's one writer task unless it is
+running; it writes everything pending in one system call, waits for the peer's window to
+drain, and ends when nothing is left (an idle connection holds no task). The
 back-pressure rule: the bytes waiting for one peer (encrypted in the session and buffered
 by the kernel socket's transport) may not pass ``WRITE_BUFFER_LIMIT``, and its window may
 not stay full for ``DRAIN_TIMEOUT``; a peer that breaks either is dropped. While a write
@@ -86,13 +87,15 @@ class Connection:
         )
         self.group_id: GroupId | None = None
         self.device_id: DeviceId | None = None
-        self.requests = TaskSet(f"the connection from {remote}")  # HELLO and requests
+        self.requests = TaskSet(remote)  # HELLO and requests
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._wake = asyncio.Event()  # the session has something to write, or closed
-        self._writable = asyncio.Event()  # not waiting for the peer's window
-        self._writable.set()
-        self._writer = self.loop.create_task(self._write_loop())
-        self.finished = asyncio.Event()  # run() is over: the connection is gone
+        # Set while a write waits for the peer's window (only then: idle connections are
+        # many, and each object they hold counts).
+        self._draining: asyncio.Future[None] | None = None
+        # The one writer; it runs only while there is something to write (an idle
+        # connection holds no task), and ends with the closing handshake.
+        self._writer: asyncio.Task[None] | None = None
+        self._ws_closed = False
 
     # -- the Peer interface -----------------------------------------------------------------
 
@@ -132,28 +135,32 @@ class Connection:
             # A peer that does not read must not hold the relay's memory.
             self._drop(f"over {WRITE_BUFFER_LIMIT} bytes waiting for a peer that does not read")
             return False
-        self._wake.set()
+        self._kick()
         return True
 
     def _closed_by_us(self, events: list[Event]) -> None:
         self._handle_closed(events)
-        self._wake.set()
+        self._kick()
+
+    def _kick(self) -> None:
+        """The session has something to write, or has ended: make sure the writer runs."""
+        if self._writer is None or self._writer.done():
+            self._writer = self.loop.create_task(self._write_loop())
 
     async def _write_loop(self) -> None:
-        """The one writer: in order (Noise nonces depend on it), then the closing handshake."""
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                ended = self.session.closed  # everything queued before the end is in `out`
-                out = self.session.data_to_send()
-                self._count_errors()
-                if out:
-                    await self._write(out)
-                if ended:
-                    break
-        finally:
-            await self._close_websocket()
+        """Write in order (Noise nonces depend on it) until nothing is left; after the
+        session's end, do the closing handshake."""
+        while True:
+            ended = self.session.closed  # everything queued before the end is in `out`
+            out = self.session.data_to_send()
+            self._count_errors()
+            if out:
+                await self._write(out)
+            elif ended:
+                await self._close_websocket()
+                return
+            else:
+                return  # idle; the next send starts a writer again
 
     async def _write(self, out: list[bytes]) -> None:
         transport = self.request.transport
@@ -166,7 +173,7 @@ class Connection:
         if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
             self._drop(f"over {WRITE_BUFFER_LIMIT} bytes waiting for a peer that does not read")
             return
-        self._writable.clear()
+        self._draining = self.loop.create_future()
         try:
             await asyncio.wait_for(self.request.writer.drain(), DRAIN_TIMEOUT)
         except TimeoutError:
@@ -174,9 +181,13 @@ class Connection:
         except (ConnectionError, RuntimeError):
             pass  # the peer went away; the read loop notices and cleans up
         finally:
-            self._writable.set()
+            self._draining.set_result(None)
+            self._draining = None
 
     async def _close_websocket(self) -> None:
+        if self._ws_closed:
+            return
+        self._ws_closed = True
         code = _WS_CLOSE.get(_as_code(self.session.close_code), 1000)
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
@@ -189,7 +200,7 @@ class Connection:
         """Cut the connection at once (nothing more can be sent on it)."""
         log.info("dropping %s: %s", self.remote, why)
         self._handle_closed(self.session.close(None, why))
-        self._wake.set()
+        self._kick()
         transport = self.request.transport
         if transport is not None:
             transport.abort()
@@ -207,16 +218,14 @@ class Connection:
         try:
             await self._read_loop()
         finally:
-            try:
-                await self._finish()
-            finally:
-                self.finished.set()
+            await self._finish()
 
     async def _read_loop(self) -> None:
         session = self.session
         received = self.service.metrics.bytes_transferred.labels("in")
         while not session.closed:
-            await self._writable.wait()  # bounded by DRAIN_TIMEOUT
+            if self._draining is not None:  # reading waits for writing (DRAIN_TIMEOUT)
+                await asyncio.shield(self._draining)
             deadline = session.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - self.loop.time())
             try:
@@ -235,7 +244,7 @@ class Connection:
                 return
 
     async def _handle(self, events: list[Event]) -> None:
-        self._wake.set()  # handshake messages, or an ERROR the session sent
+        self._kick()  # handshake messages, or an ERROR the session sent
         for event in events:
             if isinstance(event, RequestReceived):
                 await self._slots.acquire()  # reading waits while MAX_IN_FLIGHT are running
@@ -274,15 +283,19 @@ class Connection:
         self.service.on_disconnect(self)
         if not self.session.closed:
             self._handle_closed(self.session.close())
-        self._wake.set()
-        await asyncio.shield(self._writer)  # bounded by DRAIN_TIMEOUT and CLOSE_TIMEOUT
+        self._kick()
+        if self._writer is not None:  # bounded by DRAIN_TIMEOUT and CLOSE_TIMEOUT
+            await asyncio.shield(self._writer)
 
     async def cancel(self) -> None:
         """Stop everything this connection runs (shutdown, after the grace period)."""
-        self._writer.cancel()
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
         await self.requests.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        if writer is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
 
 
 def _is_fatal(code: int) -> bool:

@@ -9,7 +9,6 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 from aiohttp import web
 
@@ -22,7 +21,8 @@ from zerok.relay.http import HttpApi, client_ip
 from zerok.relay.metrics import RelayMetrics
 from zerok.relay.push import LoggingPushSender, PushSender, WebhookPushSender
 from zerok.relay.service import RelayService
-from zerok.relay.storage import SQLiteStorage, Storage, StorageError
+from zerok.relay.storage import Storage, StorageError
+from zerok.relay.storage import open_storage as storage_for_url
 from zerok.relay.tasks import TaskSet
 from zerok.version import __version__
 from zerok.wire import ErrorCode
@@ -33,12 +33,9 @@ SHUTDOWN_GRACE = 10.0  # seconds for connections to drain on shutdown
 
 
 def open_storage(config: RelayConfig) -> Storage:
-    url = config.database
-    if config.uses_postgres:
-        from zerok.relay.storage.postgres import PostgresStorage  # noqa: PLC0415
-
-        return PostgresStorage(url)
-    return SQLiteStorage(Path(url), synchronous=config.synchronous)
+    return storage_for_url(
+        config.database, synchronous=config.synchronous, vacuum=config.vacuum_on_cleanup
+    )
 
 
 def _raise_open_files_limit(wanted: int) -> None:
@@ -83,7 +80,7 @@ class Relay:
         self._per_ip: Counter[str] = Counter()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
-        self._connections: set[Connection] = set()
+        self._connections: dict[Connection, asyncio.Task[None]] = {}  # and their handlers
         self.tasks = TaskSet("the relay")  # the cleanup loop
 
     @property
@@ -130,10 +127,7 @@ class Relay:
         for conn in list(self._connections):
             conn.close(ErrorCode.RELAY_SHUTTING_DOWN, "the relay is shutting down; reconnect later")
         if self._connections:
-            finishing = [asyncio.ensure_future(c.finished.wait()) for c in self._connections]
-            _, late = await asyncio.wait(finishing, timeout=SHUTDOWN_GRACE)
-            for waiter in late:
-                waiter.cancel()
+            await asyncio.wait(set(self._connections.values()), timeout=SHUTDOWN_GRACE)
         for conn in list(self._connections):  # still busy after the grace period
             await conn.cancel()
         await self.tasks.cancel()
@@ -202,12 +196,14 @@ class Relay:
         conn = Connection(
             self.service, request, ws, variant_for(chosen), offered=offered, remote=ip
         )
-        self._connections.add(conn)
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._connections[conn] = handler
         self._per_ip[ip] += 1
         try:
             await conn.run()
         finally:
-            self._connections.discard(conn)
+            del self._connections[conn]
             self._per_ip[ip] -= 1
             if self._per_ip[ip] <= 0:
                 del self._per_ip[ip]
@@ -217,8 +213,7 @@ class Relay:
 
     async def cleanup_once(self) -> None:
         stats = await self.storage.cleanup(self.service.clock())
-        if self.config.vacuum_on_cleanup and isinstance(self.storage, SQLiteStorage):
-            await self.storage.vacuum()
+        await self.storage.maintain()
         self.service.rate.prune(asyncio.get_running_loop().time())
         self.http.invite_limit.prune(time.monotonic())
         groups, blobs = await self.storage.stats()

@@ -1,4 +1,4 @@
-"""Relay storage: one interface, SQLite by default."""
+"""Relay storage: one interface (``Storage``), backends chosen by URL (``open_storage``)."""
 
 from zerok.errors import StorageError
 from zerok.relay.storage.base import (
@@ -14,6 +14,12 @@ from zerok.relay.storage.base import (
     Resync,
     Storage,
     StorageEvent,
+)
+from zerok.relay.storage.registry import (
+    StorageOptions,
+    known_schemes,
+    open_storage,
+    register_backend,
 )
 from zerok.relay.storage.schema import SCHEMA_VERSION
 from zerok.relay.storage.sqlite import SQLiteStorage
@@ -34,4 +40,8 @@ __all__ = [
     "Storage",
     "StorageError",
     "StorageEvent",
+    "StorageOptions",
+    "known_schemes",
+    "open_storage",
+    "register_backend",
 ]

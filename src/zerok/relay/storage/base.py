@@ -1,8 +1,8 @@
 """The relay's storage interface: what the relay needs, whatever the database.
 
-Every method is a coroutine and does its database work off the event loop. Writes that
-return are committed. Timestamps are milliseconds since the Unix epoch, passed in by the
-caller, so behaviour over time is testable.
+``Storage`` below is the one description of the contract; the records it returns and the
+events it delivers are defined here too. tests/relay/storage/test_contract.py holds every
+backend to it.
 """
 
 from __future__ import annotations
@@ -129,32 +129,95 @@ def page_length(sizes: Sequence[int], limit: int, max_bytes: int) -> int:
 
 
 class Storage(Protocol):
-    """Implemented by SQLiteStorage and (later) PostgresStorage."""
+    """What the relay needs from a database. Implemented by SQLiteStorage (one relay per
+    file) and PostgresStorage (several relays may share a database); ``open_storage``
+    picks one by URL.
 
-    async def open(self) -> None: ...
+    General rules, for every method:
 
-    async def close(self) -> None: ...
+    * It is a coroutine and does its database work off the event loop.
+    * A write that returns has committed: any connection, another relay on the same
+      database, or this one after a restart sees it. A write that raises changed nothing.
+    * Failures raise ``zerok.errors.StorageError`` and nothing else: the database is
+      unreachable, unusable or has a newer schema, the storage is not open (before
+      ``open``, after ``close``), or a misuse named below.
+    * Timestamps (``now``, ``expires_at``) are milliseconds since the Unix epoch, passed in
+      by the caller, so behaviour over time is testable; storage never reads the clock.
+    * Ids compare as bytes. A blob id is unique within its group, not across groups.
+
+    Invariants:
+
+    * Cursors: each group's blobs are numbered 1, 2, 3, ... in commit order, without gaps
+      or repeats, however many pushes (and relays) run at once. A refused push consumes no
+      cursor. A group's ``max_cursor`` is the last cursor it gave, whatever became of the
+      blob since.
+    * A blob is *live* (pulled, pending, counted in ``bytes_stored`` and ``stats``) until
+      it expires, is delivered, or its sender deletes it. Delivered means: at least one
+      known, non-revoked device other than its sender exists, and every such device acked
+      its cursor (the sender has its own blobs; a lone device's blobs wait, until their
+      TTL, for the devices it will pair). Cleanup turns delivered blobs into
+      *tombstones*: the ciphertext goes, the id and cursor stay until the blob's
+      ``expires_at``, so that a retried PUSH still gets its first cursor. At ``expires_at``
+      (``expires_at <= now``) a blob, live or tombstone, is deleted and its id forgotten.
+    * Acks never move backwards and never pass the group's ``max_cursor``.
+    * Revocation is for good and idempotent: the first revoker, time and reason stay, and
+      a revoked device keeps no push token.
+    * Invites are one-shot: open, then used, cancelled or expired (tombstones without the
+      payload, remembered for a day past their expiry so that a late fetch learns why).
+    """
+
+    async def open(self) -> None:
+        """Connect, and create or migrate the schema (several relays starting at once on
+        one database migrate it once). Returns when the storage serves every method and,
+        for a shared database, hears other relays' events. StorageError: the database is
+        unreachable or its schema is newer than this code."""
+        ...
+
+    async def close(self) -> None:
+        """Let writes already submitted finish (and answer their callers), then release
+        every connection. Idempotent. Any method called afterwards raises StorageError."""
+        ...
+
+    async def maintain(self) -> None:
+        """Backend-specific upkeep, run by the relay after each ``cleanup``: SQLite returns
+        free pages to the file system when configured to (``vacuum``); PostgreSQL has
+        nothing to do. Changes nothing a reader can see."""
+        ...
 
     # groups and devices
-    async def get_group(self, group_id: GroupId) -> GroupRecord | None: ...
+    async def get_group(self, group_id: GroupId) -> GroupRecord | None:
+        """The group, or None if it was never registered."""
+        ...
 
     async def register_group(self, group_id: GroupId, auth_key: bytes, now: int) -> GroupRecord:
-        """Create the group with this auth key unless it exists; return the stored record."""
+        """Create the group with this auth key and ``created_at`` unless it exists; return
+        the stored record (the first registration's key and time win)."""
         ...
 
     async def touch_device(
         self, group_id: GroupId, device_id: DeviceId, name: str, now: int
     ) -> DeviceRecord:
-        """Record that the device connected (creating it on first sight)."""
+        """Record that the device connected: create it on first sight (acked_cursor 0), set
+        ``last_seen`` to ``now``, and its name unless ``name`` is empty. Returns the record."""
         ...
 
-    async def get_device(self, group_id: GroupId, device_id: DeviceId) -> DeviceRecord | None: ...
+    async def get_device(self, group_id: GroupId, device_id: DeviceId) -> DeviceRecord | None:
+        """The device, or None if the group never saw (nor revoked) it."""
+        ...
 
-    async def list_devices(self, group_id: GroupId) -> list[DeviceRecord]: ...
+    async def list_devices(self, group_id: GroupId) -> list[DeviceRecord]:
+        """Every device of the group, revoked ones too, in the order first seen (an unknown
+        group has none)."""
+        ...
 
     async def revoke_device(
         self, group_id: GroupId, device_id: DeviceId, by: DeviceId, reason: str, now: int
-    ) -> DeviceRecord: ...
+    ) -> DeviceRecord:
+        """Revoke the device, creating its record if it was never seen (revoked in
+        advance). Revoking again keeps the first ``revoked_by``, ``revoked_at`` and
+        ``revoke_reason``; every revocation clears the push token. Returns the record.
+        Other relays on the same database get a DeviceWasRevoked."""
+        ...
 
     async def set_push_token(
         self,
@@ -163,7 +226,10 @@ class Storage(Protocol):
         token: str | None,
         platform: str | None,
         app_id: str | None,
-    ) -> None: ...
+    ) -> None:
+        """Set (or, with Nones, clear) a known device's push token; an unknown device is
+        ignored."""
+        ...
 
     # blobs
     async def push(
@@ -176,51 +242,90 @@ class Storage(Protocol):
         now: int,
         expires_at: int,
         max_group_bytes: int,
-    ) -> PushOutcome: ...
+    ) -> PushOutcome:
+        """Store a blob under the group's next cursor, timestamped ``now``.
 
-    async def pull(self, group_id: GroupId, after: int, limit: int, max_bytes: int) -> PullPage:
-        """Blobs after ``after``, ascending: at most ``limit`` of them and, beyond the first,
-        no more than ``max_bytes`` in all, counting each blob's ciphertext plus
-        STORED_BLOB_OVERHEAD (so a page fits a frame of that size)."""
+        Idempotent by blob id: if the group knows the id (live blob or tombstone), nothing
+        is stored and the outcome is the first push's cursor and timestamp with
+        ``duplicate``. If the group's live bytes plus this ciphertext would exceed
+        ``max_group_bytes``, nothing is stored: ``quota_exceeded``, cursor 0. StorageError:
+        the group is not registered. Other relays on the same database get a BlobStored."""
         ...
 
-    async def ack(self, group_id: GroupId, device_id: DeviceId, cursor: int) -> None: ...
+    async def pull(self, group_id: GroupId, after: int, limit: int, max_bytes: int) -> PullPage:
+        """Live blobs with a cursor above ``after``, ascending (tombstones are skipped): at
+        most ``limit`` of them and, beyond the first, no more than ``max_bytes`` in all,
+        counting each blob's ciphertext plus STORED_BLOB_OVERHEAD (``page_length``), so a
+        page fits a frame of that size. ``has_more``: live blobs beyond the page remain.
+        ``max_cursor``: the group's (0 for an unknown group)."""
+        ...
+
+    async def ack(self, group_id: GroupId, device_id: DeviceId, cursor: int) -> None:
+        """The device has every blob up to ``cursor``: its acked_cursor becomes
+        max(acked_cursor, min(cursor, the group's max_cursor)). An unknown device is
+        ignored."""
+        ...
 
     async def delete_blob(
         self, group_id: GroupId, blob_id: BlobId, device_id: DeviceId, *, force: bool
-    ) -> DeleteOutcome: ...
+    ) -> DeleteOutcome:
+        """The sender withdraws a blob: it becomes a tombstone (its id still known).
 
-    async def pending_for(self, group_id: GroupId, device_id: DeviceId) -> int: ...
+        ``found``: the group knows the blob id. ``owner``: ``device_id`` sent it (only the
+        sender may delete). ``deleted``: it is no longer live, now or already. Without
+        ``force`` a live blob goes only once it is delivered (see retention); with it,
+        at once."""
+        ...
+
+    async def pending_for(self, group_id: GroupId, device_id: DeviceId) -> int:
+        """How many live blobs from other senders lie above the device's ack (above 0 for a
+        device the group does not know)."""
+        ...
 
     async def pending_by_device(self, group_id: GroupId) -> dict[DeviceId, int]:
-        """``pending_for`` of every device of the group, in one query."""
+        """``pending_for`` of every known device of the group (revoked ones too), in one
+        query."""
+        ...
+
+    async def blobs_after(self, group_id: GroupId, after: int, limit: int) -> list[BlobStored]:
+        """Metadata of up to ``limit`` live blobs above ``after``, ascending: how a relay
+        catches up, after a Resync, on what other relays stored."""
         ...
 
     # invites
     async def put_invite(self, lookup: bytes, payload: bytes, expires_at: int) -> bool:
-        """Store an invite; False if the lookup key is taken."""
+        """Store an open invite; False (nothing stored) if the lookup key is taken, also by
+        a used, cancelled or expired invite that is still remembered."""
         ...
 
     async def take_invite(self, lookup: bytes, now: int) -> InviteTake:
-        """Hand out an open, unexpired invite once; later fetches learn why it is gone."""
+        """Hand out an open invite once: "ok" with the payload if ``expires_at > now``
+        (it becomes used), else "expired" (it becomes expired). Later fetches learn why it
+        is gone ("used", "cancelled", "expired"); a key never stored, or forgotten, is
+        "unknown". Only the first of concurrent fetches gets the payload."""
         ...
 
     async def delete_invite(self, lookup: bytes) -> bool:
-        """Cancel an open invite; False if there is none to cancel."""
+        """Cancel an open invite (its payload is wiped); False if there is none to cancel."""
         ...
 
     # housekeeping
-    async def cleanup(self, now: int) -> CleanupStats: ...
-
-    async def stats(self) -> tuple[int, int]:
-        """(number of groups, number of buffered blobs)."""
+    async def cleanup(self, now: int) -> CleanupStats:
+        """Apply retention: delete blobs with ``expires_at <= now`` (``expired_blobs``
+        counts the live ones among them), tombstone delivered blobs (``acked_blobs``),
+        expire open invites with ``expires_at <= now`` (``expired_invites``) and forget
+        invites a day past their expiry. Group totals follow. Safe to run on several
+        relays at once."""
         ...
 
-    async def blobs_after(self, group_id: GroupId, after: int, limit: int) -> list[BlobStored]:
-        """Metadata of live blobs after a cursor (to NOTIFY what another relay stored)."""
+    async def stats(self) -> tuple[int, int]:
+        """(number of groups, number of live blobs)."""
         ...
 
     def subscribe(self, handler: Callable[[StorageEvent], None]) -> None:
-        """Receive what other relays sharing the database do; never called for this
-        process's own writes. A single-relay backend never calls the handler."""
+        """Call ``handler`` (on the event loop) with what other relays sharing the database
+        do: BlobStored after their pushes commit, DeviceWasRevoked after their
+        revocations, and Resync when events may have been missed (the relay must then
+        catch up from the tables). Never called for this instance's own writes; a
+        single-relay backend never calls it. A handler that raises is logged and skipped."""
         ...

@@ -6,6 +6,9 @@ others) and commits once: concurrent PUSHes share a commit, and no caller hears 
 its commit. Reads run on a small thread pool with their own connections, which WAL lets
 proceed while the writer works. Automatic WAL checkpoints are off; the writer checkpoints
 when it is idle, so the commit path never pays for one.
+
+What each operation does is shared with PostgreSQL (``common``); this module is the I/O,
+and the push (the hot path, in plain statements).
 """
 
 from __future__ import annotations
@@ -22,26 +25,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from zerok.errors import StorageError
-from zerok.relay.storage.base import (
-    BlobStored,
-    CleanupStats,
-    DeleteOutcome,
-    DeviceRecord,
-    GroupRecord,
-    InviteTake,
-    PullPage,
-    PushOutcome,
-    StorageEvent,
-    page_length,
-)
+from zerok.relay.storage.base import PushOutcome, StorageEvent
+from zerok.relay.storage.common import Fetch, Proc, SQLStorage, push_outcome
 from zerok.relay.storage.schema import migrate
-from zerok.wire import BlobId, DeviceId, GroupId, StoredBlob
+from zerok.wire import BlobId, DeviceId, GroupId
 
 T = TypeVar("T")
 WriteOp = Callable[[sqlite3.Connection], Any]
 
 MAX_BATCH = 512
-INVITE_TOMBSTONE_MS = 24 * 3600 * 1000  # how long a used or expired invite is remembered
 CHECKPOINT_WRITES = 4096  # checkpoint after this many writes, when the writer is idle
 _STOP = object()
 
@@ -53,12 +45,36 @@ class _Queued:
     solo: bool  # runs alone, outside the batch transaction
 
 
-class SQLiteStorage:
+def run_proc(conn: sqlite3.Connection, proc: Proc[T]) -> T:
+    """Run a shared procedure to its end on ``conn``."""
+    value: Any = None
+    one, every = Fetch.ONE, Fetch.ALL
+    while True:
+        try:
+            query = proc.send(value)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+        cur = conn.execute(query.sql, query.args)
+        if query.fetch is one:
+            value = cur.fetchone()
+            cur.close()  # a statement still stepping would block RELEASE of the savepoint
+        elif query.fetch is every:
+            value = cur.fetchall()
+        else:
+            value = cur.rowcount
+
+
+class SQLiteStorage(SQLStorage):
+    """One relay per database file. ``synchronous``: NORMAL, or FULL to fsync every commit;
+    ``vacuum``: ``maintain`` returns free pages to the file system."""
+
     def __init__(
         self,
         path: str | Path,
         *,
         synchronous: str = "NORMAL",
+        vacuum: bool = True,
         busy_timeout_ms: int = 5000,
         readers: int = 2,
     ) -> None:
@@ -66,6 +82,7 @@ class SQLiteStorage:
             raise StorageError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
         self.path = Path(path)
         self.synchronous = synchronous.upper()
+        self.vacuum_on_maintain = vacuum
         self.busy_timeout_ms = busy_timeout_ms
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._queue_lock = threading.Lock()
@@ -117,6 +134,17 @@ class SQLiteStorage:
             for conn in self._reader_conns:
                 conn.close()
             self._reader_conns.clear()
+
+    def subscribe(self, handler: Callable[[StorageEvent], None]) -> None:
+        """One SQLite file has one relay: there is nobody else to hear from."""
+
+    async def maintain(self) -> None:
+        if self.vacuum_on_maintain:
+            await self.vacuum()
+
+    async def vacuum(self) -> None:
+        """Return free pages to the file system (runs to completion, outside any batch)."""
+        await self._write(lambda c: c.executescript("PRAGMA incremental_vacuum;"), solo=True)
 
     # -- the writer thread ------------------------------------------------------------------
 
@@ -189,6 +217,8 @@ class SQLiteStorage:
                 except Exception as exc:  # one bad operation must not undo the others
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
+                    if isinstance(exc, sqlite3.Error):
+                        exc = StorageError(f"database write failed: {exc}")
                     results.append((None, exc))
             conn.execute("COMMIT")
             self.commits += 1
@@ -249,93 +279,11 @@ class SQLiteStorage:
 
         return await self._loop.run_in_executor(self._readers, run)
 
-    # -- groups and devices -----------------------------------------------------------------
+    async def _read_proc(self, proc: Proc[T]) -> T:
+        return await self._read(lambda c: run_proc(c, proc))
 
-    async def get_group(self, group_id: GroupId) -> GroupRecord | None:
-        return await self._read(lambda c: _group(c, group_id))
-
-    async def register_group(self, group_id: GroupId, auth_key: bytes, now: int) -> GroupRecord:
-        def op(c: sqlite3.Connection) -> GroupRecord:
-            c.execute(
-                "INSERT OR IGNORE INTO groups (group_id, auth_key, created_at) VALUES (?, ?, ?)",
-                (group_id, auth_key, now),
-            )
-            record = _group(c, group_id)
-            assert record is not None
-            return record
-
-        return await self._write(op)
-
-    async def touch_device(
-        self, group_id: GroupId, device_id: DeviceId, name: str, now: int
-    ) -> DeviceRecord:
-        def op(c: sqlite3.Connection) -> DeviceRecord:
-            c.execute(
-                "INSERT INTO devices (group_id, device_id, name, first_seen, last_seen)"
-                " VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (group_id, device_id) DO UPDATE SET"
-                " last_seen = excluded.last_seen,"
-                " name = CASE WHEN excluded.name = '' THEN name ELSE excluded.name END",
-                (group_id, device_id, name, now, now),
-            )
-            record = _device(c, group_id, device_id)
-            assert record is not None
-            return record
-
-        return await self._write(op)
-
-    async def get_device(self, group_id: GroupId, device_id: DeviceId) -> DeviceRecord | None:
-        return await self._read(lambda c: _device(c, group_id, device_id))
-
-    async def list_devices(self, group_id: GroupId) -> list[DeviceRecord]:
-        def op(c: sqlite3.Connection) -> list[DeviceRecord]:
-            rows = c.execute(
-                f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE group_id = ? ORDER BY first_seen",
-                (group_id,),
-            ).fetchall()
-            return [_device_from_row(r) for r in rows]
-
-        return await self._read(op)
-
-    async def revoke_device(
-        self, group_id: GroupId, device_id: DeviceId, by: DeviceId, reason: str, now: int
-    ) -> DeviceRecord:
-        def op(c: sqlite3.Connection) -> DeviceRecord:
-            # A device never seen here can still be revoked in advance.
-            c.execute(
-                "INSERT INTO devices (group_id, device_id, first_seen, last_seen,"
-                " revoked_at, revoked_by, revoke_reason) VALUES (?, ?, ?, 0, ?, ?, ?)"
-                " ON CONFLICT (group_id, device_id) DO UPDATE SET"
-                " revoked_at = COALESCE(revoked_at, excluded.revoked_at),"
-                " revoked_by = COALESCE(revoked_by, excluded.revoked_by),"
-                " revoke_reason = COALESCE(revoke_reason, excluded.revoke_reason),"
-                " push_token = NULL, push_platform = NULL, push_app_id = NULL",
-                (group_id, device_id, now, now, by, reason),
-            )
-            record = _device(c, group_id, device_id)
-            assert record is not None
-            return record
-
-        return await self._write(op)
-
-    async def set_push_token(
-        self,
-        group_id: GroupId,
-        device_id: DeviceId,
-        token: str | None,
-        platform: str | None,
-        app_id: str | None,
-    ) -> None:
-        def op(c: sqlite3.Connection) -> None:
-            c.execute(
-                "UPDATE devices SET push_token = ?, push_platform = ?, push_app_id = ?"
-                " WHERE group_id = ? AND device_id = ?",
-                (token, platform, app_id, group_id, device_id),
-            )
-
-        await self._write(op)
-
-    # -- blobs ----------------------------------------------------------------------------
+    async def _write_proc(self, proc: Proc[T]) -> T:
+        return await self._write(lambda c: run_proc(c, proc))
 
     async def push(
         self,
@@ -350,304 +298,33 @@ class SQLiteStorage:
     ) -> PushOutcome:
         size = len(ciphertext)
 
+        # The hot path, so plain statements rather than a procedure: the one writer means
+        # nobody can store the same blob id between the check and the insert.
         def op(c: sqlite3.Connection) -> PushOutcome:
-            known = c.execute(
-                "SELECT cursor, created_at FROM blobs WHERE group_id = ? AND blob_id = ?",
-                (group_id, blob_id),
-            ).fetchone()
+            known = c.execute(_KNOWN_BLOB, (group_id, blob_id)).fetchone()
             if known is not None:
-                return PushOutcome(known[0], known[1], duplicate=True)
-            row = c.execute(
-                "UPDATE groups SET max_cursor = max_cursor + 1,"
-                " bytes_stored = bytes_stored + ?, blob_count = blob_count + 1"
-                " WHERE group_id = ? AND bytes_stored + ? <= ? RETURNING max_cursor",
-                (size, group_id, size, max_group_bytes),
-            ).fetchone()
-            if row is None:
-                if _group(c, group_id) is None:
-                    raise StorageError(f"unknown group {group_id}")
-                return PushOutcome(0, now, quota_exceeded=True)
-            c.execute(
-                "INSERT INTO blobs (group_id, cursor, blob_id, sender, size, ciphertext,"
-                " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (group_id, row[0], blob_id, sender, size, ciphertext, now, expires_at),
-            )
-            return PushOutcome(row[0], now)
-
-        return await self._write(op)
-
-    async def pull(self, group_id: GroupId, after: int, limit: int, max_bytes: int) -> PullPage:
-        def op(c: sqlite3.Connection) -> PullPage:
-            # Sizes first, so that a page never loads more ciphertext than it will send.
-            sizes = c.execute(
-                "SELECT cursor, size FROM blobs"
-                " WHERE group_id = ? AND cursor > ? AND ciphertext IS NOT NULL"
-                " ORDER BY cursor LIMIT ?",
-                (group_id, after, limit + 1),
-            ).fetchall()
-            take = page_length([size for _, size in sizes], limit, max_bytes)
-            group = _group(c, group_id)
-            if not take:
-                return PullPage([], False, group.max_cursor if group else 0)
-            rows = c.execute(
-                "SELECT blob_id, cursor, sender, ciphertext, created_at FROM blobs"
-                " WHERE group_id = ? AND cursor > ? AND cursor <= ? AND ciphertext IS NOT NULL"
-                " ORDER BY cursor",
-                (group_id, after, sizes[take - 1][0]),
-            ).fetchall()
-            blobs = [
-                StoredBlob(
-                    blob_id=BlobId(r[0]),
-                    cursor=r[1],
-                    sender=DeviceId(r[2]),
-                    ciphertext=r[3],
-                    timestamp=r[4],
+                return push_outcome(
+                    group_id, now, cursor=known[0], known_at=known[1], group_exists=True
                 )
-                for r in rows
-            ]
-            return PullPage(blobs, len(sizes) > take, group.max_cursor if group else 0)
-
-        return await self._read(op)
-
-    async def ack(self, group_id: GroupId, device_id: DeviceId, cursor: int) -> None:
-        def op(c: sqlite3.Connection) -> None:
-            c.execute(
-                "UPDATE devices SET acked_cursor = MAX(acked_cursor, MIN(?,"
-                " (SELECT max_cursor FROM groups WHERE group_id = ?)))"
-                " WHERE group_id = ? AND device_id = ?",
-                (cursor, group_id, group_id, device_id),
-            )
-
-        await self._write(op)
-
-    async def delete_blob(
-        self, group_id: GroupId, blob_id: BlobId, device_id: DeviceId, *, force: bool
-    ) -> DeleteOutcome:
-        def op(c: sqlite3.Connection) -> DeleteOutcome:
-            row = c.execute(
-                "SELECT cursor, sender, ciphertext IS NOT NULL FROM blobs"
-                " WHERE group_id = ? AND blob_id = ?",
-                (group_id, blob_id),
-            ).fetchone()
-            if row is None:
-                return DeleteOutcome(found=False, owner=False, deleted=False)
-            cursor, sender, live = row
-            if sender != device_id:
-                return DeleteOutcome(found=True, owner=False, deleted=False)
-            if not live:
-                return DeleteOutcome(found=True, owner=True, deleted=True)
-            if not force and not _tombstone(c, group_id, f"cursor = ? AND {_DELIVERED}", (cursor,)):
-                return DeleteOutcome(found=True, owner=True, deleted=False)
-            if not force:
-                return DeleteOutcome(found=True, owner=True, deleted=True)
-            _tombstone(c, group_id, "cursor = ?", (cursor,))
-            return DeleteOutcome(found=True, owner=True, deleted=True)
+            bumped = c.execute(_BUMP, (size, group_id, size, max_group_bytes)).fetchone()
+            if bumped is None:
+                exists = c.execute(_GROUP_EXISTS, (group_id,)).fetchone() is not None
+                return push_outcome(group_id, now, cursor=None, known_at=None, group_exists=exists)
+            blob = (group_id, bumped[0], blob_id, sender, size, ciphertext, now, expires_at)
+            c.execute(_INSERT_BLOB, blob)
+            return PushOutcome(bumped[0], now)
 
         return await self._write(op)
 
-    async def pending_for(self, group_id: GroupId, device_id: DeviceId) -> int:
-        def op(c: sqlite3.Connection) -> int:
-            (count,) = c.execute(
-                "SELECT COUNT(*) FROM blobs WHERE group_id = ? AND ciphertext IS NOT NULL"
-                " AND sender != ? AND cursor > COALESCE((SELECT acked_cursor FROM devices"
-                " WHERE group_id = ? AND device_id = ?), 0)",
-                (group_id, device_id, group_id, device_id),
-            ).fetchone()
-            return int(count)
 
-        return await self._read(op)
-
-    # -- invites --------------------------------------------------------------------------
-
-    async def put_invite(self, lookup: bytes, payload: bytes, expires_at: int) -> bool:
-        def op(c: sqlite3.Connection) -> bool:
-            cur = c.execute(
-                "INSERT OR IGNORE INTO invites (lookup, payload, expires_at) VALUES (?, ?, ?)",
-                (lookup, payload, expires_at),
-            )
-            return cur.rowcount == 1
-
-        return await self._write(op)
-
-    async def take_invite(self, lookup: bytes, now: int) -> InviteTake:
-        def op(c: sqlite3.Connection) -> InviteTake:
-            row = c.execute(
-                "SELECT payload, expires_at, state FROM invites WHERE lookup = ?", (lookup,)
-            ).fetchone()
-            if row is None:
-                return InviteTake("unknown")
-            payload, expires_at, state = row
-            if state != "open":
-                return InviteTake(state)
-            status = "ok" if expires_at > now else "expired"
-            c.execute(
-                "UPDATE invites SET payload = NULL, state = ? WHERE lookup = ?",
-                ("used" if status == "ok" else "expired", lookup),
-            )
-            return InviteTake(status, bytes(payload) if status == "ok" else None)
-
-        return await self._write(op)
-
-    async def delete_invite(self, lookup: bytes) -> bool:
-        def op(c: sqlite3.Connection) -> bool:
-            cur = c.execute(
-                "UPDATE invites SET payload = NULL, state = 'cancelled'"
-                " WHERE lookup = ? AND state = 'open'",
-                (lookup,),
-            )
-            return cur.rowcount == 1
-
-        return await self._write(op)
-
-    # -- housekeeping ---------------------------------------------------------------------
-
-    async def cleanup(self, now: int) -> CleanupStats:
-        def op(c: sqlite3.Connection) -> CleanupStats:
-            expired = _delete_expired(c, now)
-            acked = 0
-            for (group_id,) in c.execute("SELECT group_id FROM groups").fetchall():
-                acked += _tombstone(c, group_id, _DELIVERED, ())
-            invites = c.execute(
-                "UPDATE invites SET payload = NULL, state = 'expired'"
-                " WHERE state = 'open' AND expires_at <= ?",
-                (now,),
-            ).rowcount
-            c.execute("DELETE FROM invites WHERE expires_at <= ?", (now - INVITE_TOMBSTONE_MS,))
-            return CleanupStats(expired, acked, invites)
-
-        return await self._write(op)
-
-    async def vacuum(self) -> None:
-        """Return free pages to the file system (runs to completion, outside any batch)."""
-        await self._write(lambda c: c.executescript("PRAGMA incremental_vacuum;"), solo=True)
-
-    async def pending_by_device(self, group_id: GroupId) -> dict[DeviceId, int]:
-        def op(c: sqlite3.Connection) -> dict[DeviceId, int]:
-            rows = c.execute(_PENDING_BY_DEVICE, (group_id,)).fetchall()
-            return {DeviceId(r[0]): int(r[1]) for r in rows}
-
-        return await self._read(op)
-
-    async def blobs_after(self, group_id: GroupId, after: int, limit: int) -> list[BlobStored]:
-        def op(c: sqlite3.Connection) -> list[BlobStored]:
-            rows = c.execute(
-                "SELECT blob_id, cursor, sender, created_at, size FROM blobs"
-                " WHERE group_id = ? AND cursor > ? AND ciphertext IS NOT NULL"
-                " ORDER BY cursor LIMIT ?",
-                (group_id, after, limit),
-            ).fetchall()
-            return [
-                BlobStored(group_id, BlobId(r[0]), r[1], DeviceId(r[2]), r[3], r[4]) for r in rows
-            ]
-
-        return await self._read(op)
-
-    def subscribe(self, handler: Callable[[StorageEvent], None]) -> None:
-        """One SQLite file has one relay: there is nobody else to hear from."""
-
-    async def stats(self) -> tuple[int, int]:
-        def op(c: sqlite3.Connection) -> tuple[int, int]:
-            groups, blobs = c.execute(
-                "SELECT COUNT(*), COALESCE(SUM(blob_count), 0) FROM groups"
-            ).fetchone()
-            return int(groups), int(blobs)
-
-        return await self._read(op)
-
-
-_PENDING_BY_DEVICE = (
-    "SELECT d.device_id, COUNT(b.cursor) FROM devices d"
-    " LEFT JOIN blobs b ON b.group_id = d.group_id AND b.ciphertext IS NOT NULL"
-    " AND b.sender != d.device_id AND b.cursor > d.acked_cursor"
-    " WHERE d.group_id = ? GROUP BY d.device_id"
+_KNOWN_BLOB = "SELECT cursor, created_at FROM blobs WHERE group_id = ? AND blob_id = ?"
+_BUMP = (
+    "UPDATE groups SET max_cursor = max_cursor + 1,"
+    " bytes_stored = bytes_stored + ?, blob_count = blob_count + 1"
+    " WHERE group_id = ? AND bytes_stored + ? <= ? RETURNING max_cursor"
 )
-_DEVICE_COLUMNS = (
-    "group_id, device_id, name, last_seen, acked_cursor, revoked_at, revoked_by,"
-    " revoke_reason, push_token, push_platform, push_app_id"
+_GROUP_EXISTS = "SELECT 1 FROM groups WHERE group_id = ?"
+_INSERT_BLOB = (
+    "INSERT INTO blobs (group_id, cursor, blob_id, sender, size, ciphertext,"
+    " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-
-
-def _device_from_row(r: tuple[Any, ...]) -> DeviceRecord:
-    return DeviceRecord(
-        group_id=GroupId(r[0]),
-        device_id=DeviceId(r[1]),
-        name=r[2],
-        last_seen=r[3],
-        acked_cursor=r[4],
-        revoked_at=r[5],
-        revoked_by=DeviceId(r[6]) if r[6] is not None else None,
-        revoke_reason=r[7],
-        push_token=r[8],
-        push_platform=r[9],
-        push_app_id=r[10],
-    )
-
-
-def _device(c: sqlite3.Connection, group_id: bytes, device_id: bytes) -> DeviceRecord | None:
-    row = c.execute(
-        f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE group_id = ? AND device_id = ?",
-        (group_id, device_id),
-    ).fetchone()
-    return _device_from_row(row) if row else None
-
-
-def _group(c: sqlite3.Connection, group_id: bytes) -> GroupRecord | None:
-    row = c.execute(
-        "SELECT group_id, auth_key, max_cursor, bytes_stored, created_at FROM groups"
-        " WHERE group_id = ?",
-        (group_id,),
-    ).fetchone()
-    if row is None:
-        return None
-    return GroupRecord(GroupId(row[0]), bytes(row[1]), row[2], row[3], row[4])
-
-
-# A live blob every device of its group has: at least one device besides its sender is
-# known, and every known, non-revoked device besides the sender acknowledged past it (a
-# device has its own blobs). A lone device's blobs wait for the devices it will pair.
-_DELIVERED = (
-    "EXISTS (SELECT 1 FROM devices d WHERE d.group_id = blobs.group_id"
-    " AND d.device_id != blobs.sender AND d.revoked_at IS NULL)"
-    " AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.group_id = blobs.group_id"
-    " AND d.device_id != blobs.sender AND d.revoked_at IS NULL"
-    " AND d.acked_cursor < blobs.cursor)"
-)
-
-
-def _tombstone(c: sqlite3.Connection, group_id: bytes, where: str, args: tuple[Any, ...]) -> int:
-    """Drop the ciphertext of live blobs matching ``where``; keep the group's totals right."""
-    row = c.execute(
-        f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs WHERE group_id = ?"
-        f" AND ciphertext IS NOT NULL AND {where}",
-        (group_id, *args),
-    ).fetchone()
-    count, size = int(row[0]), int(row[1])
-    if count:
-        c.execute(
-            f"UPDATE blobs SET ciphertext = NULL WHERE group_id = ?"
-            f" AND ciphertext IS NOT NULL AND {where}",
-            (group_id, *args),
-        )
-        c.execute(
-            "UPDATE groups SET bytes_stored = bytes_stored - ?, blob_count = blob_count - ?"
-            " WHERE group_id = ?",
-            (size, count, group_id),
-        )
-    return count
-
-
-def _delete_expired(c: sqlite3.Connection, now: int) -> int:
-    """Delete blobs (live or tombstones) past their TTL; return how many live ones went."""
-    live = c.execute(
-        "SELECT group_id, COUNT(*), SUM(size) FROM blobs"
-        " WHERE expires_at <= ? AND ciphertext IS NOT NULL GROUP BY group_id",
-        (now,),
-    ).fetchall()
-    for group_id, count, size in live:
-        c.execute(
-            "UPDATE groups SET bytes_stored = bytes_stored - ?, blob_count = blob_count - ?"
-            " WHERE group_id = ?",
-            (size, count, group_id),
-        )
-    c.execute("DELETE FROM blobs WHERE expires_at <= ?", (now,))
-    return sum(int(r[1]) for r in live)

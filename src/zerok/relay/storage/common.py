@@ -1,0 +1,541 @@
+"""The storage logic both SQL backends share, written once.
+
+Each operation is a *procedure*: a generator that yields the queries it needs and is sent
+back each one's result. Queries use ``?`` placeholders and SQL that SQLite and PostgreSQL
+both accept, so the rules (retention, group totals, invite states, delete decisions) live
+here once, while each backend keeps its own I/O: SQLite runs procedures on its writer
+thread inside a group commit, PostgreSQL on a pooled connection inside a transaction.
+``SQLStorage`` turns the procedures into the Storage methods on top of two primitives.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Generator, Iterable
+from typing import Any, NamedTuple, TypeVar
+
+from zerok.errors import StorageError
+from zerok.relay.storage.base import (
+    BlobStored,
+    CleanupStats,
+    DeleteOutcome,
+    DeviceRecord,
+    GroupRecord,
+    InviteTake,
+    PullPage,
+    PushOutcome,
+    page_length,
+)
+from zerok.wire import BlobId, DeviceId, GroupId, StoredBlob
+
+T = TypeVar("T")
+Row = tuple[Any, ...]
+
+INVITE_TOMBSTONE_MS = 24 * 3600 * 1000  # how long a used, cancelled or expired invite is remembered
+
+
+class Fetch(enum.Enum):
+    ONE = "one"  # the first row, or None
+    ALL = "all"  # every row
+    COUNT = "count"  # how many rows the statement changed
+
+
+class Query(NamedTuple):  # one per statement: a tuple builds faster than a frozen dataclass
+    sql: str  # ``?`` placeholders; no other ``?`` anywhere in the text
+    args: tuple[Any, ...]
+    fetch: Fetch
+    # Lock the rows read until commit. PostgreSQL needs it (FOR UPDATE) where another relay
+    # could change them between the read and the write; SQLite's one writer does not.
+    lock: bool = False
+
+
+Proc = Generator[Query, Any, T]
+
+
+def one(sql: str, *args: Any, lock: bool = False) -> Proc[Row | None]:
+    row: Row | None = yield Query(sql, args, Fetch.ONE, lock)
+    return row
+
+
+def rows(sql: str, *args: Any) -> Proc[list[Row]]:
+    found: list[Row] = yield Query(sql, args, Fetch.ALL)
+    return found
+
+
+def execute(sql: str, *args: Any) -> Proc[int]:
+    count: int = yield Query(sql, args, Fetch.COUNT)
+    return count
+
+
+# -- rows and records -------------------------------------------------------------------------
+
+GROUP_COLUMNS = "group_id, auth_key, max_cursor, bytes_stored, created_at"
+DEVICE_COLUMNS = (
+    "group_id, device_id, name, last_seen, acked_cursor, revoked_at, revoked_by,"
+    " revoke_reason, push_token, push_platform, push_app_id"
+)
+PULL_COLUMNS = "blob_id, cursor, sender, ciphertext, created_at"
+EVENT_COLUMNS = "blob_id, cursor, sender, created_at, size"
+
+
+def group_from_row(r: Row) -> GroupRecord:
+    return GroupRecord(GroupId(r[0]), bytes(r[1]), r[2], r[3], r[4])
+
+
+def device_from_row(r: Row) -> DeviceRecord:
+    return DeviceRecord(
+        group_id=GroupId(r[0]),
+        device_id=DeviceId(r[1]),
+        name=r[2],
+        last_seen=r[3],
+        acked_cursor=r[4],
+        revoked_at=r[5],
+        revoked_by=DeviceId(r[6]) if r[6] is not None else None,
+        revoke_reason=r[7],
+        push_token=r[8],
+        push_platform=r[9],
+        push_app_id=r[10],
+    )
+
+
+def stored_blob_from_row(r: Row) -> StoredBlob:
+    return StoredBlob(
+        blob_id=BlobId(r[0]),
+        cursor=r[1],
+        sender=DeviceId(r[2]),
+        ciphertext=bytes(r[3]),
+        timestamp=r[4],
+    )
+
+
+def blob_stored_from_row(group_id: GroupId, r: Row) -> BlobStored:
+    return BlobStored(group_id, BlobId(r[0]), r[1], DeviceId(r[2]), r[3], r[4])
+
+
+# -- decisions --------------------------------------------------------------------------------
+
+
+def push_outcome(
+    group_id: bytes, now: int, *, cursor: int | None, known_at: int | None, group_exists: bool
+) -> PushOutcome:
+    """Where a push landed: ``known_at`` is the first push's time when the blob id was
+    already known (``cursor`` is then its cursor), ``cursor`` None when nothing was stored."""
+    if known_at is not None:
+        assert cursor is not None
+        return PushOutcome(cursor, known_at, duplicate=True)
+    if cursor is None:
+        if not group_exists:
+            raise StorageError(f"unknown group {GroupId(group_id)}")
+        return PushOutcome(0, now, quota_exceeded=True)
+    return PushOutcome(cursor, now)
+
+
+def judge_delete(found: Row | None, device_id: bytes) -> DeleteOutcome | None:
+    """The outcome of a delete decided by the blob's row (cursor, sender, live) alone, or
+    None when the owner's live blob is to be tombstoned (if the rules allow)."""
+    if found is None:
+        return DeleteOutcome(found=False, owner=False, deleted=False)
+    _, sender, live = found
+    if bytes(sender) != bytes(device_id):
+        return DeleteOutcome(found=True, owner=False, deleted=False)
+    if not live:
+        return DeleteOutcome(found=True, owner=True, deleted=True)  # already gone: idempotent
+    return None
+
+
+def judge_take(found: Row | None, now: int) -> tuple[InviteTake, str | None]:
+    """What fetching an invite (row: payload, expires_at, state) finds, and the state it
+    moves to (None: it stays as it is). Only an open invite changes, and only once."""
+    if found is None:
+        return InviteTake("unknown"), None
+    payload, expires_at, state = found
+    if state != "open":
+        return InviteTake(state), None
+    if expires_at <= now:
+        return InviteTake("expired"), "expired"
+    return InviteTake("ok", bytes(payload)), "used"
+
+
+def group_totals(gone: Iterable[Row]) -> dict[bytes, tuple[int, int]]:
+    """(count, bytes) per group of blobs (rows: group_id, size) that stopped being live."""
+    totals: dict[bytes, tuple[int, int]] = {}
+    for group_id, size in gone:
+        count, total = totals.get(bytes(group_id), (0, 0))
+        totals[bytes(group_id)] = (count + 1, total + int(size))
+    return totals
+
+
+# -- procedures -------------------------------------------------------------------------------
+
+# A live blob every device of its group has: at least one device besides its sender is
+# known, and every known, non-revoked device besides the sender acknowledged past it (a
+# device has its own blobs). A lone device's blobs wait for the devices it will pair.
+DELIVERED = (
+    "EXISTS (SELECT 1 FROM devices d WHERE d.group_id = blobs.group_id"
+    " AND d.device_id <> blobs.sender AND d.revoked_at IS NULL)"
+    " AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.group_id = blobs.group_id"
+    " AND d.device_id <> blobs.sender AND d.revoked_at IS NULL"
+    " AND d.acked_cursor < blobs.cursor)"
+)
+
+
+def get_group(group_id: GroupId) -> Proc[GroupRecord | None]:
+    row = yield from one(f"SELECT {GROUP_COLUMNS} FROM groups WHERE group_id = ?", group_id)
+    return group_from_row(row) if row else None
+
+
+def register_group(group_id: GroupId, auth_key: bytes, now: int) -> Proc[GroupRecord]:
+    yield from execute(
+        "INSERT INTO groups (group_id, auth_key, created_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (group_id) DO NOTHING",
+        group_id,
+        auth_key,
+        now,
+    )
+    record = yield from get_group(group_id)
+    assert record is not None
+    return record
+
+
+def get_device(group_id: GroupId, device_id: DeviceId) -> Proc[DeviceRecord | None]:
+    row = yield from one(
+        f"SELECT {DEVICE_COLUMNS} FROM devices WHERE group_id = ? AND device_id = ?",
+        group_id,
+        device_id,
+    )
+    return device_from_row(row) if row else None
+
+
+def _stored_device(group_id: GroupId, device_id: DeviceId) -> Proc[DeviceRecord]:
+    record = yield from get_device(group_id, device_id)
+    assert record is not None
+    return record
+
+
+def touch_device(group_id: GroupId, device_id: DeviceId, name: str, now: int) -> Proc[DeviceRecord]:
+    yield from execute(
+        "INSERT INTO devices (group_id, device_id, name, first_seen, last_seen)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (group_id, device_id) DO UPDATE SET"
+        " last_seen = excluded.last_seen,"
+        " name = CASE WHEN excluded.name = '' THEN devices.name ELSE excluded.name END",
+        group_id,
+        device_id,
+        name,
+        now,
+        now,
+    )
+    return (yield from _stored_device(group_id, device_id))
+
+
+def list_devices(group_id: GroupId) -> Proc[list[DeviceRecord]]:
+    found = yield from rows(
+        f"SELECT {DEVICE_COLUMNS} FROM devices WHERE group_id = ? ORDER BY first_seen, device_id",
+        group_id,
+    )
+    return [device_from_row(r) for r in found]
+
+
+def revoke_device(
+    group_id: GroupId, device_id: DeviceId, by: DeviceId, reason: str, now: int
+) -> Proc[DeviceRecord]:
+    # A device never seen here can still be revoked in advance. A second revocation keeps
+    # the first one's who, when and why.
+    yield from execute(
+        "INSERT INTO devices (group_id, device_id, first_seen, last_seen,"
+        " revoked_at, revoked_by, revoke_reason) VALUES (?, ?, ?, 0, ?, ?, ?)"
+        " ON CONFLICT (group_id, device_id) DO UPDATE SET"
+        " revoked_at = COALESCE(devices.revoked_at, excluded.revoked_at),"
+        " revoked_by = COALESCE(devices.revoked_by, excluded.revoked_by),"
+        " revoke_reason = COALESCE(devices.revoke_reason, excluded.revoke_reason),"
+        " push_token = NULL, push_platform = NULL, push_app_id = NULL",
+        group_id,
+        device_id,
+        now,
+        now,
+        by,
+        reason,
+    )
+    return (yield from _stored_device(group_id, device_id))
+
+
+def set_push_token(
+    group_id: GroupId,
+    device_id: DeviceId,
+    token: str | None,
+    platform: str | None,
+    app_id: str | None,
+) -> Proc[None]:
+    yield from execute(
+        "UPDATE devices SET push_token = ?, push_platform = ?, push_app_id = ?"
+        " WHERE group_id = ? AND device_id = ?",
+        token,
+        platform,
+        app_id,
+        group_id,
+        device_id,
+    )
+
+
+def pull(group_id: GroupId, after: int, limit: int, max_bytes: int) -> Proc[PullPage]:
+    # Sizes first, so that a page never loads more ciphertext than it will send.
+    sizes = yield from rows(
+        "SELECT cursor, size FROM blobs WHERE group_id = ? AND cursor > ?"
+        " AND ciphertext IS NOT NULL ORDER BY cursor LIMIT ?",
+        group_id,
+        after,
+        limit + 1,
+    )
+    take = page_length([size for _, size in sizes], limit, max_bytes)
+    group = yield from one("SELECT max_cursor FROM groups WHERE group_id = ?", group_id)
+    max_cursor = int(group[0]) if group else 0
+    if not take:
+        return PullPage([], False, max_cursor)
+    found = yield from rows(
+        f"SELECT {PULL_COLUMNS} FROM blobs WHERE group_id = ? AND cursor > ? AND cursor <= ?"
+        " AND ciphertext IS NOT NULL ORDER BY cursor",
+        group_id,
+        after,
+        sizes[take - 1][0],
+    )
+    return PullPage([stored_blob_from_row(r) for r in found], len(sizes) > take, max_cursor)
+
+
+def ack(group_id: GroupId, device_id: DeviceId, cursor: int) -> Proc[None]:
+    # acked_cursor = max(acked_cursor, min(cursor, max_cursor)), in SQL both dialects speak
+    # (and as fast on SQLite as its own MAX/MIN).
+    max_cursor = "(SELECT max_cursor FROM groups WHERE group_id = devices.group_id)"
+    yield from execute(
+        "UPDATE devices SET acked_cursor = (SELECT CASE WHEN ? < max_cursor THEN ? ELSE"
+        " max_cursor END FROM groups WHERE group_id = devices.group_id)"
+        " WHERE group_id = ? AND device_id = ? AND acked_cursor < ?"
+        f" AND acked_cursor < {max_cursor}",
+        cursor,
+        cursor,
+        group_id,
+        device_id,
+        cursor,
+    )
+
+
+def subtract_from_groups(gone: Iterable[Row]) -> Proc[None]:
+    """Take blobs that stopped being live (rows: group_id, size) off their groups' totals."""
+    totals = group_totals(gone)
+    for group_id in sorted(totals):  # one lock order for every writer: relays cannot deadlock
+        count, size = totals[group_id]
+        yield from execute(
+            "UPDATE groups SET bytes_stored = bytes_stored - ?, blob_count = blob_count - ?"
+            " WHERE group_id = ?",
+            size,
+            count,
+            group_id,
+        )
+
+
+def tombstone(where: str, *args: Any) -> Proc[int]:
+    """Drop the ciphertext of the live blobs matching ``where``; return how many.
+
+    The rows come back from the UPDATE itself, so a blob another relay tombstoned at the
+    same moment is counted once, by whoever changed it."""
+    gone = yield from rows(
+        f"UPDATE blobs SET ciphertext = NULL WHERE ciphertext IS NOT NULL AND {where}"
+        " RETURNING group_id, size",
+        *args,
+    )
+    yield from subtract_from_groups(gone)
+    return len(gone)
+
+
+def delete_blob(
+    group_id: GroupId, blob_id: BlobId, device_id: DeviceId, force: bool
+) -> Proc[DeleteOutcome]:
+    found = yield from one(
+        "SELECT cursor, sender, ciphertext IS NOT NULL FROM blobs"
+        " WHERE group_id = ? AND blob_id = ?",
+        group_id,
+        blob_id,
+        lock=True,
+    )
+    decided = judge_delete(found, device_id)
+    if decided is not None:
+        return decided
+    assert found is not None
+    where = "group_id = ? AND cursor = ?" + ("" if force else f" AND {DELIVERED}")
+    gone = yield from tombstone(where, group_id, found[0])
+    return DeleteOutcome(found=True, owner=True, deleted=gone > 0)
+
+
+def pending_for(group_id: GroupId, device_id: DeviceId) -> Proc[int]:
+    row = yield from one(
+        "SELECT COUNT(*) FROM blobs WHERE group_id = ? AND ciphertext IS NOT NULL"
+        " AND sender <> ? AND cursor > COALESCE((SELECT acked_cursor FROM devices"
+        " WHERE group_id = ? AND device_id = ?), 0)",
+        group_id,
+        device_id,
+        group_id,
+        device_id,
+    )
+    return int(row[0]) if row else 0
+
+
+def pending_by_device(group_id: GroupId) -> Proc[dict[DeviceId, int]]:
+    found = yield from rows(
+        "SELECT d.device_id, COUNT(b.cursor) FROM devices d"
+        " LEFT JOIN blobs b ON b.group_id = d.group_id AND b.ciphertext IS NOT NULL"
+        " AND b.sender <> d.device_id AND b.cursor > d.acked_cursor"
+        " WHERE d.group_id = ? GROUP BY d.device_id",
+        group_id,
+    )
+    return {DeviceId(r[0]): int(r[1]) for r in found}
+
+
+def blobs_after(group_id: GroupId, after: int, limit: int) -> Proc[list[BlobStored]]:
+    found = yield from rows(
+        f"SELECT {EVENT_COLUMNS} FROM blobs WHERE group_id = ? AND cursor > ?"
+        " AND ciphertext IS NOT NULL ORDER BY cursor LIMIT ?",
+        group_id,
+        after,
+        limit,
+    )
+    return [blob_stored_from_row(group_id, r) for r in found]
+
+
+def put_invite(lookup: bytes, payload: bytes, expires_at: int) -> Proc[bool]:
+    added = yield from execute(
+        "INSERT INTO invites (lookup, payload, expires_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (lookup) DO NOTHING",
+        lookup,
+        payload,
+        expires_at,
+    )
+    return added == 1
+
+
+def take_invite(lookup: bytes, now: int) -> Proc[InviteTake]:
+    found = yield from one(
+        "SELECT payload, expires_at, state FROM invites WHERE lookup = ?", lookup, lock=True
+    )
+    taken, state = judge_take(found, now)
+    if state is not None:
+        yield from execute(
+            "UPDATE invites SET payload = NULL, state = ? WHERE lookup = ?", state, lookup
+        )
+    return taken
+
+
+def delete_invite(lookup: bytes) -> Proc[bool]:
+    cancelled = yield from execute(
+        "UPDATE invites SET payload = NULL, state = 'cancelled'"
+        " WHERE lookup = ? AND state = 'open'",
+        lookup,
+    )
+    return cancelled == 1
+
+
+def cleanup(now: int) -> Proc[CleanupStats]:
+    # Live blobs past their TTL leave the totals; tombstones past it only free their ids.
+    expired = yield from rows(
+        "DELETE FROM blobs WHERE expires_at <= ? AND ciphertext IS NOT NULL"
+        " RETURNING group_id, size",
+        now,
+    )
+    yield from subtract_from_groups(expired)
+    yield from execute("DELETE FROM blobs WHERE expires_at <= ?", now)
+    acked = yield from tombstone(DELIVERED)
+    invites = yield from execute(
+        "UPDATE invites SET payload = NULL, state = 'expired'"
+        " WHERE state = 'open' AND expires_at <= ?",
+        now,
+    )
+    yield from execute("DELETE FROM invites WHERE expires_at <= ?", now - INVITE_TOMBSTONE_MS)
+    return CleanupStats(len(expired), acked, invites)
+
+
+def stats() -> Proc[tuple[int, int]]:
+    row = yield from one("SELECT COUNT(*), COALESCE(SUM(blob_count), 0) FROM groups")
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+# -- the methods ------------------------------------------------------------------------------
+
+
+class SQLStorage(ABC):
+    """The Storage methods both SQL backends share. A backend adds its I/O (the two
+    primitives below), ``open``, ``close``, ``push``, ``subscribe`` and ``maintain``."""
+
+    @abstractmethod
+    async def _read_proc(self, proc: Proc[T]) -> T:
+        """Run a procedure that only reads (no transaction needed); StorageError on failure."""
+
+    @abstractmethod
+    async def _write_proc(self, proc: Proc[T]) -> T:
+        """Run a procedure in one transaction and return once it committed; if it raises,
+        nothing of it is kept. StorageError on failure."""
+
+    async def get_group(self, group_id: GroupId) -> GroupRecord | None:
+        return await self._read_proc(get_group(group_id))
+
+    async def register_group(self, group_id: GroupId, auth_key: bytes, now: int) -> GroupRecord:
+        return await self._write_proc(register_group(group_id, auth_key, now))
+
+    async def touch_device(
+        self, group_id: GroupId, device_id: DeviceId, name: str, now: int
+    ) -> DeviceRecord:
+        return await self._write_proc(touch_device(group_id, device_id, name, now))
+
+    async def get_device(self, group_id: GroupId, device_id: DeviceId) -> DeviceRecord | None:
+        return await self._read_proc(get_device(group_id, device_id))
+
+    async def list_devices(self, group_id: GroupId) -> list[DeviceRecord]:
+        return await self._read_proc(list_devices(group_id))
+
+    async def revoke_device(
+        self, group_id: GroupId, device_id: DeviceId, by: DeviceId, reason: str, now: int
+    ) -> DeviceRecord:
+        return await self._write_proc(revoke_device(group_id, device_id, by, reason, now))
+
+    async def set_push_token(
+        self,
+        group_id: GroupId,
+        device_id: DeviceId,
+        token: str | None,
+        platform: str | None,
+        app_id: str | None,
+    ) -> None:
+        await self._write_proc(set_push_token(group_id, device_id, token, platform, app_id))
+
+    async def pull(self, group_id: GroupId, after: int, limit: int, max_bytes: int) -> PullPage:
+        return await self._read_proc(pull(group_id, after, limit, max_bytes))
+
+    async def ack(self, group_id: GroupId, device_id: DeviceId, cursor: int) -> None:
+        await self._write_proc(ack(group_id, device_id, cursor))
+
+    async def delete_blob(
+        self, group_id: GroupId, blob_id: BlobId, device_id: DeviceId, *, force: bool
+    ) -> DeleteOutcome:
+        return await self._write_proc(delete_blob(group_id, blob_id, device_id, force))
+
+    async def pending_for(self, group_id: GroupId, device_id: DeviceId) -> int:
+        return await self._read_proc(pending_for(group_id, device_id))
+
+    async def pending_by_device(self, group_id: GroupId) -> dict[DeviceId, int]:
+        return await self._read_proc(pending_by_device(group_id))
+
+    async def blobs_after(self, group_id: GroupId, after: int, limit: int) -> list[BlobStored]:
+        return await self._read_proc(blobs_after(group_id, after, limit))
+
+    async def put_invite(self, lookup: bytes, payload: bytes, expires_at: int) -> bool:
+        return await self._write_proc(put_invite(lookup, payload, expires_at))
+
+    async def take_invite(self, lookup: bytes, now: int) -> InviteTake:
+        return await self._write_proc(take_invite(lookup, now))
+
+    async def delete_invite(self, lookup: bytes) -> bool:
+        return await self._write_proc(delete_invite(lookup))
+
+    async def cleanup(self, now: int) -> CleanupStats:
+        return await self._write_proc(cleanup(now))
+
+    async def stats(self) -> tuple[int, int]:
+        return await self._read_proc(stats())
