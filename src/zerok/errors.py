@@ -100,12 +100,14 @@ class HandshakeTimeoutError(RemoteProtocolError):
 
 
 class RemoteError(SyncError):
-    """The peer answered with an ERROR message."""
+    """The peer answered with an ERROR message; ``retry_after`` is its advice, in seconds,
+    for RATE_LIMITED and RELAY_OVERLOADED (0: none given)."""
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, *, retry_after: int = 0) -> None:
         super().__init__(f"{message} (error {code})")
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
 
 # -- connections (client) -------------------------------------------------------------------

@@ -1,5 +1,11 @@
-"""The client commands of ``zerok`` as a user runs them: subprocesses with SYNC_HOME set,
-against real relay processes (started by ``tests.relay.support.RelayLauncher``)."""
+"""The client commands of ``zerok`` as a user runs them, with SYNC_HOME set, against real
+relays (started by ``tests.relay.support.RelayLauncher``, in this process).
+
+The commands run in this process (``zerok.cli.main.main`` with its own standard input,
+output and error, see ``run_main``), which is what ``python -m zerok`` runs; test_relay_down
+runs one as a subprocess, to cover the entry point and its exit code end to end (test_main
+does too).
+"""
 
 from __future__ import annotations
 
@@ -14,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from tests.relay.support import RelayLauncher, run
+from tests.relay.support import RelayLauncher, run, run_main
 from zerok.client import SyncClient, pairing
-from zerok.testing import RelayProcess, clean_env
+from zerok.testing import InProcessRelay, clean_env
 
 RELAY_ARGS = ("--invites-per-minute", "0")
 
@@ -31,7 +37,7 @@ def cli_launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayLaun
 
 
 @pytest.fixture(scope="module")
-def relay(cli_launcher: RelayLauncher) -> RelayProcess:
+def relay(cli_launcher: RelayLauncher) -> InProcessRelay:
     return cli_launcher.start(*RELAY_ARGS)
 
 
@@ -44,10 +50,15 @@ def launcher(tmp_path: Path) -> Iterator[RelayLauncher]:
         relays.close()
 
 
-def zerok(
+def zerok(home: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """``zerok ARGS`` with SYNC_HOME=home and no other SYNC_* setting, in this process."""
+    return run_main(*args, env={"SYNC_HOME": str(home)}, stdin=stdin or b"")
+
+
+def zerok_process(
     home: Path, *args: str, stdin: bytes | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[bytes]:
-    """``zerok ARGS`` with SYNC_HOME=home and no other SYNC_* setting."""
+    """The same as a child process: ``python -m zerok ARGS``."""
     return subprocess.run(
         [sys.executable, "-m", "zerok", *args],
         input=stdin if stdin is not None else b"",
@@ -100,7 +111,7 @@ def init(home: Path, name: str) -> str:
     return device_id
 
 
-def test_pair_push_pull_status_devices_revoke(relay: RelayProcess, tmp_path: Path) -> None:
+def test_pair_push_pull_status_devices_revoke(relay: InProcessRelay, tmp_path: Path) -> None:
     laptop_home, phone_home = tmp_path / "laptop", tmp_path / "phone"
     laptop = init(laptop_home, "laptop")
     again = ok_json(zerok(laptop_home, "init", "--json"))
@@ -163,7 +174,7 @@ def test_pair_push_pull_status_devices_revoke(relay: RelayProcess, tmp_path: Pat
     user_error(zerok(phone_home, "push", "--text", "still here?", "--timeout", "10"), "revoked")
 
 
-def test_status_of_a_revoked_device(relay: RelayProcess, tmp_path: Path) -> None:
+def test_status_of_a_revoked_device(relay: InProcessRelay, tmp_path: Path) -> None:
     laptop_home, phone_home = tmp_path / "laptop", tmp_path / "phone"
 
     async def revoke_phone() -> str:
@@ -186,7 +197,7 @@ def test_status_of_a_revoked_device(relay: RelayProcess, tmp_path: Path) -> None
     assert (status["device_id"], status["connection"]) == (phone, "revoked")
 
 
-def test_pair_cancel(relay: RelayProcess, tmp_path: Path) -> None:
+def test_pair_cancel(relay: InProcessRelay, tmp_path: Path) -> None:
     creator, joiner = tmp_path / "creator", tmp_path / "joiner"
     init(creator, "creator")
     user_error(zerok(creator, "pair", "cancel"), "no group")
@@ -208,7 +219,7 @@ def test_pair_cancel(relay: RelayProcess, tmp_path: Path) -> None:
     assert joined["group_id"] == first["group_id"]
 
 
-def test_user_errors_are_one_line(relay: RelayProcess, tmp_path: Path) -> None:
+def test_user_errors_are_one_line(relay: InProcessRelay, tmp_path: Path) -> None:
     fresh = tmp_path / "fresh"
     user_error(zerok(fresh, "push", "--text", "hello"), "zerok init")
     user_error(zerok(fresh, "pull"), "zerok init")
@@ -235,7 +246,9 @@ def test_relay_down(launcher: RelayLauncher, tmp_path: Path) -> None:
     init(home, "device")
     ok_json(zerok(home, "pair", "create", "--relay", relay.url, "--json"))
     relay.stop()
-    user_error(zerok(home, "pull", "--timeout", "1"), "no relay reachable within 1 s", relay.url)
+    # A child process: the entry point's exit code and output for a user error, end to end.
+    pull = zerok_process(home, "pull", "--timeout", "1")
+    user_error(pull, "no relay reachable within 1 s", relay.url)
     queued = ok_json(zerok(home, "push", "--text", "later", "--timeout", "1", "--json"))
     assert queued == {"status": "queued", "pending": 1}
     status = ok_json(zerok(home, "status", "--timeout", "1", "--json"))

@@ -1,9 +1,11 @@
 """Fixtures and helpers for the client end-to-end tests: real relays, real SyncClients.
 
-Relays are ``zerok relay`` child processes started by ``tests.relay.support.RelayLauncher``
-(127.0.0.1, a fresh database, stopped by PID when the fixture ends). Every SyncClient lives
-in its own temporary data directory and is closed by the ``Fleet`` that made it. Events are
-awaited through ``EventLog``, which subscribes to ``client.events()`` before the test acts.
+Relays are started by ``tests.relay.support.RelayLauncher`` (127.0.0.1, a fresh database,
+stopped when the fixture ends): the real relay in this process (``InProcessRelay``), or
+with ``process=True`` a ``zerok relay`` child process, for tests that SIGKILL or signal it.
+Every SyncClient lives in its own temporary data directory and is closed by the ``Fleet``
+that made it. Events are awaited through ``EventLog``, which subscribes to
+``client.events()`` before the test acts.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Literal, TypeVar, overload
 
 import pytest
 
 from tests.relay.support import RelayLauncher
 from zerok.client import SyncClient, SyncEvent
-from zerok.testing import RelayProcess
+from zerok.testing import InProcessRelay, RelayProcess
 
 E = TypeVar("E", bound=SyncEvent)
 
@@ -29,16 +31,40 @@ RELAY_ARGS = ("--invites-per-minute", "0")
 EVENT_TIMEOUT = 10.0
 
 
+@overload
 def start_relay(
     launcher: RelayLauncher,
     *,
     port: int | None = None,
     database: Path | None = None,
-) -> RelayProcess:
-    """A relay on 127.0.0.1 (``port``, or a free one) with the test defaults."""
+    process: Literal[False] = False,
+) -> InProcessRelay: ...
+
+
+@overload
+def start_relay(
+    launcher: RelayLauncher,
+    *,
+    port: int | None = None,
+    database: Path | None = None,
+    process: Literal[True],
+) -> RelayProcess: ...
+
+
+def start_relay(
+    launcher: RelayLauncher,
+    *,
+    port: int | None = None,
+    database: Path | None = None,
+    process: bool = False,
+) -> InProcessRelay | RelayProcess:
+    """A relay on 127.0.0.1 (``port``, or a free one) with the test defaults: in this
+    process, or with ``process`` a child process (to SIGKILL or signal)."""
     args: list[str] = list(RELAY_ARGS)
     if port is not None:
         args += ["--bind", f"127.0.0.1:{port}"]
+    if process:
+        return launcher.start(*args, database=database, process=True)
     return launcher.start(*args, database=database)
 
 
@@ -187,7 +213,7 @@ async def connected(*clients: SyncClient, timeout: float = EVENT_TIMEOUT) -> Non
 
 @pytest.fixture
 def launcher(tmp_path: Path) -> Iterator[RelayLauncher]:
-    """Starts relays for one test; all of them are stopped (by PID) when the test ends."""
+    """Starts relays for one test; all of them are stopped when the test ends."""
     relays = RelayLauncher(tmp_path / "relays")
     try:
         yield relays
@@ -205,6 +231,6 @@ def module_launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayL
 
 
 @pytest.fixture(scope="module")
-def relay(module_launcher: RelayLauncher) -> RelayProcess:
+def relay(module_launcher: RelayLauncher) -> InProcessRelay:
     """One relay shared by a module's tests; each test makes its own group."""
     return start_relay(module_launcher)

@@ -31,6 +31,7 @@ from zerok.client import (
 )
 from zerok.crypto.keys import KdfParams
 from zerok.errors import RelayUnreachableError, SyncError
+from zerok.protocol import ClientTiming
 from zerok.testing import RelayProcess
 
 
@@ -41,6 +42,24 @@ def port_of(relay: RelayProcess) -> int:
 
 def database_of(relay: RelayProcess) -> Path:
     return relay.workdir / "data" / "relay.db"
+
+
+# The client's own delays (backoff, retries) 50 times shorter and without randomness: the
+# same rules, without waiting out real backoffs while a relay restarts.
+FAST = ClientTiming(rng=lambda: 0.5).scaled(0.02)
+
+
+def fast_client(fleet: Fleet, name: str, *, data_dir: Path | None = None) -> SyncClient:
+    """``fleet.new(name)`` with the FAST timing."""
+    client = SyncClient(data_dir or fleet.base / name, device_name=name, timing=FAST)
+    fleet.clients.append(client)
+    return client
+
+
+def fast_backoff(attempt: int) -> object:
+    """FAST's delay before reconnect round ``attempt`` (0 first), its jitter fixed at half
+    (``pytest.approx``: compare it with ``==``)."""
+    return pytest.approx(FAST.schedule[attempt] + FAST.jitter / 2)
 
 
 async def pull_everything(client: SyncClient) -> list[Blob]:
@@ -67,7 +86,7 @@ def test_offline_push_waits_for_the_relay(launcher: RelayLauncher, tmp_path: Pat
 
     async def scenario() -> None:
         async with Fleet(tmp_path) as fleet:
-            a = fleet.new("a")
+            a = fast_client(fleet, "a")
             await a.create_group([url_for(port)])
             async with EventLog(a) as log:
                 await a.connect()
@@ -75,7 +94,7 @@ def test_offline_push_waits_for_the_relay(launcher: RelayLauncher, tmp_path: Pat
                 await asyncio.sleep(0)  # the push runs until it waits for the relay's ack
                 assert a.pending_count == 1
                 retry = await log.wait_for(Disconnected)  # an attempt failed: backing off
-                assert retry.retry_in is not None and 1.0 <= retry.retry_in <= 6.0
+                assert retry.retry_in == fast_backoff(0), retry
                 assert not push.done()
                 assert a.pending_count == 1
                 assert a.status == SyncStatus.CONNECTING
@@ -134,12 +153,12 @@ def test_outbox_survives_an_app_restart(launcher: RelayLauncher, tmp_path: Path)
 def test_relay_sigkill_mid_burst_loses_and_duplicates_nothing(
     launcher: RelayLauncher, tmp_path: Path
 ) -> None:
-    relay = start_relay(launcher)
+    relay = start_relay(launcher, process=True)
     port, database = port_of(relay), database_of(relay)
 
     async def scenario() -> None:
         async with Fleet(tmp_path) as fleet:
-            a, b = fleet.new("a"), fleet.new("b")
+            a, b = fast_client(fleet, "a"), fast_client(fleet, "b")
             await pair(a, b, [relay.url])
             await connected(a, b)
             payloads = [f"burst {n:03d} ".encode() + os.urandom(2000) for n in range(100)]
@@ -170,12 +189,12 @@ def test_relay_sigterm_mid_burst_loses_and_duplicates_nothing(
 ) -> None:
     """A graceful shutdown (ERROR 3001 to every client) is not a refusal of the pushes in
     flight: they stay in the outbox and go out once, with their ids, on the next relay."""
-    relay = start_relay(launcher)
+    relay = start_relay(launcher, process=True)
     port, database = port_of(relay), database_of(relay)
 
     async def scenario() -> None:
         async with Fleet(tmp_path) as fleet:
-            a, b = fleet.new("a"), fleet.new("b")
+            a, b = fast_client(fleet, "a"), fast_client(fleet, "b")
             await pair(a, b, [relay.url])
             await connected(a, b)
             payloads = [f"big {n:03d} ".encode() + os.urandom(100_000) for n in range(40)]
@@ -203,7 +222,7 @@ def test_a_queued_push_over_the_relays_limit_fails_instead_of_waiting(
 
     async def scenario() -> None:
         async with Fleet(tmp_path) as fleet:
-            a = fleet.new("a")
+            a = fast_client(fleet, "a")
             await a.create_group([url_for(port)])
             await a.connect()
             big = asyncio.create_task(a.push(os.urandom(500_000)))  # queued while offline
@@ -220,12 +239,12 @@ def test_a_queued_push_over_the_relays_limit_fails_instead_of_waiting(
 
 
 def test_changes_carries_on_through_a_relay_crash(launcher: RelayLauncher, tmp_path: Path) -> None:
-    relay = start_relay(launcher)
+    relay = start_relay(launcher, process=True)
     port, database = port_of(relay), database_of(relay)
 
     async def scenario() -> None:
         async with Fleet(tmp_path) as fleet:
-            a, b = fleet.new("a"), fleet.new("b")
+            a, b = fast_client(fleet, "a"), fast_client(fleet, "b")
             await pair(a, b, [relay.url])
             await connected(a, b)
             payloads = [f"live {n:03d} ".encode() + os.urandom(2000) for n in range(60)]
@@ -253,29 +272,28 @@ def test_changes_carries_on_through_a_relay_crash(launcher: RelayLauncher, tmp_p
 
 
 def test_reconnect_backs_off_then_reconnects(launcher: RelayLauncher, tmp_path: Path) -> None:
-    relay = start_relay(launcher)
+    relay = start_relay(launcher, process=True)
     port, database = port_of(relay), database_of(relay)
 
     async def scenario() -> None:
         async with Fleet(tmp_path) as fleet:
-            a = fleet.new("a")
+            a = fast_client(fleet, "a")
             await a.create_group([relay.url])
             async with EventLog(a) as log:
                 await connected(a)
                 mark = log.mark()
                 relay.sigkill()
                 await asyncio.to_thread(relay.wait_exit, 10)
-                # DESIGN §6: 1, 2, 4, ... s + 0-5 s of jitter, the schedule restarting
-                # after each successful connection (the jitter spreads a relay's devices).
+                # the reconnect schedule (here FAST): 1, 2, 4, ... s + 0-5 s of jitter, the schedule
+                # restarting after each successful connection.
                 drops = await log.wait_count(Disconnected, 2, after=mark, timeout=15)
                 assert {d.relay for d in drops} == {relay.url}
-                delays = [d.retry_in for d in drops]
-                assert delays[0] is not None and 1.0 <= delays[0] <= 6.0, delays
-                assert delays[1] is not None and 2.0 <= delays[1] <= 7.0, delays
+                assert [d.retry_in for d in drops] == [fast_backoff(0), fast_backoff(1)]
                 assert a.status == SyncStatus.CONNECTING
                 mark = log.mark()
                 await asyncio.to_thread(start_relay, launcher, port=port, database=database)
-                back = await log.wait_for(Connected, after=mark, timeout=delays[1] + 3)
+                longest = FAST.schedule[-1] + FAST.jitter
+                back = await log.wait_for(Connected, after=mark, timeout=longest + 3)
                 assert back.relay == relay.url
                 await a.wait_connected(1)
                 await a.push(b"after the reconnect")
@@ -323,5 +341,21 @@ def test_invite_needs_the_first_relay(relay: RelayProcess, tmp_path: Path) -> No
             async with EventLog(a) as log:
                 await connected(a)
                 assert (await log.wait_for(Connected)).relay == relay.url
+
+    run(scenario())
+
+
+def test_without_a_timing_the_backoff_is_the_documented_one(tmp_path: Path) -> None:
+    """1 s plus 0-5 s of jitter after the first failed round (no relay needed to see it)."""
+
+    async def scenario() -> None:
+        async with Fleet(tmp_path) as fleet:
+            a = fleet.new("a")
+            await a.create_group([url_for(free_port())])
+            async with EventLog(a) as log:
+                await a.connect()
+                retry = await log.wait_for(Disconnected)
+            assert retry.retry_in is not None and 1.0 <= retry.retry_in <= 6.0, retry
+            assert a.status == SyncStatus.CONNECTING
 
     run(scenario())

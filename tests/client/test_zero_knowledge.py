@@ -14,7 +14,7 @@ from zerok.client import SyncClient
 from zerok.client.state import LocalState
 from zerok.client.sync import KEY_FILE
 from zerok.crypto import DeviceIdentity
-from zerok.testing import RelayProcess
+from zerok.testing import RunningRelay
 
 DB_FILES = ("relay.db", "relay.db-wal", "relay.db-shm")
 
@@ -82,7 +82,7 @@ class TapProxy:
                 await task
 
 
-def database_files(relay: RelayProcess) -> dict[str, bytes]:
+def database_files(relay: RunningRelay) -> dict[str, bytes]:
     folder = relay.workdir / "data"
     return {name: (folder / name).read_bytes() for name in DB_FILES if (folder / name).exists()}
 

@@ -1,4 +1,5 @@
-"""Backoff: the reconnect schedule of DESIGN §6 (1, 2, 4, 8, 16, then 30 s, plus jitter)."""
+"""Backoff: the reconnect schedule (1, 2, 4, 8, 16, then 30 s, plus jitter),
+and ClientTiming, which holds it with the client's retry delays."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import random
 
 import pytest
 
-from zerok.protocol import Backoff
+from zerok.protocol import Backoff, ClientTiming
+from zerok.protocol.backoff import JITTER, SCHEDULE
 
 
 def _zero() -> float:
@@ -98,3 +100,40 @@ def test_custom_jitter_scale() -> None:
 def test_empty_schedule_is_rejected() -> None:
     with pytest.raises(ValueError):
         Backoff(schedule=())
+
+
+def test_client_timing_defaults_are_the_documented_delays() -> None:
+    timing = ClientTiming()
+    assert timing.schedule == SCHEDULE == (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+    assert timing.jitter == JITTER == 5.0
+    assert timing.retry_later == 1.0
+    assert timing.quota_retry == 30.0
+    assert timing.refused_retry == 5.0
+    assert timing.pull_retry == 2.0
+
+
+def test_client_timing_makes_its_backoff() -> None:
+    backoff = ClientTiming(schedule=(0.5, 3.0), jitter=2.0, rng=lambda: 0.25).backoff()
+    assert [backoff.next_delay() for _ in range(3)] == [1.0, 3.5, 3.5]
+
+
+def test_client_timing_scaled_scales_every_delay_and_keeps_the_rng() -> None:
+    fast = ClientTiming(rng=_almost_one).scaled(0.5)
+    assert fast == ClientTiming(
+        schedule=(0.5, 1.0, 2.0, 4.0, 8.0, 15.0),
+        jitter=2.5,
+        retry_later=0.5,
+        quota_retry=15.0,
+        refused_retry=2.5,
+        pull_retry=1.0,
+    )
+    assert fast.rng is _almost_one
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"schedule": ()}, {"schedule": (1.0, -1.0)}, {"jitter": -0.1}, {"quota_retry": -1.0}],
+)
+def test_client_timing_refuses_impossible_delays(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        ClientTiming(**bad)  # type: ignore[arg-type]

@@ -1178,7 +1178,7 @@ def test_non_fatal_error_for_a_request_fails_it(pair: Pair, code: int) -> None:
     other = pair.client.send_request(Pull(), 0.0)
     pair.to_relay()
     pair.relay.send(Error(code=code, message="no", retry_after=5), rid)
-    assert pair.to_client() == [RequestFailed(rid, code, "no")]
+    assert pair.to_client() == [RequestFailed(rid, code, "no", retry_after=5)]
     assert state_of(pair.client) is SessionState.OPEN
     assert pair.client.pending_requests == 1
     pair.relay.send(PullResponse(blobs=[], has_more=False, max_cursor=0), other)

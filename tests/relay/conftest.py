@@ -1,9 +1,11 @@
-"""Fixtures for the relay integration tests: real ``zerok relay`` processes.
+"""Fixtures for the relay integration tests: real relays, in this process or as processes.
 
-Every relay is a subprocess (``python -m zerok relay``) bound to 127.0.0.1 port 0; the test
-learns the port it got from the banner the relay prints once it is listening, so there is
-no port race and no polling. Every process started here is stopped by PID in the fixture's
-teardown (SIGTERM, then SIGKILL after a timeout).
+A relay is the real server bound to 127.0.0.1 port 0, by default an ``InProcessRelay`` (its
+own event loop in a thread of the test process), with ``process=True`` a ``python -m zerok
+relay`` child; the test learns the port it got once it listens, so there is no port race
+and no polling. Every relay started here is stopped in the fixture's teardown: gracefully
+in this process (its thread joined), a process by PID (SIGTERM, then SIGKILL after a
+timeout).
 """
 
 from __future__ import annotations

@@ -1,24 +1,29 @@
-"""Helpers for the relay integration tests: relay processes, clients, raw connections.
+"""Helpers for the relay integration tests: relays, clients, raw connections, the CLI.
 
-Nothing here mocks the relay: ``RelayProcess`` runs ``python -m zerok relay`` as a child
-process, ``Clients`` opens real ``RelayConnection``s over WebSocket, and ``RawClient`` does
-a real WebSocket + Noise handshake with the sans-I/O ``ClientSession`` and then lets a test
-send frames (or bytes) no well-behaved client would send.
+Nothing here mocks the relay: ``RelayLauncher`` starts the real relay, by default as an
+``InProcessRelay`` (its own event loop in a thread of the test process, real sockets and
+storage) and with ``process=True`` as a ``RelayProcess`` (``python -m zerok relay``, for
+SIGKILL, signals and exit codes); ``Clients`` opens real ``RelayConnection``s over
+WebSocket, and ``RawClient`` does a real WebSocket + Noise handshake with the sans-I/O
+``ClientSession`` and then lets a test send frames (or bytes) no well-behaved client would
+send. ``run_main`` runs the ``zerok`` command line in this process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
+import os
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -35,8 +40,10 @@ from zerok.protocol import (
     Welcomed,
 )
 from zerok.testing import (
+    InProcessRelay,
     PostgresDatabases,
     RelayProcess,
+    RunningRelay,
     clean_env,
 )
 from zerok.transport.connection import RelayConnection
@@ -66,7 +73,7 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
     return asyncio.run(bounded())
 
 
-# -- relay processes ------------------------------------------------------------------------
+# -- relays ---------------------------------------------------------------------------------
 
 
 BACKENDS = ("sqlite", "postgres")
@@ -85,7 +92,7 @@ class RelayLauncher:
             raise ValueError(f"unknown backend {backend!r}")
         self.base = base
         self.backend = backend
-        self.relays: list[RelayProcess] = []
+        self.relays: list[RunningRelay] = []
         self._pg = PostgresDatabases()
         self._pg_by_path: dict[Path, str] = {}
 
@@ -97,6 +104,7 @@ class RelayLauncher:
             self._pg_by_path[database] = self._pg.create()
         return self._pg_by_path[database]
 
+    @overload
     def start(
         self,
         *args: str,
@@ -104,15 +112,44 @@ class RelayLauncher:
         env: Mapping[str, str] | None = None,
         defaults: bool = True,
         wait: bool = True,
-    ) -> RelayProcess:
+        process: Literal[False] = False,
+        clock: Callable[[], int] | None = None,
+    ) -> InProcessRelay: ...
+
+    @overload
+    def start(
+        self,
+        *args: str,
+        database: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        defaults: bool = True,
+        wait: bool = True,
+        process: Literal[True],
+    ) -> RelayProcess: ...
+
+    def start(
+        self,
+        *args: str,
+        database: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        defaults: bool = True,
+        wait: bool = True,
+        process: bool = False,
+        clock: Callable[[], int] | None = None,
+    ) -> InProcessRelay | RelayProcess:
         """Start a relay; by default on 127.0.0.1:0, a fresh database, no rate limits.
 
         ``args`` come after the defaults, so they override them (argparse: last one wins).
+        In this process (an ``InProcessRelay``, with ``clock`` if given) unless ``process``:
+        then ``python -m zerok relay``, for what needs a real process (SIGKILL, signals,
+        exit codes, the command's output). ``env`` is added to this process's environment
+        less its SYNC_* settings, for either kind.
         """
         name = f"relay{len(self.relays) + 1}"
         workdir = self.base / name
         workdir.mkdir(parents=True, exist_ok=True)
         argv: list[str] = []
+        key_path: Path | None = None
         if defaults:
             db = database or workdir / "data" / "relay.db"
             url = self.database_for(db)
@@ -125,11 +162,17 @@ class RelayLauncher:
             # Every test client comes from 127.0.0.1: lift the per-IP limit unless testing it.
             argv += ["--messages-per-minute", "0", "--connections-per-ip", "1000"]
         argv += args
-        relay = RelayProcess(argv, workdir, name, clean_env(env))
-        if defaults:
-            relay.key_path = key_path
+        relay: InProcessRelay | RelayProcess
+        if process:
+            relay = RelayProcess(argv, workdir, name, clean_env(env))
+            if key_path is not None:
+                relay.key_path = key_path
+        else:
+            relay = InProcessRelay(argv, workdir, name, clean_env(env), clock=clock)
         self.relays.append(relay)
-        return relay.wait_ready() if wait else relay
+        if wait:
+            relay.wait_ready()
+        return relay
 
     def close(self) -> None:
         for relay in self.relays:
@@ -152,6 +195,53 @@ def run_cli(
         cwd=cwd,
         check=False,
     )
+
+
+@contextlib.contextmanager
+def _environment(env: Mapping[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def run_main(
+    *args: str, env: Mapping[str, str] | None = None, stdin: bytes = b""
+) -> subprocess.CompletedProcess[bytes]:
+    """``zerok ARGS`` run in this process as ``python -m zerok ARGS`` would run: the
+    environment less SYNC_* settings plus ``env``, ``stdin`` as standard input, standard
+    output and error captured, the exit code (argparse's SystemExit included) returned."""
+    from zerok.cli import common  # noqa: PLC0415 - the CLI stack, only where tested
+    from zerok.cli.main import main  # noqa: PLC0415
+
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="")
+    stderr = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="")
+    consoles = (common.out, common.err)
+    colours = [console._color_system for console in consoles]
+    saved = sys.stdin, sys.stdout, sys.stderr
+    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
+    sys.stdout, sys.stderr = stdout, stderr
+    try:
+        for console in consoles:  # as written to a pipe: no colours, whatever the terminal
+            console._color_system = None
+        with _environment(clean_env(env)):
+            try:
+                code = main(list(args))
+            except SystemExit as exit:
+                code = exit.code if isinstance(exit.code, int) else 1
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = saved
+        for console, colour in zip(consoles, colours, strict=True):
+            console._color_system = colour
+    stdout.flush()
+    stderr.flush()
+    out, err = stdout.buffer, stderr.buffer
+    assert isinstance(out, io.BytesIO) and isinstance(err, io.BytesIO)
+    return subprocess.CompletedProcess(["zerok", *args], code, out.getvalue(), err.getvalue())
 
 
 # -- well-behaved clients -------------------------------------------------------------------
@@ -293,8 +383,13 @@ class RawClient:
         *,
         session_type: type[ClientSession] = ClientSession,
         timeout: float = 10.0,
+        hold: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     ) -> Welcome | ConnectionClosed:
-        """Run the Noise handshake and HELLO; the WELCOME, or how the session ended."""
+        """Run the Noise handshake and HELLO; the WELCOME, or how the session ended.
+
+        ``hold`` (e.g. ``InProcessRelay.paused``) is entered while the messages that finish
+        the handshake (and what the session sends with them: HELLO, ...) are sent, so that
+        the relay reads them all in one go."""
         loop = asyncio.get_running_loop()
         session = session_type(
             identity or DeviceIdentity.generate(),
@@ -312,6 +407,10 @@ class RawClient:
                 if msg.type != aiohttp.WSMsgType.BINARY:
                     return ConnectionClosed(None, f"websocket {msg.type.name}", True)
                 events = session.receive(msg.data, loop.time())
+                if hold is not None and session._transport is not None:
+                    with hold():
+                        await self._send_session_output()
+                    hold = None
                 await self._send_session_output()
                 for event in events:
                     if isinstance(event, Welcomed):
@@ -471,7 +570,7 @@ def http(
 MetricKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
-def scrape(relay: RelayProcess) -> dict[MetricKey, float]:
+def scrape(relay: RunningRelay) -> dict[MetricKey, float]:
     """GET /metrics, parsed: (sample name, sorted labels) → value."""
     reply = http("GET", relay.http_url + "/metrics")
     assert reply.status == 200, reply

@@ -5,16 +5,18 @@ from __future__ import annotations
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 
-from tests.relay.support import RelayLauncher, clients, run, run_cli
+from tests.relay.support import RelayLauncher, clients, run, run_cli, run_main
 from zerok.crypto import GroupKeys
-from zerok.testing import RelayProcess
+from zerok.relay import server
+from zerok.testing import InProcessRelay
 from zerok.wire import Limits
 
 
-def _limits(relay: RelayProcess) -> Limits:
+def _limits(relay: InProcessRelay) -> Limits:
     async def scenario() -> Limits:
         async with clients(relay.url) as pool:
             conn = await pool.open(GroupKeys.generate())
@@ -86,6 +88,23 @@ def test_config_file_is_honoured_and_env_and_flags_override_it(
     assert limits.max_group_storage == 3 * 1024 * 1024  # still from the file
 
 
+def _must_not_start(*args: Any, **kwargs: Any) -> NoReturn:
+    raise AssertionError("the configuration was accepted: the relay would start")
+
+
+def relay_main(
+    monkeypatch: pytest.MonkeyPatch, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``zerok relay ARGS`` run in this process (``zerok.cli.main.main``), for a configuration
+    that must be refused before a relay starts: making one fails the test instead of
+    serving for ever. (test_main and the real-process cases below run the entry point.)"""
+    monkeypatch.setattr(server, "Relay", _must_not_start)
+    result = run_main("relay", *args, env=env)
+    return subprocess.CompletedProcess(
+        result.args, result.returncode, result.stdout.decode(), result.stderr.decode()
+    )
+
+
 def _assert_fails_cleanly(result: subprocess.CompletedProcess[str], *needles: str) -> None:
     assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
     assert result.stdout == ""
@@ -111,11 +130,13 @@ BAD_FILES = {
 
 
 @pytest.mark.parametrize("case", list(BAD_FILES))
-def test_bad_config_file_exits_1_with_one_line(tmp_path: Path, case: str) -> None:
+def test_bad_config_file_exits_1_with_one_line(
+    tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     text, needles = BAD_FILES[case]
     config = tmp_path / "relay.toml"
     config.write_text(text)
-    result = run_cli("--config", str(config), "--database", str(tmp_path / "r.db"))
+    result = relay_main(monkeypatch, "--config", str(config), "--database", str(tmp_path / "r.db"))
     _assert_fails_cleanly(result, *needles)
     assert not (tmp_path / "r.db").exists()
 
@@ -135,14 +156,17 @@ BAD_ARGS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_ARGS))
-def test_bad_value_exits_1_with_one_line(tmp_path: Path, case: str) -> None:
+def test_bad_value_exits_1_with_one_line(
+    tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     args, env, needles = BAD_ARGS[case]
     base = ["--bind", "127.0.0.1:0", "--database", str(tmp_path / "r.db")]
-    result = run_cli(*base, *args, env=env, cwd=tmp_path)
+    result = relay_main(monkeypatch, *base, *args, env=env)
     _assert_fails_cleanly(result, *needles)
 
 
 def test_port_in_use_exits_1_with_one_line(tmp_path: Path) -> None:
+    """A real process: the entry point's exit code for a relay that cannot start."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -154,7 +178,7 @@ def test_port_in_use_exits_1_with_one_line(tmp_path: Path) -> None:
 def test_fractional_integer_option_is_refused(launcher: RelayLauncher, tmp_path: Path) -> None:
     config = tmp_path / "relay.toml"
     config.write_text("[server]\nmax_connections = 2.5\n")
-    relay = launcher.start("--config", str(config), wait=False)
+    relay = launcher.start("--config", str(config), wait=False)  # in this process
     with pytest.raises(RuntimeError, match="exited with 1"):
         relay.wait_ready()
     lines = relay.stderr().strip().splitlines()

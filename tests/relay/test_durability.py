@@ -13,13 +13,14 @@ from tests.relay.support import (
     clients,
     pull_all,
     push,
+    raw_client,
     run,
 )
 from zerok.crypto import GroupKeys
 from zerok.errors import ConnectError, RemoteError, SyncError
 from zerok.protocol import ConnectionClosed, MessageReceived
 from zerok.transport.connection import RelayConnection
-from zerok.wire import BlobId, ErrorCode, Notify
+from zerok.wire import BlobId, Error, ErrorCode, Notify, Push, PushAck, encode
 
 
 @dataclass
@@ -80,7 +81,7 @@ async def _check_recovered(url: str, keys: GroupKeys, burst: Burst) -> None:
 
 
 def test_sigkill_mid_burst_loses_no_acknowledged_blob(launcher: RelayLauncher) -> None:
-    relay = launcher.start()
+    relay = launcher.start(process=True)  # only a process can be SIGKILLed
     database = relay.workdir / "data" / "relay.db"
     keys = GroupKeys.generate()
     burst = Burst(target=300)
@@ -108,7 +109,7 @@ def test_sigkill_mid_burst_loses_no_acknowledged_blob(launcher: RelayLauncher) -
 
 
 def test_sigterm_tells_clients_drains_and_exits_cleanly(launcher: RelayLauncher) -> None:
-    relay = launcher.start()
+    relay = launcher.start(process=True)  # the signal, the exit code and stderr of a process
     database = relay.workdir / "data" / "relay.db"
     keys = GroupKeys.generate()
     burst = Burst(target=200)
@@ -160,3 +161,52 @@ def test_sigterm_tells_clients_drains_and_exits_cleanly(launcher: RelayLauncher)
         await _check_recovered(restarted.url, keys, burst)
 
     run(after())
+
+
+def test_shutdown_error_reaches_a_client_that_keeps_sending(launcher: RelayLauncher) -> None:
+    """A client still pipelining PUSHes and reading slowly when the relay shuts down gets
+    ERROR 3001 and the close frame: the relay must not close its socket with the client's
+    frames unread (Linux then resets the connection and drops what the relay had not yet
+    sent, its last words included)."""
+    relay = launcher.start()
+
+    async def scenario() -> None:
+        keys = GroupKeys.generate()
+        async with raw_client(relay.url) as raw:
+            await raw.open(keys)
+            sending = True
+
+            async def pusher() -> None:
+                request_id = 1000
+                while sending:
+                    request_id += 1
+                    frame = encode(
+                        Push(blob_id=BlobId.random(), ciphertext=bytes(64)), request_id=request_id
+                    )
+                    try:
+                        await raw.send_frame(frame)
+                    except ConnectionError:
+                        return
+                    await asyncio.sleep(0)
+
+            task = asyncio.create_task(pusher())
+            try:
+                acks = 0
+                while acks < 300:  # the relay is busy answering
+                    frame = await raw.receive_frame(timeout=10)
+                    assert frame is not None and isinstance(frame.message, PushAck), frame
+                    acks += 1
+                relay.sigterm()
+                codes: list[int] = []
+                while (frame := await raw.receive_frame(timeout=10)) is not None:
+                    if isinstance(frame.message, Error):
+                        codes.append(frame.message.code)
+                    await asyncio.sleep(0.001)  # a slow reader
+            finally:
+                sending = False
+                await task
+            assert codes == [ErrorCode.RELAY_SHUTTING_DOWN]
+            assert raw.ws.close_code == 1001  # the relay's close frame, not a reset
+
+    run(scenario())
+    assert relay.wait_exit(10) == 0

@@ -25,7 +25,7 @@ from tests.relay.support import (
 from zerok import __version__
 from zerok.crypto import GroupKeys
 from zerok.errors import RemoteError
-from zerok.testing import RelayProcess
+from zerok.testing import InProcessRelay, ManualClock
 from zerok.wire import BlobId, Error, ErrorCode, Push
 
 ACTIVE = "sync_relay_connections_active"
@@ -33,7 +33,7 @@ ACTIVE = "sync_relay_connections_active"
 # -- /health and /metrics -----------------------------------------------------------------
 
 
-def _health(relay: RelayProcess) -> dict[str, object]:
+def _health(relay: InProcessRelay) -> dict[str, object]:
     reply = http("GET", relay.http_url + "/health")
     assert reply.status == 200, reply
     assert reply.headers["Content-Type"].startswith("application/json")
@@ -162,7 +162,7 @@ def test_metrics_count_every_error_sent(launcher: RelayLauncher) -> None:
 
 
 @pytest.fixture(scope="module")
-def relay(module_launcher: RelayLauncher) -> RelayProcess:
+def relay(module_launcher: RelayLauncher) -> InProcessRelay:
     """The mailbox tests share one relay; its per-IP invite limit is tested on its own."""
     return module_launcher.start("--invites-per-minute", "1000")
 
@@ -171,7 +171,7 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-def _post(relay: RelayProcess, lookup: str, payload: bytes) -> HttpReply:
+def _post(relay: InProcessRelay, lookup: str, payload: bytes) -> HttpReply:
     body = json.dumps({"lookup": lookup, "payload": _b64(payload)}).encode()
     return http("POST", relay.http_url + "/v1/invites", body)
 
@@ -187,7 +187,7 @@ def _gone(reply: HttpReply, reason: str) -> None:
     assert "payload" not in reply.json()
 
 
-def test_invite_is_handed_out_once(relay: RelayProcess) -> None:
+def test_invite_is_handed_out_once(relay: InProcessRelay) -> None:
     lookup, payload = _lookup(), os.urandom(300)
     before = int(time.time() * 1000)
     created = _post(relay, lookup, payload)
@@ -207,14 +207,14 @@ def test_invite_is_handed_out_once(relay: RelayProcess) -> None:
     _gone(http("GET", f"{relay.http_url}/v1/invites/{lookup}"), "used")
 
 
-def test_unknown_invite_is_404(relay: RelayProcess) -> None:
+def test_unknown_invite_is_404(relay: InProcessRelay) -> None:
     reply = http("GET", f"{relay.http_url}/v1/invites/{_lookup()}")
     assert reply.status == 404
     assert "error" in reply.json()
     assert http("DELETE", f"{relay.http_url}/v1/invites/{_lookup()}").status == 404
 
 
-def test_invite_can_be_cancelled(relay: RelayProcess) -> None:
+def test_invite_can_be_cancelled(relay: InProcessRelay) -> None:
     lookup = _lookup()
     assert _post(relay, lookup, b"cancel me").status == 201
     assert http("DELETE", f"{relay.http_url}/v1/invites/{lookup}").status == 204
@@ -222,7 +222,7 @@ def test_invite_can_be_cancelled(relay: RelayProcess) -> None:
     assert http("DELETE", f"{relay.http_url}/v1/invites/{lookup}").status == 404
 
 
-def test_duplicate_invite_lookup_is_refused(relay: RelayProcess) -> None:
+def test_duplicate_invite_lookup_is_refused(relay: InProcessRelay) -> None:
     lookup = _lookup()
     assert _post(relay, lookup, b"first").status == 201
     assert _post(relay, lookup, b"second").status == 409
@@ -259,18 +259,18 @@ def test_duplicate_invite_lookup_is_refused(relay: RelayProcess) -> None:
         "payload-not-base64",
     ],
 )
-def test_malformed_invite_is_400(relay: RelayProcess, body: bytes) -> None:
+def test_malformed_invite_is_400(relay: InProcessRelay, body: bytes) -> None:
     reply = http("POST", relay.http_url + "/v1/invites", body)
     assert reply.status == 400, reply
     assert "error" in reply.json()
 
 
-def test_malformed_lookup_in_path_is_400(relay: RelayProcess) -> None:
+def test_malformed_lookup_in_path_is_400(relay: InProcessRelay) -> None:
     assert http("GET", f"{relay.http_url}/v1/invites/short").status == 400
     assert http("GET", f"{relay.http_url}/v1/invites/{'x' * 129}").status == 400
 
 
-def test_oversized_invite_is_413(relay: RelayProcess) -> None:
+def test_oversized_invite_is_413(relay: InProcessRelay) -> None:
     assert _post(relay, _lookup(), os.urandom(4097)).status == 413  # invite_max_size 4096
     assert _post(relay, _lookup(), os.urandom(4096)).status == 201
     huge = json.dumps({"lookup": _lookup(), "payload": "A" * 100_000}).encode()
@@ -278,17 +278,22 @@ def test_oversized_invite_is_413(relay: RelayProcess) -> None:
 
 
 def test_invite_expires(launcher: RelayLauncher) -> None:
-    relay = launcher.start("--invite-ttl", "1")
-    kept, expired = _lookup(), _lookup()
+    clock = ManualClock()  # the relay's time: expiry needs no waiting
+    relay = launcher.start("--invite-ttl", "1", clock=clock)
+    kept, last_moment, expired = _lookup(), _lookup(), _lookup()
     assert _post(relay, kept, b"fetched in time").status == 201
+    assert _post(relay, last_moment, b"fetched at the last moment").status == 201
     created = _post(relay, expired, b"fetched too late")
     assert created.status == 201
+    expires_at = created.json()["expires_at"]
+    assert expires_at == clock() + 1000
     assert http("GET", f"{relay.http_url}/v1/invites/{kept}").status == 200
-    # A GET hands the invite out, so it cannot be polled: wait for its expiry time.
-    expires_at = created.json()["expires_at"] / 1000
-    time.sleep(max(0.0, expires_at - time.time()) + 0.05)
+    clock.advance(0.999)  # 1 ms before the expiry time: still valid
+    assert http("GET", f"{relay.http_url}/v1/invites/{last_moment}").status == 200
+    clock.advance(0.001)  # at the expiry time: expired
     _gone(http("GET", f"{relay.http_url}/v1/invites/{expired}"), "expired")
     _gone(http("GET", f"{relay.http_url}/v1/invites/{expired}"), "expired")
+    _gone(http("GET", f"{relay.http_url}/v1/invites/{kept}"), "used")
 
 
 def test_invite_requests_are_rate_limited_per_ip(launcher: RelayLauncher) -> None:

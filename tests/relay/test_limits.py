@@ -24,7 +24,7 @@ from tests.relay.support import (
 from zerok.crypto import DeviceIdentity, GroupKeys
 from zerok.errors import RemoteError
 from zerok.protocol import CLASSIC, ClientSession, ConnectionClosed, Event, SessionState
-from zerok.testing import RelayProcess
+from zerok.testing import InProcessRelay
 from zerok.wire import (
     BlobId,
     Error,
@@ -39,7 +39,7 @@ SMALL_FRAME = 8 * 1024
 
 
 @pytest.fixture(scope="module")
-def small(module_launcher: RelayLauncher) -> RelayProcess:
+def small(module_launcher: RelayLauncher) -> InProcessRelay:
     """A relay with tiny size limits (every frame stays within one Noise message)."""
     return module_launcher.start(
         "--max-blob-size",
@@ -52,7 +52,7 @@ def small(module_launcher: RelayLauncher) -> RelayProcess:
 
 
 @pytest.fixture(scope="module")
-def timeouts(module_launcher: RelayLauncher) -> RelayProcess:
+def timeouts(module_launcher: RelayLauncher) -> InProcessRelay:
     return module_launcher.start("--idle-timeout", "1", "--handshake-timeout", "1")
 
 
@@ -66,7 +66,7 @@ async def _works(raw: RawClient) -> None:
     assert isinstance(answer, PushAck), answer
 
 
-def test_welcome_announces_the_limits(small: RelayProcess) -> None:
+def test_welcome_announces_the_limits(small: InProcessRelay) -> None:
     async def scenario() -> None:
         async with raw_client(small.url) as raw:
             welcome = await raw.open(GroupKeys.generate())
@@ -78,7 +78,7 @@ def test_welcome_announces_the_limits(small: RelayProcess) -> None:
     run(scenario())
 
 
-def test_blob_over_max_blob_size_gets_2001_and_connection_continues(small: RelayProcess) -> None:
+def test_blob_over_max_blob_size_gets_2001_and_connection_continues(small: InProcessRelay) -> None:
     async def scenario() -> None:
         keys = GroupKeys.generate()
         async with raw_client(small.url) as raw:
@@ -98,7 +98,7 @@ def test_blob_over_max_blob_size_gets_2001_and_connection_continues(small: Relay
     run(scenario())
 
 
-def test_group_quota_gets_2002_and_connection_continues(small: RelayProcess) -> None:
+def test_group_quota_gets_2002_and_connection_continues(small: InProcessRelay) -> None:
     async def scenario() -> None:
         keys = GroupKeys.generate()
         async with clients(small.url) as pool:
@@ -125,7 +125,7 @@ def test_group_quota_gets_2002_and_connection_continues(small: RelayProcess) -> 
 
 
 def test_frame_over_the_frame_limit_gets_2001_and_connection_continues(
-    small: RelayProcess,
+    small: InProcessRelay,
 ) -> None:
     async def scenario() -> None:
         keys = GroupKeys.generate()
@@ -271,7 +271,7 @@ def test_connection_limits_hold_for_simultaneous_upgrades(
 
 
 def test_idle_connection_is_closed_and_a_heartbeat_keeps_one_open(
-    timeouts: RelayProcess,
+    timeouts: InProcessRelay,
 ) -> None:
     async def scenario() -> None:
         keys = GroupKeys.generate()
@@ -298,7 +298,7 @@ async def _time_until_closed(raw: RawClient, loop: asyncio.AbstractEventLoop) ->
     return loop.time() - started
 
 
-def test_handshake_deadline_closes_a_silent_websocket(timeouts: RelayProcess) -> None:
+def test_handshake_deadline_closes_a_silent_websocket(timeouts: InProcessRelay) -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         async with raw_client(timeouts.url) as raw:
@@ -316,7 +316,7 @@ class _NoHello(ClientSession):
         return []
 
 
-def test_handshake_deadline_covers_hello(timeouts: RelayProcess) -> None:
+def test_handshake_deadline_covers_hello(timeouts: InProcessRelay) -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -330,7 +330,7 @@ def test_handshake_deadline_covers_hello(timeouts: RelayProcess) -> None:
     run(scenario())
 
 
-def test_handshake_deadline_after_the_first_noise_message(timeouts: RelayProcess) -> None:
+def test_handshake_deadline_after_the_first_noise_message(timeouts: InProcessRelay) -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()

@@ -35,7 +35,7 @@ def _encodings(secret: bytes) -> set[str]:
 
 
 def test_debug_logs_hold_no_payload_token_or_key(launcher: RelayLauncher) -> None:
-    relay = launcher.start("--log-level", "DEBUG")
+    relay = launcher.start("--log-level", "DEBUG", process=True)  # all the process writes
     keys = GroupKeys.generate()
     alice, bob, carol = (DeviceIdentity.generate() for _ in range(3))
     marker = "zkmark" + secrets.token_hex(8)

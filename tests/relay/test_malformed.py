@@ -3,9 +3,11 @@ a channel to send it on), and the relay goes on serving everyone else."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable
 
+import aiohttp
 import msgspec
 import pytest
 
@@ -26,10 +28,12 @@ from zerok.protocol import (
     ClientSession,
     ConnectionClosed,
     Event,
+    HandshakeComplete,
     SessionState,
     Variant,
+    Welcomed,
 )
-from zerok.testing import RelayProcess
+from zerok.testing import InProcessRelay
 from zerok.transport.connection import RelayConnection
 from zerok.wire import (
     BlobId,
@@ -52,7 +56,7 @@ from zerok.wire import (
 
 
 @pytest.fixture(scope="module")
-def relay(module_launcher: RelayLauncher) -> RelayProcess:
+def relay(module_launcher: RelayLauncher) -> InProcessRelay:
     return module_launcher.start()
 
 
@@ -101,7 +105,7 @@ PRE_HANDSHAKE: dict[str, tuple[Variant, Callable[[RawClient], Awaitable[None]]]]
 
 
 @pytest.mark.parametrize("case", list(PRE_HANDSHAKE))
-def test_bad_handshake_input_closes_the_connection(relay: RelayProcess, case: str) -> None:
+def test_bad_handshake_input_closes_the_connection(relay: InProcessRelay, case: str) -> None:
     variant, attack = PRE_HANDSHAKE[case]
 
     async def scenario() -> None:
@@ -225,7 +229,9 @@ AFTER_WELCOME: dict[str, Callable[[RawClient], Awaitable[None]]] = {
 
 
 @pytest.mark.parametrize("case", list(AFTER_WELCOME))
-def test_bad_input_after_welcome_gets_error_1000_and_close(relay: RelayProcess, case: str) -> None:
+def test_bad_input_after_welcome_gets_error_1000_and_close(
+    relay: InProcessRelay, case: str
+) -> None:
     async def scenario() -> None:
         keys = GroupKeys.generate()
         async with clients(relay.url) as pool:
@@ -244,7 +250,7 @@ def test_bad_input_after_welcome_gets_error_1000_and_close(relay: RelayProcess, 
     run(scenario())
 
 
-def test_error_from_the_client_ends_the_session_without_an_answer(relay: RelayProcess) -> None:
+def test_error_from_the_client_ends_the_session_without_an_answer(relay: InProcessRelay) -> None:
     async def scenario() -> None:
         keys = GroupKeys.generate()
         async with clients(relay.url) as pool:
@@ -258,7 +264,7 @@ def test_error_from_the_client_ends_the_session_without_an_answer(relay: RelayPr
     run(scenario())
 
 
-def test_oversized_websocket_message_closes_the_connection(relay: RelayProcess) -> None:
+def test_oversized_websocket_message_closes_the_connection(relay: InProcessRelay) -> None:
     async def scenario() -> None:
         keys = GroupKeys.generate()
         async with clients(relay.url) as pool:
@@ -300,7 +306,7 @@ class _ForgedProof(ClientSession):
     ids=["push-before-hello", "forged-proof"],
 )
 def test_the_first_frame_must_be_a_valid_hello(
-    relay: RelayProcess, session_type: type[ClientSession], code: ErrorCode
+    relay: InProcessRelay, session_type: type[ClientSession], code: ErrorCode
 ) -> None:
     async def scenario() -> None:
         keys = GroupKeys.generate()
@@ -327,20 +333,75 @@ class _PushRightAfterHello(ClientSession):
         return []
 
 
-def test_frame_between_hello_and_welcome_gets_error_1000(relay: RelayProcess) -> None:
+class _HelloOnly(ClientSession):
+    """Sends HELLO and leaves what comes next to the test."""
+
+    def _on_handshake_complete(self) -> list[Event]:
+        hello = make_hello(self.keys, self.handshake_hash, self.identity.device_id)
+        self._send_frame(hello, 1)
+        self.state = SessionState.AWAIT_WELCOME
+        return []
+
+
+# The relay decides a HELLO in a task while it goes on reading: a frame that it reads before
+# the WELCOME is decided is refused (ERROR 1000, the session ends); one read after it is a
+# request like any other. Which of the two a client gets for a frame sent right after HELLO
+# depends on timing; each test here makes one of them happen.
+
+
+def test_frame_between_hello_and_welcome_gets_error_1000(relay: InProcessRelay) -> None:
+    """The relay is held still while HELLO and PUSH are sent: it reads both at once, so the
+    PUSH arrives before any WELCOME can have been decided."""
+
     async def scenario() -> None:
         keys = GroupKeys.generate()
         async with raw_client(relay.url) as raw:
-            result = await raw.handshake(keys, session_type=_PushRightAfterHello)
-            if isinstance(result, ConnectionClosed):
-                assert (result.code, result.by_peer) == (ErrorCode.INVALID_MESSAGE, True)
-                return
-            # WELCOME may already be on its way; then ERROR 1000 and the close must follow.
-            frame = await raw.receive_frame(timeout=5)
-            assert frame is not None
-            assert frame.request_id == 0, frame
-            assert isinstance(frame.message, Error), frame
-            assert frame.message.code == ErrorCode.INVALID_MESSAGE
-            assert await raw.frames_until_closed(timeout=5) == []
+            result = await raw.handshake(keys, session_type=_PushRightAfterHello, hold=relay.paused)
+            assert isinstance(result, ConnectionClosed), result
+            assert (result.code, result.by_peer) == (ErrorCode.INVALID_MESSAGE, True)
+            assert await raw.raw_until_closed(timeout=5) == []
+        async with clients(relay.url) as pool:  # the group was not registered meanwhile
+            healthy = await pool.open(keys)
+            assert healthy.welcome is not None and healthy.welcome.max_cursor == 0
+            await _still_served(healthy, 1)
+
+    run(scenario())
+
+
+def test_frame_sent_before_welcome_arrived_is_answered_once_welcome_is_decided(
+    relay: InProcessRelay,
+) -> None:
+    """A PUSH sent after HELLO but before the client saw WELCOME, read by the relay after it
+    sent WELCOME: a request like any other."""
+
+    async def scenario() -> None:
+        keys = GroupKeys.generate()
+        loop = asyncio.get_running_loop()
+        async with raw_client(relay.url) as raw:
+            session = _HelloOnly(
+                DeviceIdentity.generate(),
+                keys,
+                now=loop.time(),
+                variant=raw.variant,
+                heartbeat_interval=None,
+            )
+            raw.session = session
+            await raw.send_noise(session.data_to_send()[0])
+            reply = await raw.ws.receive(timeout=5)  # handshake message 2
+            events = session.receive(reply.data, loop.time())
+            assert [type(e) for e in events] == [HandshakeComplete], events
+            for data in session.data_to_send():  # message 3 and HELLO
+                await raw.send_noise(data)
+            welcome = await raw.ws.receive(timeout=5)  # WELCOME is on its way: not read yet
+            assert welcome.type == aiohttp.WSMsgType.BINARY, welcome
+            push_id = raw.new_request_id()
+            blob_id = BlobId.random()
+            await raw.send(Push(blob_id=blob_id, ciphertext=b"right after HELLO"), push_id)
+            [welcomed] = session.receive(welcome.data, loop.time())
+            assert isinstance(welcomed, Welcomed), welcomed
+            answer = await raw.answer(push_id, timeout=5)
+            assert isinstance(answer, PushAck) and answer.blob_id == blob_id, answer
+            assert answer.cursor == 1
+            assert raw.unsolicited == []
 
     run(scenario())

@@ -1,4 +1,4 @@
-"""Several relay processes on one PostgreSQL database behave as one relay.
+"""Several relays on one PostgreSQL database behave as one relay.
 
 Device A sits on relay 1, device B on relay 2: they see one gap-free cursor sequence,
 live NOTIFYs both ways, and revocations on either relay.
@@ -110,7 +110,7 @@ def test_revocation_on_one_relay_holds_on_the_other(pg_launcher: RelayLauncher) 
 def test_a_relay_killed_and_restarted_catches_up(pg_launcher: RelayLauncher) -> None:
     shared = pg_launcher.base / "shared.db"
     one = pg_launcher.start(database=shared)
-    two = pg_launcher.start(database=shared)
+    two = pg_launcher.start(database=shared, process=True)  # to be SIGKILLed
 
     async def scenario() -> None:
         keys = GroupKeys.generate()

@@ -26,7 +26,7 @@ from tests.relay.support import (
 from zerok.crypto import DeviceIdentity, GroupKeys
 from zerok.errors import RemoteError
 from zerok.protocol import CLASSIC, HYBRID, MessageReceived, Variant
-from zerok.testing import RelayProcess
+from zerok.testing import InProcessRelay
 from zerok.transport.connection import RelayConnection
 from zerok.wire import (
     Ack,
@@ -45,7 +45,7 @@ from zerok.wire import (
 
 
 @pytest.fixture(scope="module")
-def relay(module_launcher: RelayLauncher) -> RelayProcess:
+def relay(module_launcher: RelayLauncher) -> InProcessRelay:
     return module_launcher.start()
 
 
@@ -54,7 +54,7 @@ async def _round_trip(conn: RelayConnection) -> None:
     await pull(conn, limit=1)
 
 
-def test_cursors_are_gap_free_under_concurrent_pushers(relay: RelayProcess) -> None:
+def test_cursors_are_gap_free_under_concurrent_pushers(relay: InProcessRelay) -> None:
     pushers, per_pusher = 10, 50
 
     async def scenario() -> None:
@@ -87,7 +87,7 @@ def test_cursors_are_gap_free_under_concurrent_pushers(relay: RelayProcess) -> N
     run(scenario(), timeout=60)
 
 
-def test_push_is_idempotent_by_blob_id_also_after_reconnecting(relay: RelayProcess) -> None:
+def test_push_is_idempotent_by_blob_id_also_after_reconnecting(relay: InProcessRelay) -> None:
     async def scenario() -> None:
         keys = GroupKeys.generate()
         alice = DeviceIdentity.generate()
@@ -129,7 +129,7 @@ def test_push_is_idempotent_by_blob_id_also_after_reconnecting(relay: RelayProce
     run(scenario())
 
 
-def test_notify_reaches_the_other_devices_and_not_the_sender(relay: RelayProcess) -> None:
+def test_notify_reaches_the_other_devices_and_not_the_sender(relay: InProcessRelay) -> None:
     async def scenario() -> None:
         keys = GroupKeys.generate()
         async with clients(relay.url) as pool:
@@ -154,7 +154,7 @@ def test_notify_reaches_the_other_devices_and_not_the_sender(relay: RelayProcess
     run(scenario())
 
 
-def test_pull_pages_by_limit_and_after(relay: RelayProcess) -> None:
+def test_pull_pages_by_limit_and_after(relay: InProcessRelay) -> None:
     async def scenario() -> None:
         keys = GroupKeys.generate()
         async with clients(relay.url) as pool:
@@ -184,7 +184,7 @@ def test_pull_pages_by_limit_and_after(relay: RelayProcess) -> None:
     run(scenario())
 
 
-def test_blobs_larger_than_one_noise_message_round_trip(relay: RelayProcess) -> None:
+def test_blobs_larger_than_one_noise_message_round_trip(relay: InProcessRelay) -> None:
     async def scenario() -> None:
         keys = GroupKeys.generate()
         async with clients(relay.url) as pool:
@@ -198,7 +198,7 @@ def test_blobs_larger_than_one_noise_message_round_trip(relay: RelayProcess) -> 
     run(scenario(), timeout=60)
 
 
-def test_pull_pages_are_capped_by_bytes(relay: RelayProcess) -> None:
+def test_pull_pages_are_capped_by_bytes(relay: InProcessRelay) -> None:
     """200 KiB blobs with the default 1 MiB blob limit: a page holds only some of them."""
     size, count = 200 * 1024, 8  # 1.6 MB in all, more than one 1 MiB frame
 
@@ -255,7 +255,7 @@ async def _check_byte_capped_paging(
 
 
 def test_pull_response_frames_stay_within_the_announced_frame_limit(
-    relay: RelayProcess,
+    relay: InProcessRelay,
 ) -> None:
     async def scenario() -> None:
         keys = GroupKeys.generate()
@@ -275,7 +275,7 @@ def test_pull_response_frames_stay_within_the_announced_frame_limit(
 
 
 @pytest.mark.parametrize("variant", [HYBRID, CLASSIC], ids=["hybrid", "classic"])
-def test_push_and_pull_with_each_handshake_variant(relay: RelayProcess, variant: Variant) -> None:
+def test_push_and_pull_with_each_handshake_variant(relay: InProcessRelay, variant: Variant) -> None:
     async def scenario() -> None:
         keys = GroupKeys.generate()
         async with clients(relay.url) as pool:
@@ -294,7 +294,7 @@ def test_push_and_pull_with_each_handshake_variant(relay: RelayProcess, variant:
     run(scenario())
 
 
-def test_devices_on_different_variants_share_a_group(relay: RelayProcess) -> None:
+def test_devices_on_different_variants_share_a_group(relay: InProcessRelay) -> None:
     async def scenario() -> None:
         keys = GroupKeys.generate()
         async with clients(relay.url) as pool:
@@ -310,7 +310,7 @@ def test_devices_on_different_variants_share_a_group(relay: RelayProcess) -> Non
     run(scenario())
 
 
-def test_revoked_device_is_told_disconnected_and_refused(relay: RelayProcess) -> None:
+def test_revoked_device_is_told_disconnected_and_refused(relay: InProcessRelay) -> None:
     async def scenario() -> None:
         keys = GroupKeys.generate()
         bob = DeviceIdentity.generate()
@@ -358,7 +358,7 @@ def test_revoked_device_is_told_disconnected_and_refused(relay: RelayProcess) ->
     run(scenario())
 
 
-def test_a_device_without_the_group_key_cannot_join(relay: RelayProcess) -> None:
+def test_a_device_without_the_group_key_cannot_join(relay: InProcessRelay) -> None:
     async def scenario() -> None:
         victim = GroupKeys.generate()
         async with clients(relay.url) as pool:
@@ -384,7 +384,7 @@ def test_a_device_without_the_group_key_cannot_join(relay: RelayProcess) -> None
     run(scenario())
 
 
-def test_delete_is_for_the_owner_and_force_deletes_now(relay: RelayProcess) -> None:
+def test_delete_is_for_the_owner_and_force_deletes_now(relay: InProcessRelay) -> None:
     async def scenario() -> None:
         keys = GroupKeys.generate()
         async with clients(relay.url) as pool:
@@ -417,7 +417,7 @@ def test_delete_is_for_the_owner_and_force_deletes_now(relay: RelayProcess) -> N
     run(scenario())
 
 
-def test_list_devices_reports_names_online_and_pending(relay: RelayProcess) -> None:
+def test_list_devices_reports_names_online_and_pending(relay: InProcessRelay) -> None:
     async def scenario() -> None:
         keys = GroupKeys.generate()
         async with clients(relay.url) as pool:
@@ -454,7 +454,7 @@ def test_list_devices_reports_names_online_and_pending(relay: RelayProcess) -> N
     run(scenario())
 
 
-def test_plain_http_get_and_upgrade_without_subprotocol(relay: RelayProcess) -> None:
+def test_plain_http_get_and_upgrade_without_subprotocol(relay: InProcessRelay) -> None:
     async def scenario() -> None:
         async with aiohttp.ClientSession() as http:
             async with http.get(relay.http_url + "/") as response:

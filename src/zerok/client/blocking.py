@@ -15,6 +15,7 @@ from zerok.client import sync
 from zerok.client.events import SyncEvent, SyncStatus
 from zerok.client.pairing import Invite
 from zerok.crypto.keys import KdfParams
+from zerok.protocol.backoff import ClientTiming
 from zerok.wire import BlobId, DeviceId, DeviceInfo, GroupId
 
 T = TypeVar("T")
@@ -24,7 +25,12 @@ class SyncClient:
     """``zerok.SyncClient`` with blocking methods; use it as a context manager to sync."""
 
     def __init__(
-        self, data_dir: str | os.PathLike[str], *, device_name: str | None = None, pad: bool = True
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        device_name: str | None = None,
+        pad: bool = True,
+        timing: ClientTiming | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -32,14 +38,18 @@ class SyncClient:
         )
         self._thread.start()
         self._client: sync.SyncClient = self._call(
-            self._make(data_dir, device_name=device_name, pad=pad)
+            self._make(data_dir, device_name=device_name, pad=pad, timing=timing)
         )
 
     @staticmethod
     async def _make(
-        data_dir: str | os.PathLike[str], *, device_name: str | None, pad: bool
+        data_dir: str | os.PathLike[str],
+        *,
+        device_name: str | None,
+        pad: bool,
+        timing: ClientTiming | None,
     ) -> sync.SyncClient:
-        return sync.SyncClient(data_dir, device_name=device_name, pad=pad)
+        return sync.SyncClient(data_dir, device_name=device_name, pad=pad, timing=timing)
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)

@@ -1,21 +1,26 @@
-"""What a SyncClient tells the app, for sync indicators and reactions (``client.events()``)."""
+"""What a SyncClient tells the app, for sync indicators and reactions (``client.events()``).
+
+``SyncStatus`` is defined with the rules that derive it, in ``zerok.protocol.client_core``.
+"""
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
+from zerok.protocol.client_core import SyncStatus
 from zerok.wire import BlobId, DeviceId
 
-
-class SyncStatus(enum.StrEnum):
-    """How an app should show sync state (docs/client.md)."""
-
-    OFFLINE = "offline"  # not connected and not trying (outside ``async with``)
-    CONNECTING = "connecting"  # trying to reach a relay, or waiting to retry
-    SYNCING = "syncing"  # connected; pushes waiting for their ack, or blobs to pull
-    SYNCED = "synced"  # connected; nothing waiting in either direction
-    REVOKED = "revoked"  # this device was removed from the group: it can no longer sync
+__all__ = [
+    "BlobAvailable",
+    "BlobPushed",
+    "Connected",
+    "DeviceRevoked",
+    "Disconnected",
+    "Error",
+    "StatusChanged",
+    "SyncEvent",
+    "SyncStatus",
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,8 @@ group root key, the creator's device id, the expiry and the KDF parameters.
 - Short code ``XXXX-XXXX-XXXX-XXXX`` (Crockford base32, 75 random bits and a Luhn mod 32
   check character): the first 8 characters are the mailbox lookup key sent to the relay;
   the whole code, stretched with Argon2id, is the key that seals the invite in the
-  mailbox. The relay hands the sealed invite out once and forgets it after 10 minutes.
+  mailbox. The relay hands the sealed invite out once, and not after its expiry (at
+  most 600 s from now in this client; a relay may keep it less, its ``invite_ttl``).
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 It holds the group (root key, KDF parameters, relay URLs), the saved cursor, the durable
 outbox and the ids of blobs already handed to the app (so a blob delivered twice by the
-relay reaches the app once). Writes are small and rare next to the network, so they run
-synchronously with ``synchronous=FULL``: what ``push()`` promised is on disk.
+relay reaches the app once). The client reads the last three once, when it starts, into
+its ClientCore, and writes every change back. Writes are small and rare next to the
+network, so they run synchronously with ``synchronous=FULL``: what ``push()`` promised is
+on disk.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from zerok.crypto.keys import GroupKeys, KdfParams
 from zerok.errors import StateError
-from zerok.protocol.outbox import OutboxEntry, OutboxState
+from zerok.protocol.client_core import DELIVERED_KEEP, OutboxEntry
 from zerok.wire import BlobId
 
 SCHEMA = """
@@ -36,7 +38,6 @@ CREATE TABLE IF NOT EXISTS delivered (
 ) WITHOUT ROWID;
 """
 STATE_VERSION = "1"
-DELIVERED_KEEP = 10_000  # ids remembered; older ones are below the cursor anyway
 
 
 @dataclass(frozen=True)
@@ -126,12 +127,13 @@ class LocalState:
     def cursor(self) -> int:
         return int(self.get_value("cursor") or 0)
 
-    def is_delivered(self, blob_id: bytes) -> bool:
+    def delivered_load(self) -> list[tuple[BlobId, int]]:
+        """The remembered ids of delivered blobs with their cursors, oldest first."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM delivered WHERE blob_id = ?", (blob_id,)
-            ).fetchone()
-        return row is not None
+            rows = self._db.execute(
+                "SELECT blob_id, cursor FROM delivered ORDER BY cursor"
+            ).fetchall()
+        return [(BlobId(r[0]), int(r[1])) for r in rows]
 
     def mark_delivered(self, blob_id: bytes, cursor: int) -> None:
         with self._lock:
@@ -186,11 +188,4 @@ class LocalState:
             rows = self._db.execute(
                 "SELECT blob_id, ciphertext, ttl, attempts FROM outbox ORDER BY seq"
             ).fetchall()
-        return [
-            OutboxEntry(BlobId(r[0]), bytes(r[1]), r[2], OutboxState.QUEUED, r[3]) for r in rows
-        ]
-
-    def outbox_count(self) -> int:
-        with self._lock:
-            (count,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
-        return int(count)
+        return [OutboxEntry(BlobId(r[0]), bytes(r[1]), r[2], r[3]) for r in rows]

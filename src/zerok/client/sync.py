@@ -1,11 +1,16 @@
-"""SyncClient: an app's handle on its sync group (DESIGN §6).
+"""SyncClient: an app's handle on its sync group (docs/client.md).
 
 Local first: ``push`` writes to the durable outbox before anything else and returns when
 the relay acknowledged the blob, however long that takes; the outbox survives restarts and
 every retry carries the same blob id, so the relay stores each push once. ``changes`` and
 ``pull`` save the cursor only after the app has the blobs. Inside ``async with client:``
 a background task keeps a connection to the first reachable relay, reconnecting with
-backoff (1, 2, 4, 8, 16, then 30 s, plus 0–5 s of jitter).
+backoff.
+
+The rules (what to send, what a refusal means, which blob is new, when the cursor moves,
+which relay next and when, the status) are ``zerok.protocol.ClientCore``'s. This module is
+the asyncio shell around it: it runs the connection and the tasks, tells the core what
+happened, does what the core decides, and writes each change to the local state.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -51,9 +56,10 @@ from zerok.errors import (
     StateError,
     SyncError,
 )
-from zerok.protocol import Backoff, MessageReceived
+from zerok.protocol import MessageReceived
+from zerok.protocol.backoff import ClientTiming
+from zerok.protocol.client_core import ClientCore, OutboxEntry
 from zerok.protocol.events import ConnectionClosed
-from zerok.protocol.outbox import OutboxEntry
 from zerok.transport import RelayConnection
 from zerok.wire import (
     Ack,
@@ -85,10 +91,7 @@ from zerok.wire.messages import MAX_PULL_LIMIT
 log = logging.getLogger("zerok.client")
 
 KEY_FILE = "device.key"
-MAX_IN_FLIGHT = 32  # pushes sent before their acks
-DEFAULT_MAX_BLOB = 1024 * 1024
 DEFAULT_TIMEOUT = 30.0
-RETRY_LATER = 2.0  # seconds before asking again after "rate limited" or "overloaded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +154,9 @@ class SyncClient:
         *,
         device_name: str | None = None,
         pad: bool = True,
+        timing: ClientTiming | None = None,
     ) -> None:
+        """``timing`` replaces the client's own delays (backoff, retries): a testing knob."""
         self.data_dir = Path(data_dir).expanduser()
         self._state = LocalState(self.data_dir)
         self._identity = DeviceIdentity.load_or_create(self.data_dir / KEY_FILE)
@@ -163,11 +168,16 @@ class SyncClient:
             or socket.gethostname()
         )[:64]
         self.pad = pad
+        self._core = ClientCore(
+            self._identity.device_id,
+            cursor=self._state.cursor,
+            outbox=self._state.outbox_load(),
+            delivered=self._state.delivered_load(),
+            timing=timing,
+        )
         self._keys: GroupKeys | None = None
         self._cipher: BlobCipher | None = None
-        self._relays: list[str] = []
         self._conn: RelayConnection | None = None
-        self._relay_url: str | None = None
         self._runner: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         self._connected = asyncio.Event()
@@ -175,16 +185,12 @@ class SyncClient:
         self._outbox_kick = asyncio.Event()
         self._push_waiters: dict[BlobId, list[asyncio.Future[PushResult]]] = {}
         self._subscribers: set[asyncio.Queue[SyncEvent]] = set()
-        self._status = SyncStatus.OFFLINE
-        self._revoked = False
+        self._shown_status = self._core.status  # the last one announced by StatusChanged
         self._revoked_event = asyncio.Event()
-        self._remote_pending = False  # the relay holds blobs of others beyond our cursor
         self._acks: set[asyncio.Task[None]] = set()
         self._last_failure = ""
-        self._generation = 0  # counts connections, so a waiter can tell a new one
         self._conn_changed = asyncio.Condition()
         self._background: set[asyncio.Task[None]] = set()
-        self._max_blob = DEFAULT_MAX_BLOB
         if self._state.has_group():
             self._load_group()
 
@@ -200,30 +206,30 @@ class SyncClient:
 
     @property
     def relays(self) -> list[str]:
-        return list(self._relays)
+        return list(self._core.relays)
 
     @property
     def status(self) -> SyncStatus:
-        return self._status
+        return self._core.status
 
     @property
     def last_cursor(self) -> int:
-        return self._state.cursor
+        return self._core.cursor
 
     @property
     def pending_count(self) -> int:
-        return self._state.outbox_count()
+        return self._core.pending_count
 
     def _load_group(self) -> None:
         group = self._state.load_group()
         self._keys = group.keys
         self._cipher = BlobCipher(group.keys.blob_key, group.keys.group_id)
-        self._relays = group.relays
+        self._core.relays = list(group.relays)
 
     def _require_group(self) -> tuple[GroupKeys, BlobCipher]:
         if self._keys is None or self._cipher is None:
             raise StateError("this device is in no group yet: create_group() or join() first")
-        if self._revoked:
+        if self._core.revoked:
             raise DeviceRevokedError("this device was revoked from its group")
         return self._keys, self._cipher
 
@@ -254,11 +260,11 @@ class SyncClient:
         """An invite for another device: a URL (for a QR code) and a short code."""
         keys, _ = self._require_group()
         if not 0 < ttl <= 600:
-            raise SyncError("an invite lives at most 600 seconds (the relay's mailbox limit)")
+            raise SyncError("an invite lives at most 600 seconds (the relay's default mailbox TTL)")
         expires_ms = _now_ms() + int(ttl * 1000)
         payload = InvitePayload(
             v=pairing.INVITE_VERSION,
-            relays=self._relays,
+            relays=self.relays,
             root_key=keys.root_key,
             creator=bytes(self.device_id),
             expires_at=expires_ms,
@@ -266,7 +272,7 @@ class SyncClient:
         )
         code = pairing.new_short_code()
         sealed = await asyncio.to_thread(pairing.seal_for_code, code, payload)
-        relay = self._relays[0]
+        relay = self.relays[0]
         await mailbox.post_invite(relay, pairing.code_lookup(code), sealed)
         invite = Invite(pairing.invite_url(payload), code, expires_ms / 1000, relay)
         self._state.set_value("last_invite", json.dumps([code, relay, invite.expires_at]))
@@ -326,12 +332,13 @@ class SyncClient:
         if self._runner is not None and not self._runner.done():
             return
         self._closing = asyncio.Event()
+        self._core.start()
         self._runner = asyncio.get_running_loop().create_task(self._run())
-        self._set_status(SyncStatus.CONNECTING)
+        self._publish_status()
 
     async def wait_connected(self, timeout: float | None = DEFAULT_TIMEOUT) -> None:
         """Wait until a relay accepted this device; NotConnectedError after ``timeout``."""
-        if self._revoked:
+        if self._core.revoked:
             raise DeviceRevokedError("this device was revoked from its group")
         connected = asyncio.ensure_future(self._connected.wait())
         revoked = asyncio.ensure_future(self._revoked_event.wait())
@@ -340,17 +347,16 @@ class SyncClient:
         finally:
             connected.cancel()
             revoked.cancel()
-        if self._revoked:
+        if self._core.revoked:
             raise DeviceRevokedError("this device was revoked from its group")
         if not self._connected.is_set():
             within = "in time" if timeout is None else f"within {timeout:g} s"
-            raise NotConnectedError(
-                f"no relay reachable {within} (tried {', '.join(self._relays)})"
-            )
+            raise NotConnectedError(f"no relay reachable {within} (tried {', '.join(self.relays)})")
 
     async def close(self) -> None:
         """Stop syncing. Pending pushes stay in the outbox for the next connection; callers
         still awaiting ``push()`` get NotConnectedError."""
+        self._core.stop()
         self._closing.set()
         async with self._conn_changed:
             self._conn_changed.notify_all()
@@ -358,13 +364,9 @@ class SyncClient:
             await asyncio.wait(self._acks, timeout=5)
         if self._conn is not None:
             await self._conn.close()
-        for waiters in self._push_waiters.values():
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_exception(
-                        NotConnectedError("the client closed; the push stays queued in the outbox")
-                    )
-        self._push_waiters.clear()
+        self._fail_pushes(
+            lambda: NotConnectedError("the client closed; the push stays queued in the outbox")
+        )
         if self._runner is not None:
             # It ends by itself once its connection closed; a connection attempt still in
             # progress (up to its timeout) is cut short.
@@ -374,35 +376,25 @@ class SyncClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
             self._runner = None
-        if not self._revoked:
-            self._set_status(SyncStatus.OFFLINE)
+        self._publish_status()
 
     def close_state(self) -> None:
         """Release the local state file (after ``close``)."""
         self._state.close()
 
     async def _run(self) -> None:
-        backoff = Backoff()
-        while not self._closing.is_set() and not self._revoked:
-            last_url, reason = None, "no relay reachable"
-            for url in self._relays:
-                if self._closing.is_set():
-                    return
-                conn = await self._open(url)
-                last_url = url
-                if conn is None:
-                    reason = self._last_failure
-                    continue
-                backoff.reset()
-                reason = await self._serve(conn, url)
-                break
-            if self._closing.is_set() or self._revoked:
-                return
-            # After a live connection too (the schedule restarted there): its jitter keeps a
-            # restarting relay's devices from all coming back at the same instant.
-            delay = backoff.next_delay()
-            self._emit(Disconnected(last_url, reason, delay))
-            self._set_status(SyncStatus.CONNECTING)
+        core = self._core
+        while core.active:
+            url = core.relay_to_try()
+            conn = await self._open(url)
+            if conn is None:
+                reason, delay = self._last_failure, core.connect_failed()
+            else:
+                reason, delay = await self._serve(conn, url)
+            if delay is None or not core.active:
+                continue
+            self._emit(Disconnected(url, reason, delay))
+            self._publish_status()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), delay)
 
@@ -414,7 +406,7 @@ class SyncClient:
                 self._identity,
                 keys,
                 device_name=self.device_name,
-                last_cursor=self._state.cursor,
+                last_cursor=self._core.cursor,
             )
         except RemoteError as exc:
             self._last_failure = f"{url} refused the connection: {exc.message}"
@@ -428,21 +420,18 @@ class SyncClient:
             log.info("%s", self._last_failure)
             return None
 
-    async def _serve(self, conn: RelayConnection, url: str) -> str:
-        """Run one connection until it ends; return why it ended."""
-        self._conn, self._relay_url = conn, url
+    async def _serve(self, conn: RelayConnection, url: str) -> tuple[str, float]:
+        """Run one connection until it ends; return why, and the delay before the next."""
+        self._conn = conn
         welcome = conn.welcome
         assert welcome is not None
-        if welcome.limits.max_blob_size:
-            self._max_blob = welcome.limits.max_blob_size
-        self._remote_pending = welcome.pending > 0
+        self._core.connected(pending=welcome.pending, max_blob=welcome.limits.max_blob_size)
         self._connected.set()
         async with self._conn_changed:
-            self._generation += 1
             self._conn_changed.notify_all()
         self._emit(Connected(url))
         self._new_data.set()
-        self._refresh_status()
+        self._publish_status()
         sender = asyncio.get_running_loop().create_task(self._send_outbox(conn))
         reason = f"{url} closed the connection"
         try:
@@ -456,60 +445,49 @@ class SyncClient:
                     elif event.code is not None and event.by_peer:
                         self._emit(Error(event.code, event.reason))
         finally:
+            # First, before any await: pushes in flight go back in line even if cancelled.
+            delay = self._core.disconnected()
+            self._connected.clear()
+            self._conn = None
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
-            self._connected.clear()
-            self._conn = None
             await conn.close()
-        return reason
+        return reason, delay
 
     def _on_message(self, message: Message) -> None:
         if isinstance(message, Notify):
-            if message.sender != self.device_id and message.cursor > self._state.cursor:
-                self._remote_pending = True
+            if self._core.notified(message.sender, message.cursor):
                 self._emit(BlobAvailable(message.cursor, message.blob_id, message.sender))
             self._new_data.set()
-            self._refresh_status()
+            self._publish_status()
         elif isinstance(message, DeviceRevokedMessage):
             self._become_revoked(message.device_id, message.revoked_by, message.reason.value)
         elif isinstance(message, ErrorMessage):
             self._emit(Error(message.code, message.message))
 
     def _become_revoked(self, device_id: DeviceId, by: DeviceId, reason: str) -> None:
+        if not self._core.device_revoked(device_id):
+            return
         this = device_id == self.device_id
-        if this and self._revoked:
-            return  # told already (DEVICE_REVOKED, then the relay's refusal)
         self._emit(DeviceRevoked(device_id, by, reason, this))
         if this:
-            self._revoked = True
             self._revoked_event.set()
             waking = asyncio.get_running_loop().create_task(self._wake_connection_waiters())
             self._background.add(waking)
             waking.add_done_callback(self._background.discard)
             self._closing.set()
-            self._set_status(SyncStatus.REVOKED)
-            for waiters in self._push_waiters.values():
-                for fut in waiters:
-                    if not fut.done():
-                        fut.set_exception(DeviceRevokedError("this device was revoked"))
+            self._publish_status()
+            self._fail_pushes(lambda: DeviceRevokedError("this device was revoked"))
 
     # -- status and events ------------------------------------------------------------------
 
-    def _set_status(self, status: SyncStatus) -> None:
-        if status != self._status:
-            self._status = status
-            self._emit(StatusChanged(status, self.pending_count))
-
-    def _refresh_status(self) -> None:
-        if self._revoked:
-            return
-        if self._conn is None:
-            self._set_status(SyncStatus.CONNECTING if self._runner else SyncStatus.OFFLINE)
-        elif self.pending_count or self._remote_pending:
-            self._set_status(SyncStatus.SYNCING)
-        else:
-            self._set_status(SyncStatus.SYNCED)
+    def _publish_status(self) -> None:
+        """Announce the core's status if it changed; call after anything that may change it."""
+        status = self._core.status
+        if status != self._shown_status:
+            self._shown_status = status
+            self._emit(StatusChanged(status, self._core.pending_count))
 
     def _emit(self, event: SyncEvent) -> None:
         for queue in self._subscribers:
@@ -527,94 +505,81 @@ class SyncClient:
         _, cipher = self._require_group()
         blob_id = BlobId.random()
         sealed = cipher.seal(bytes(data), blob_id=blob_id, sender=self.device_id, pad=self.pad)
-        if len(sealed) > self._max_blob:
+        if not self._core.fits(len(sealed)):
             raise BlobTooLargeError(
                 f"{len(data):,} bytes seal to {len(sealed):,} (with encryption overhead and "
-                f"padding), over the relay's limit of {self._max_blob:,} bytes per blob"
+                f"padding), over the relay's limit of {self._core.max_blob:,} bytes per blob"
             )
         entry = OutboxEntry(blob_id, sealed, int(ttl or 0))
         self._state.outbox_add(entry, _now_ms())  # durable before anything else
+        self._core.add(entry)
         fut: asyncio.Future[PushResult] = asyncio.get_running_loop().create_future()
         self._push_waiters.setdefault(blob_id, []).append(fut)
-        self._refresh_status()
+        self._publish_status()
         self._outbox_kick.set()
         return await fut
 
     async def _send_outbox(self, conn: RelayConnection) -> None:
-        slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        in_flight: set[BlobId] = set()
-        tasks: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
         while not conn.closed:
             self._outbox_kick.clear()
-            for entry in self._state.outbox_load():
-                if entry.blob_id in in_flight:
-                    continue
-                await slots.acquire()
-                if conn.closed:
-                    return
-                in_flight.add(entry.blob_id)
-                task = asyncio.get_running_loop().create_task(
-                    self._push_one(conn, entry, slots, in_flight)
-                )
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            await self._outbox_kick.wait()
+            for entry in self._core.next_pushes(loop.time()):
+                self._state.outbox_attempt(entry.blob_id)
+                task = loop.create_task(self._push_one(conn, entry))
+                # Not cancelled with the connection: its request fails with it, promptly.
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            wake = self._core.next_retry(loop.time())
+            timeout = None if wake is None else max(0.0, wake - loop.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._outbox_kick.wait(), timeout)
 
-    async def _push_one(
-        self,
-        conn: RelayConnection,
-        entry: OutboxEntry,
-        slots: asyncio.Semaphore,
-        in_flight: set[BlobId],
-    ) -> None:
+    async def _push_one(self, conn: RelayConnection, entry: OutboxEntry) -> None:
         try:
-            self._state.outbox_attempt(entry.blob_id)
             reply = await conn.request(
                 Push(blob_id=entry.blob_id, ciphertext=entry.ciphertext, ttl=entry.ttl)
             )
-            assert isinstance(reply, PushAck)
-            self._state.outbox_remove(entry.blob_id)
-            result = PushResult(entry.blob_id, reply.cursor)
-            for fut in self._push_waiters.pop(entry.blob_id, []):
-                if not fut.done():
-                    fut.set_result(result)
-            self._emit(BlobPushed(entry.blob_id, reply.cursor))
-            self._refresh_status()
         except RemoteError as exc:
-            await self._push_refused(entry, exc)
+            self._push_refused(entry, exc)
         except FrameTooLargeError as exc:  # refused before sending: final, like a 2001
-            await self._push_refused(entry, RemoteError(ErrorCode.BLOB_TOO_LARGE, str(exc)))
-        except (ConnectError, SyncError):
-            pass  # the connection dropped: the entry stays queued for the next one
+            self._push_refused(entry, RemoteError(ErrorCode.BLOB_TOO_LARGE, str(exc)))
+        except ConnectError:  # the connection dropped before the answer
+            self._core.push_lost(entry)
+        else:
+            assert isinstance(reply, PushAck)
+            if self._core.push_acked(entry.blob_id):
+                self._state.outbox_remove(entry.blob_id)
+                self._settle_pushes(entry.blob_id, PushResult(entry.blob_id, reply.cursor))
+                self._emit(BlobPushed(entry.blob_id, reply.cursor))
+                self._publish_status()
         finally:
-            in_flight.discard(entry.blob_id)
-            slots.release()
+            self._outbox_kick.set()  # a slot is free, or the entry is back in line
 
-    async def _push_refused(self, entry: OutboxEntry, exc: RemoteError) -> None:
-        if exc.code in (ErrorCode.RATE_LIMITED, ErrorCode.RELAY_OVERLOADED):
-            await asyncio.sleep(1.0)  # the relay said: later. The entry stays queued.
-            self._outbox_kick.set()
-            return
-        if exc.code == ErrorCode.GROUP_QUOTA_EXCEEDED:
-            self._emit(Error(exc.code, exc.message))  # stays queued: space frees up over time
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), 30.0)
-            self._outbox_kick.set()
-            return
-        if exc.code not in (ErrorCode.BLOB_TOO_LARGE, ErrorCode.INVALID_MESSAGE):
-            # Not about this blob (unknown code, the relay's state): keep it and retry.
-            self._emit(Error(exc.code, f"push {entry.blob_id} not accepted yet: {exc.message}"))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), 5.0)
-            self._outbox_kick.set()
-            return
-        # Refused for what it is: final, it would be refused again.
-        self._state.outbox_remove(entry.blob_id)
-        self._emit(Error(exc.code, f"push {entry.blob_id} refused: {exc.message}"))
-        for fut in self._push_waiters.pop(entry.blob_id, []):
-            if not fut.done():
-                fut.set_exception(exc)
-        self._refresh_status()
+    def _push_refused(self, entry: OutboxEntry, exc: RemoteError) -> None:
+        now = asyncio.get_running_loop().time()
+        refusal = self._core.push_refused(
+            entry, exc.code, exc.message, now, retry_after=exc.retry_after
+        )
+        if refusal.report is not None:
+            self._emit(Error(exc.code, refusal.report))
+        if refusal.final:
+            self._state.outbox_remove(entry.blob_id)
+            self._settle_pushes(entry.blob_id, exc)
+            self._publish_status()
+
+    def _settle_pushes(self, blob_id: BlobId, outcome: PushResult | SyncError) -> None:
+        for fut in self._push_waiters.pop(blob_id, []):
+            if fut.done():
+                continue
+            if isinstance(outcome, PushResult):
+                fut.set_result(outcome)
+            else:
+                fut.set_exception(outcome)
+
+    def _fail_pushes(self, error: Callable[[], SyncError]) -> None:
+        """Every waiting ``push()`` raises a new ``error()``; the outbox stays as it is."""
+        for blob_id in list(self._push_waiters):
+            self._settle_pushes(blob_id, error())
 
     # -- pulling ----------------------------------------------------------------------------
 
@@ -640,24 +605,26 @@ class SyncClient:
         conn = await self._connection()
         reply = await conn.request(Pull(after=after, limit=limit))
         assert isinstance(reply, PullResponse)
-        if not reply.has_more and after >= self._state.cursor:
-            self._remote_pending = False  # this page reaches the end of what the relay has
+        self._core.page_fetched(after, reply.has_more)
+        self._publish_status()
         return reply
 
-    def _acknowledge(self, cursor: int, *, tell_relay: bool = True) -> None:
-        """Save the cursor, then tell the relay (so it may free what everyone has)."""
-        self._state.save_cursor(cursor)
+    def _delivered(self, blob: Blob) -> None:
+        self._core.delivered(blob.blob_id, blob.cursor)
+        self._state.mark_delivered(blob.blob_id, blob.cursor)
+
+    def _confirm(self, cursor: int) -> None:
+        if self._core.confirm(cursor):
+            self._state.save_cursor(cursor)
+
+    def _acknowledge(self) -> None:
+        """Tell the relay the saved cursor after a page, so it may free what everyone has."""
         conn = self._conn
-        if tell_relay and conn is not None and not conn.closed:
-            task = asyncio.get_running_loop().create_task(conn.send(Ack(cursor=cursor)))
+        if conn is not None and not conn.closed:
+            task = asyncio.get_running_loop().create_task(conn.send(Ack(cursor=self._core.cursor)))
             self._acks.add(task)
             task.add_done_callback(self._acks.discard)
             task.add_done_callback(_ignore_result)
-        self._refresh_status()
-
-    def _seen(self, stored: StoredBlob) -> bool:
-        """This device's own blob, or one already handed to the app."""
-        return stored.sender == self.device_id or self._state.is_delivered(stored.blob_id)
 
     async def pull(self, after: int | None = None, limit: int = 100) -> PullResult:
         """One page of blobs after ``after``. With ``after=None`` it continues from the saved
@@ -666,19 +633,20 @@ class SyncClient:
         if not 1 <= limit <= MAX_PULL_LIMIT:
             raise SyncError(f"limit must be 1..{MAX_PULL_LIMIT}, not {limit}")
         resume = after is None
-        start = self._state.cursor if after is None else after
+        start = self._core.cursor if after is None else after
         reply = await self._fetch(start, limit)
         blobs: list[Blob] = []
         for stored in reply.blobs:
-            if resume and self._seen(stored):
+            if resume and not self._core.is_new(stored):
                 continue
             blob = self._open_blob(stored)
             if blob is not None:
                 blobs.append(blob)
         if resume and reply.blobs:
             for blob in blobs:
-                self._state.mark_delivered(blob.blob_id, blob.cursor)
-            self._acknowledge(reply.blobs[-1].cursor)
+                self._delivered(blob)
+            self._confirm(reply.blobs[-1].cursor)
+            self._acknowledge()
         return PullResult(blobs, reply.has_more, reply.max_cursor)
 
     async def changes(self) -> AsyncIterator[Blob]:
@@ -686,33 +654,33 @@ class SyncClient:
         moves past a blob once the loop body that received it asks for the next one."""
         while True:
             self._new_data.clear()
-            generation = self._generation
+            connections = self._core.connections
             try:
-                reply = await self._fetch(self._state.cursor, 100)
+                reply = await self._fetch(self._core.cursor, 100)
             except (NotConnectedError, ConnectError):
                 # Offline or dropped mid-fetch: wait for the next connection and go on.
                 if self._runner is None or self._closing.is_set():
                     raise
-                await self._wait_new_connection(generation)
+                await self._wait_new_connection(connections)
                 continue
             except RemoteError as exc:
                 if exc.code == ErrorCode.DEVICE_REVOKED:
                     raise DeviceRevokedError("this device was revoked from its group") from None
                 # Rate limited or the relay busy: the relay said later, so later it is.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closing.wait(), RETRY_LATER)
+                    await asyncio.wait_for(self._closing.wait(), self._core.timing.pull_retry)
                 if self._closing.is_set():
                     raise NotConnectedError("the client was closed") from None
                 continue
             for stored in reply.blobs:
-                if not self._seen(stored):
+                if self._core.is_new(stored):
                     blob = self._open_blob(stored)
                     if blob is not None:
                         yield blob  # resumes when the app is done with it
-                        self._state.mark_delivered(blob.blob_id, blob.cursor)
-                self._acknowledge(stored.cursor, tell_relay=False)
+                        self._delivered(blob)
+                self._confirm(stored.cursor)
             if reply.blobs:
-                self._acknowledge(reply.blobs[-1].cursor)
+                self._acknowledge()
             if reply.has_more:
                 continue
             await self._wait_new_data()
@@ -721,13 +689,14 @@ class SyncClient:
         async with self._conn_changed:
             self._conn_changed.notify_all()
 
-    async def _wait_new_connection(self, generation: int) -> None:
-        """Wait for a connection newer than ``generation`` (or revocation, or close)."""
+    async def _wait_new_connection(self, connections: int) -> None:
+        """Wait for a connection after the first ``connections`` (or revocation, or close)."""
+        core = self._core
         async with self._conn_changed:
             await self._conn_changed.wait_for(
-                lambda: self._generation > generation or self._revoked or self._closing.is_set()
+                lambda: core.connections > connections or core.revoked or self._closing.is_set()
             )
-        if self._revoked:
+        if core.revoked:
             raise DeviceRevokedError("this device was revoked from its group")
         if self._closing.is_set():
             raise NotConnectedError("the client was closed")
@@ -740,7 +709,7 @@ class SyncClient:
         finally:
             closing.cancel()
             new.cancel()
-        if self._revoked:
+        if self._core.revoked:
             raise DeviceRevokedError("this device was revoked from its group")
         if self._closing.is_set() and not self._new_data.is_set():
             raise NotConnectedError("the client was closed")

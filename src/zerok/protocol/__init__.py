@@ -1,8 +1,8 @@
 """Sans-I/O protocol core: session state machines and the pure helpers around them."""
 
-from zerok.protocol.backoff import Backoff
+from zerok.protocol.backoff import Backoff, ClientTiming
 from zerok.protocol.client import ClientSession
-from zerok.protocol.cursor import CursorTracker
+from zerok.protocol.client_core import ClientCore
 from zerok.protocol.events import (
     ConnectionClosed,
     Event,
@@ -14,7 +14,6 @@ from zerok.protocol.events import (
     ResponseReceived,
     Welcomed,
 )
-from zerok.protocol.outbox import Outbox, OutboxEntry, OutboxState
 from zerok.protocol.relay import RelaySession
 from zerok.protocol.session import SessionState
 from zerok.protocol.variants import CLASSIC, HYBRID, SUBPROTOCOLS, Variant, variant_for
@@ -24,16 +23,14 @@ __all__ = [
     "HYBRID",
     "SUBPROTOCOLS",
     "Backoff",
+    "ClientCore",
     "ClientSession",
+    "ClientTiming",
     "ConnectionClosed",
-    "CursorTracker",
     "Event",
     "HandshakeComplete",
     "HelloReceived",
     "MessageReceived",
-    "Outbox",
-    "OutboxEntry",
-    "OutboxState",
     "RelaySession",
     "RequestFailed",
     "RequestReceived",

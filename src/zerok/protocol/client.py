@@ -180,7 +180,9 @@ class ClientSession(Session):
                 ErrorCode.INVALID_MESSAGE, f"response to unknown request id {request_id}"
             )
         if isinstance(message, Error):
-            events: list[Event] = [RequestFailed(request_id, message.code, message.message)]
+            events: list[Event] = [
+                RequestFailed(request_id, message.code, message.message, message.retry_after)
+            ]
             if _is_fatal(message.code):
                 events += self._close(message.code, message.message, by_peer=True)
             return events

@@ -59,6 +59,7 @@ class RequestFailed(Event):
     request_id: int
     code: int
     message: str
+    retry_after: int = 0  # seconds, for RATE_LIMITED and RELAY_OVERLOADED
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Transport variants, negotiated by WebSocket subprotocol name (DESIGN §3)."""
+"""Transport variants, negotiated by WebSocket subprotocol name (docs/protocol.md §3.1)."""
 
 from __future__ import annotations
 

@@ -160,7 +160,9 @@ class RelayConnection:
             elif isinstance(event, RequestFailed):
                 fut = self._waiting.pop(event.request_id, None)
                 if fut is not None and not fut.done():
-                    fut.set_exception(RemoteError(event.code, event.message))
+                    fut.set_exception(
+                        RemoteError(event.code, event.message, retry_after=event.retry_after)
+                    )
             elif isinstance(event, ConnectionClosed):
                 self.closed_event = event
                 error: SyncError = (

@@ -1,0 +1,184 @@
+"""``LocalState``: a device's state file, directly (the client tests reach it end to end).
+
+Kept to the state's own promises: the outbox keeps its order and counts attempts, the
+cursor never moves backwards, delivered ids are pruned to the newest ``DELIVERED_KEEP``, a
+group record survives a reopen and a corrupt or newer file is a StateError, the file is
+its owner's only. The delivered table is read with SQL: how the client reads it back is
+the client's business.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from zerok.client.state import STATE_VERSION, LocalState
+from zerok.crypto.keys import GroupKeys, KdfParams
+from zerok.errors import StateError
+from zerok.protocol.client_core import DELIVERED_KEEP, OutboxEntry
+from zerok.wire import BlobId
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[LocalState]:
+    opened = LocalState(tmp_path / "device")
+    yield opened
+    opened.close()
+
+
+def entry(n: int) -> OutboxEntry:
+    return OutboxEntry(blob_id=BlobId(bytes([n]) * 16), ciphertext=b"sealed %d" % n, ttl=n)
+
+
+def outbox(state: LocalState) -> list[tuple[BlobId, bytes, int, int]]:
+    return [(e.blob_id, e.ciphertext, e.ttl, e.attempts) for e in state.outbox_load()]
+
+
+def deliver(state: LocalState, cursors: range) -> None:
+    """Mark blobs delivered: the bulk in one transaction (one fsync), the last few one by
+    one through the state's own method."""
+    *bulk, last = [(c.to_bytes(16, "big"), c) for c in cursors]
+    with sqlite3.connect(state.path) as db:
+        db.executemany("INSERT INTO delivered (blob_id, cursor) VALUES (?, ?)", bulk[:-3])
+    for blob_id, cursor in [*bulk[-3:], last]:
+        state.mark_delivered(blob_id, cursor)
+
+
+def delivered_rows(state: LocalState) -> list[tuple[bytes, int]]:
+    with sqlite3.connect(state.path) as db:
+        rows = db.execute("SELECT blob_id, cursor FROM delivered ORDER BY cursor").fetchall()
+    return [(bytes(r[0]), int(r[1])) for r in rows]
+
+
+def test_outbox_keeps_the_order_of_adding_counts_attempts_and_survives_a_reopen(
+    tmp_path: Path,
+) -> None:
+    state = LocalState(tmp_path)
+    for n in (3, 1, 2):  # ids out of order: the order is the adding order
+        state.outbox_add(entry(n), now_ms=1000 + n)
+    state.outbox_attempt(entry(1).blob_id)
+    state.outbox_attempt(entry(1).blob_id)
+    state.outbox_attempt(BlobId(bytes(16)))  # not queued: nothing happens
+    state.outbox_remove(entry(3).blob_id)
+    state.outbox_remove(entry(3).blob_id)  # already gone: nothing happens
+    state.close()
+
+    again = LocalState(tmp_path)
+    try:
+        assert outbox(again) == [
+            (entry(1).blob_id, b"sealed 1", 1, 2),
+            (entry(2).blob_id, b"sealed 2", 2, 0),
+        ]
+        again.outbox_add(entry(3), now_ms=2000)  # re-added: goes to the end
+        assert [e.blob_id for e in again.outbox_load()] == [
+            entry(1).blob_id,
+            entry(2).blob_id,
+            entry(3).blob_id,
+        ]
+        with pytest.raises(sqlite3.IntegrityError):  # one entry per blob id
+            again.outbox_add(entry(2), now_ms=3000)
+    finally:
+        again.close()
+
+
+def test_cursor_never_moves_backwards(state: LocalState) -> None:
+    assert state.cursor == 0
+    state.save_cursor(5)
+    assert state.cursor == 5
+    state.save_cursor(3)
+    assert state.cursor == 5
+    state.save_cursor(5)
+    assert state.cursor == 5
+    state.save_cursor(9)
+    assert state.cursor == 9
+
+
+def test_delivered_ids_are_pruned_to_the_newest_delivered_keep(state: LocalState) -> None:
+    total = DELIVERED_KEEP + 5
+    deliver(state, range(1, total + 1))
+    state.mark_delivered((1).to_bytes(16, "big"), 1)  # again: still one row
+    assert len(delivered_rows(state)) == total
+    state.save_cursor(total)
+    rows = delivered_rows(state)
+    assert [cursor for _, cursor in rows] == list(range(6, total + 1))
+    assert rows[0] == ((6).to_bytes(16, "big"), 6)
+
+
+def test_delivered_ids_above_the_saved_cursor_are_kept(state: LocalState) -> None:
+    deliver(state, range(1, DELIVERED_KEEP + 11))
+    state.save_cursor(5)  # ids past the cursor stay, however many there are
+    rows = delivered_rows(state)
+    assert [cursor for _, cursor in rows] == list(range(6, DELIVERED_KEEP + 11))
+
+
+def test_delivered_ids_read_back_oldest_first(state: LocalState) -> None:
+    """What the client loads into its ClientCore when it starts."""
+    for cursor in (3, 1, 2):
+        state.mark_delivered(BlobId(bytes([cursor]) * 16), cursor)
+    loaded = state.delivered_load()
+    assert loaded == [(BlobId(bytes([c]) * 16), c) for c in (1, 2, 3)]
+    assert all(isinstance(blob_id, BlobId) for blob_id, _ in loaded)
+
+
+def test_group_round_trips_and_relays_can_change(tmp_path: Path) -> None:
+    kdf = KdfParams(memory_kib=8 * 1024, iterations=1)
+    keys = GroupKeys(os.urandom(32), kdf)
+    state = LocalState(tmp_path)
+    assert not state.has_group()
+    with pytest.raises(StateError, match="no group"):
+        state.load_group()
+    state.save_group(keys, ["ws://a.example/", "ws://b.example/"])
+    state.close()
+
+    again = LocalState(tmp_path)
+    try:
+        assert again.has_group()
+        group = again.load_group()
+        assert group.keys.root_key == keys.root_key
+        assert group.keys.group_id == keys.group_id
+        assert group.kdf == kdf
+        assert group.relays == ["ws://a.example/", "ws://b.example/"]
+        again.set_relays(["ws://c.example/"])
+        assert again.load_group().relays == ["ws://c.example/"]
+        assert again.load_group().keys.root_key == keys.root_key
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        "not json",
+        '{"relays": []}',
+        '{"root_key": "zz", "relays": [], "kdf": null}',
+        '{"root_key": "%s", "relays": 5, "kdf": null}' % ("00" * 32),
+    ],
+    ids=["not-json", "no-root-key", "bad-hex", "relays-not-a-list"],
+)
+def test_corrupt_group_record_is_a_state_error(state: LocalState, record: str) -> None:
+    state.set_value("group", record)
+    with pytest.raises(StateError, match="corrupt"):
+        state.load_group()
+
+
+def test_state_of_a_newer_version_is_refused(tmp_path: Path) -> None:
+    state = LocalState(tmp_path)
+    assert state.get_value("state_version") == STATE_VERSION
+    state.set_value("state_version", str(int(STATE_VERSION) + 1))
+    state.close()
+    with pytest.raises(StateError, match="newer"):
+        LocalState(tmp_path)
+
+
+def test_state_file_is_for_its_owner_only(tmp_path: Path) -> None:
+    state = LocalState(tmp_path / "new")
+    try:
+        assert stat.S_IMODE(state.path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(state.dir.stat().st_mode) == 0o700
+    finally:
+        state.close()
