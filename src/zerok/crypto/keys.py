@@ -62,7 +62,7 @@ class KdfParams:
 
     @classmethod
     def default(cls) -> KdfParams:
-        """64 MiB, t=3, p=1 (DESIGN §3)."""
+        """64 MiB, t=3, p=1 (docs/protocol.md §8.1)."""
         return cls()
 
     @classmethod

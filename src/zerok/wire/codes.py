@@ -1,4 +1,4 @@
-"""Protocol constants: message type numbers and error codes (DESIGN §4)."""
+"""Protocol constants: message type numbers and error codes (docs/protocol.md §6 and §10)."""
 
 from __future__ import annotations
 
