@@ -1,4 +1,5 @@
-"""PostgreSQL storage: several relays share one database (DESIGN §5, scale-out).
+"""PostgreSQL storage: several relays share one database (docs/operations.md, "PostgreSQL
+and several relays").
 
 What each operation does is shared with SQLite (``common``). Cursors stay gap-free across
 relays because a PUSH takes the group's row lock (``UPDATE groups ... RETURNING
