@@ -8,11 +8,13 @@ it. Each test here fails, naming what is missing, when one of these is forgotten
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
 import pytest
 
+import zerok
 from zerok.errors import LocalProtocolError
 from zerok.protocol import client as client_session
 from zerok.protocol import relay as relay_session
@@ -31,6 +33,9 @@ from zerok.relay.service import RelayService
 from zerok.wire import ALL_MESSAGES, Error, Hello, Message
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text("utf-8")
+SRC = Path(zerok.__file__).resolve().parent
+# Where the client builds the messages it sends: its API and its connection's session.
+CLIENT_SOURCES = [*sorted((SRC / "client").glob("*.py")), SRC / "protocol" / "client.py"]
 
 
 def _name(spec: Spec) -> str:
@@ -72,6 +77,28 @@ def test_every_request_has_an_answer_the_relay_may_send(spec: Spec) -> None:
     assert ANSWERS[spec.message] is spec.answer, f"the client expects no answer to {_name(spec)}"
     assert spec.answer in RELAY_MESSAGES, (
         f"{_display(spec.answer)} answers {_name(spec)} but the relay may not send it"
+    )
+
+
+def _built_by_the_client() -> set[str]:
+    """Names of the classes the client's code calls (``Push(...)``, ``wire.Push(...)``)."""
+    names: set[str] = set()
+    for path in CLIENT_SOURCES:
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.Call):
+                func = node.func
+                if isinstance(func, ast.Name):
+                    names.add(func.id)
+                elif isinstance(func, ast.Attribute):
+                    names.add(func.attr)
+    return names
+
+
+@pytest.mark.parametrize("spec", [s for s in CATALOG if s.is_request and not s.opening], ids=_name)
+def test_every_request_is_sent_by_the_client(spec: Spec) -> None:
+    assert spec.message.__name__ in _built_by_the_client(), (
+        f"no client code sends {_name(spec)}: add the SyncClient method that does "
+        "(zerok/client/sync.py) and document it in docs/client.md"
     )
 
 
