@@ -117,7 +117,32 @@ class RunningRelay(Protocol):
     def output(self) -> str: ...
 
 
-class RelayProcess:
+class _RelayOutput:
+    """What both kinds of test relay derive from their address and their output."""
+
+    address: str | None
+
+    def stdout(self) -> str:
+        raise NotImplementedError
+
+    def stderr(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        assert self.address is not None, "relay not ready"
+        return f"ws://{self.address}/"
+
+    @property
+    def http_url(self) -> str:
+        assert self.address is not None, "relay not ready"
+        return f"http://{self.address}"
+
+    def output(self) -> str:
+        return f"--- stdout\n{self.stdout()}--- stderr\n{self.stderr()}"
+
+
+class RelayProcess(_RelayOutput):
     """One ``zerok relay`` child process; stdout is read by a thread, stderr goes to a file."""
 
     def __init__(
@@ -170,16 +195,6 @@ class RelayProcess:
         return self
 
     @property
-    def url(self) -> str:
-        assert self.address is not None, "relay not ready"
-        return f"ws://{self.address}/"
-
-    @property
-    def http_url(self) -> str:
-        assert self.address is not None, "relay not ready"
-        return f"http://{self.address}"
-
-    @property
     def running(self) -> bool:
         return self.proc.poll() is None
 
@@ -217,9 +232,6 @@ class RelayProcess:
         if not self._stderr.closed:
             self._stderr.flush()
         return self.stderr_path.read_text("utf-8", "replace")
-
-    def output(self) -> str:
-        return f"--- stdout\n{self.stdout()}--- stderr\n{self.stderr()}"
 
 
 @contextlib.contextmanager
@@ -350,7 +362,7 @@ class _RelayLogs(logging.Handler):
 _LOGS = _RelayLogs()
 
 
-class InProcessRelay:
+class InProcessRelay(_RelayOutput):
     """The real relay in a thread of this process, with its own event loop.
 
     ``argv`` are ``zerok relay`` options; ``env`` stands for the environment (SYNC_RELAY_*
@@ -482,16 +494,6 @@ class InProcessRelay:
         return self
 
     @property
-    def url(self) -> str:
-        assert self.address is not None, "relay not ready"
-        return f"ws://{self.address}/"
-
-    @property
-    def http_url(self) -> str:
-        assert self.address is not None, "relay not ready"
-        return f"http://{self.address}"
-
-    @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
@@ -536,9 +538,6 @@ class InProcessRelay:
         """The relay's log records and a failure to start, as ``zerok relay`` writes them."""
         with self._lock:
             return "".join(self._stderr)
-
-    def output(self) -> str:
-        return f"--- stdout\n{self.stdout()}--- stderr\n{self.stderr()}"
 
     # -- in the relay's loop --------------------------------------------------------------
 

@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +27,8 @@ RELAY_ARGS = ("--invites-per-minute", "0")
 
 
 @pytest.fixture(scope="module")
-def cli_launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayLauncher]:
-    relays = RelayLauncher(tmp_path_factory.mktemp("cli-relays"))
-    try:
-        yield relays
-    finally:
-        relays.close()
-
-
-@pytest.fixture(scope="module")
-def relay(cli_launcher: RelayLauncher) -> InProcessRelay:
-    return cli_launcher.start(*RELAY_ARGS)
-
-
-@pytest.fixture
-def launcher(tmp_path: Path) -> Iterator[RelayLauncher]:
-    relays = RelayLauncher(tmp_path / "relays")
-    try:
-        yield relays
-    finally:
-        relays.close()
+def relay(module_launcher: RelayLauncher) -> InProcessRelay:
+    return module_launcher.start(*RELAY_ARGS)
 
 
 def zerok(home: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, TypeVar, overload
@@ -209,25 +209,6 @@ async def connected(*clients: SyncClient, timeout: float = EVENT_TIMEOUT) -> Non
         await client.connect()
     for client in clients:
         await client.wait_connected(timeout)
-
-
-@pytest.fixture
-def launcher(tmp_path: Path) -> Iterator[RelayLauncher]:
-    """Starts relays for one test; all of them are stopped when the test ends."""
-    relays = RelayLauncher(tmp_path / "relays")
-    try:
-        yield relays
-    finally:
-        relays.close()
-
-
-@pytest.fixture(scope="module")
-def module_launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayLauncher]:
-    relays = RelayLauncher(tmp_path_factory.mktemp("relays"))
-    try:
-        yield relays
-    finally:
-        relays.close()
 
 
 @pytest.fixture(scope="module")

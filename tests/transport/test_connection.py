@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -40,17 +40,8 @@ from zerok.wire import (
 
 
 @pytest.fixture(scope="module")
-def launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayLauncher]:
-    relays = RelayLauncher(tmp_path_factory.mktemp("relays"))
-    try:
-        yield relays
-    finally:
-        relays.close()
-
-
-@pytest.fixture(scope="module")
-def relay(launcher: RelayLauncher) -> InProcessRelay:
-    return launcher.start("--max-blob-size", "1KiB")
+def relay(module_launcher: RelayLauncher) -> InProcessRelay:
+    return module_launcher.start("--max-blob-size", "1KiB")
 
 
 async def connect(
