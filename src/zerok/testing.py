@@ -62,6 +62,7 @@ from typing import IO, TYPE_CHECKING, NoReturn, Protocol, Self, TypeVar
 
 from zerok.errors import ConfigError, SyncError
 from zerok.relay.config import OPTIONS, RelayConfig, load_config
+from zerok.relay.storage.registry import PATH_SCHEME, default_key_path, url_scheme
 
 if TYPE_CHECKING:
     from zerok.relay.push import PushSender
@@ -306,10 +307,9 @@ def relay_config(
         env=env,
         overrides={o.name: getattr(args, o.name) for o in OPTIONS},
     )
-    database = config.database if config.uses_postgres else absolute(config.database)
-    key_file = absolute(config.key_file)
-    if not key_file and config.uses_postgres:
-        key_file = str(base / config.key_path)
+    on_server = url_scheme(config.database) != PATH_SCHEME
+    database = config.database if on_server else absolute(config.database)
+    key_file = absolute(config.key_file) or str(base / default_key_path(database))
     return dataclasses.replace(config, database=database, key_file=key_file)
 
 
@@ -417,7 +417,7 @@ class InProcessRelay(_RelayOutput):
             self._finished(1)
             return
         self.log_level = level
-        self.key_path = self.config.key_path
+        self.key_path = Path(self.config.key_file)  # relay_config always sets it
         self._thread = threading.Thread(target=self._run, name=f"zerok-{name}", daemon=True)
         self._thread.start()
 

@@ -19,6 +19,7 @@ from zerok.relay.config import (
     parse_int,
     parse_size,
 )
+from zerok.relay.server import relay_key_path
 
 DEFAULTS = RelayConfig()
 
@@ -189,7 +190,7 @@ def test_load_config_reads_every_section(tmp_path: Path) -> None:
     )
     assert (config.host, config.port) == ("0.0.0.0", 9443)
     assert config.frame_limit == 3 * 1024 * 1024
-    assert config.key_path == Path("/etc/zerok/relay.key")
+    assert relay_key_path(config) == Path("/etc/zerok/relay.key")
     # The sample really does exercise every option.
     doc = tomllib.loads(FULL_TOML)
     assert {(s, k) for s, table in doc.items() for k in table} == {
@@ -473,10 +474,13 @@ def test_frame_limit_default_and_explicit() -> None:
 
 
 def test_key_path_defaults_beside_the_database() -> None:
-    assert RelayConfig(database="/srv/zk/relay.db").key_path == Path("/srv/zk/relay.key")
-    assert RelayConfig(database="relay.db").key_path == Path("relay.key")
-    assert DEFAULTS.key_path == Path("data/relay.key")
-    assert RelayConfig(database="/a/b.db", key_file="/k/x.key").key_path == Path("/k/x.key")
+    assert relay_key_path(RelayConfig(database="/srv/zk/relay.db")) == Path("/srv/zk/relay.key")
+    assert relay_key_path(RelayConfig(database="relay.db")) == Path("relay.key")
+    assert relay_key_path(DEFAULTS) == Path("data/relay.key")
+    assert relay_key_path(RelayConfig(database="sqlite:///a/b.db")) == Path("/a/relay.key")
+    assert relay_key_path(RelayConfig(database="postgresql://h/db")) == Path("data/relay.key")
+    custom = RelayConfig(database="/a/b.db", key_file="/k/x.key")
+    assert relay_key_path(custom) == Path("/k/x.key")
 
 
 # -- OPTIONS ------------------------------------------------------------------------------

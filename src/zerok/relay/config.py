@@ -149,18 +149,6 @@ class RelayConfig:
         return self.max_frame_size or self.max_blob_size + 64 * 1024
 
     @property
-    def key_path(self) -> Path:
-        if self.key_file:
-            return Path(self.key_file)
-        if self.uses_postgres:
-            return Path("data") / "relay.key"
-        return Path(self.database).parent / "relay.key"
-
-    @property
-    def uses_postgres(self) -> bool:
-        return self.database.startswith(("postgresql://", "postgres://"))
-
-    @property
     def database_display(self) -> str:
         """The database for logs and banners: a URL without its password."""
         return redact_url(self.database)

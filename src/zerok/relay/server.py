@@ -9,6 +9,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -21,7 +22,7 @@ from zerok.relay.http import HttpApi, client_ip
 from zerok.relay.metrics import RelayMetrics
 from zerok.relay.push import LoggingPushSender, PushSender, WebhookPushSender
 from zerok.relay.service import RelayService
-from zerok.relay.storage import Storage, StorageError
+from zerok.relay.storage import Storage, StorageError, default_key_path
 from zerok.relay.storage import open_storage as storage_for_url
 from zerok.relay.tasks import TaskSet
 from zerok.version import __version__
@@ -36,6 +37,12 @@ def open_storage(config: RelayConfig) -> Storage:
     return storage_for_url(
         config.database, synchronous=config.synchronous, vacuum=config.vacuum_on_cleanup
     )
+
+
+def relay_key_path(config: RelayConfig) -> Path:
+    """The relay's Noise key: ``key_file``, or beside the SQLite file, or ``data/relay.key``
+    for a database server."""
+    return Path(config.key_file) if config.key_file else default_key_path(config.database)
 
 
 def _raise_open_files_limit(wanted: int) -> None:
@@ -67,7 +74,7 @@ class Relay:
     ) -> None:
         self.config = config
         self.storage = storage or open_storage(config)
-        self.identity = DeviceIdentity.load_or_create(config.key_path)
+        self.identity = DeviceIdentity.load_or_create(relay_key_path(config))
         self.service = RelayService(
             config,
             self.storage,

@@ -13,6 +13,7 @@ from zerok.relay.storage import (
     Storage,
     StorageError,
     StorageOptions,
+    default_key_path,
     known_schemes,
     open_storage,
     register_backend,
@@ -43,6 +44,20 @@ def test_paths_and_sqlite_urls_open_sqlite(url: str, path: str) -> None:
 def test_sqlite_urls_without_a_local_file_are_refused(url: str) -> None:
     with pytest.raises(StorageError, match="sqlite:"):
         open_storage(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "key"),
+    [
+        ("relay.db", "relay.key"),
+        ("./data/relay.db", "data/relay.key"),
+        ("sqlite:///var/lib/zerok/relay.db", "/var/lib/zerok/relay.key"),
+        ("sqlite:db/relay.db", "db/relay.key"),
+        ("postgresql://zerok@db.example/relay", "data/relay.key"),
+    ],
+)
+def test_the_relay_key_lives_beside_the_sqlite_file_or_in_data(url: str, key: str) -> None:
+    assert default_key_path(url) == Path(key)
 
 
 def test_sqlite_options_apply() -> None:

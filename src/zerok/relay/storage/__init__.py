@@ -17,6 +17,7 @@ from zerok.relay.storage.base import (
 )
 from zerok.relay.storage.registry import (
     StorageOptions,
+    default_key_path,
     known_schemes,
     open_storage,
     register_backend,
@@ -41,6 +42,7 @@ __all__ = [
     "StorageError",
     "StorageEvent",
     "StorageOptions",
+    "default_key_path",
     "known_schemes",
     "open_storage",
     "register_backend",

@@ -86,6 +86,14 @@ def sqlite_path(url: str) -> Path:
     return Path(rest)
 
 
+def default_key_path(url: str) -> Path:
+    """Where a relay on this database keeps its key unless told otherwise: beside the
+    SQLite file, or ``data/relay.key`` for a database server."""
+    if url_scheme(url) == PATH_SCHEME:
+        return sqlite_path(url).parent / "relay.key"
+    return Path("data") / "relay.key"
+
+
 def _open_sqlite(url: str, options: StorageOptions) -> Storage:
     from zerok.relay.storage.sqlite import SQLiteStorage  # noqa: PLC0415
 
