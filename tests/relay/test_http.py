@@ -244,6 +244,7 @@ def test_duplicate_invite_lookup_is_refused(relay: InProcessRelay) -> None:
         b'{"lookup": "short", "payload": "aGVsbG8"}',
         b'{"lookup": "has spaces in it", "payload": "aGVsbG8"}',
         b'{"lookup": "abcdefgh1234", "payload": "a"}',
+        b"[" * 4000 + b"]" * 4000,  # within the body limit, deeper than the JSON parser goes
     ],
     ids=[
         "not-json",
@@ -257,6 +258,7 @@ def test_duplicate_invite_lookup_is_refused(relay: InProcessRelay) -> None:
         "lookup-too-short",
         "lookup-bad-characters",
         "payload-not-base64",
+        "nested-too-deep",
     ],
 )
 def test_malformed_invite_is_400(relay: InProcessRelay, body: bytes) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from zerok.relay.push import LoggingPushSender, PushTarget, WebhookPushSender
+from zerok.relay.push import SENT_KEPT, LoggingPushSender, PushTarget, WebhookPushSender
 
 SECRET_TOKEN = "device-token-7f3a9c-SECRET"
 TARGET = PushTarget(token=SECRET_TOKEN, platform="apns", app_id="com.example.notes")
@@ -60,6 +60,18 @@ def closed_port() -> int:
 # -- LoggingPushSender ------------------------------------------------------------------
 
 
+def test_logging_sender_keeps_only_the_latest_wake_ups() -> None:
+    sender = LoggingPushSender()
+
+    async def main() -> None:
+        for cursor in range(SENT_KEPT + 50):
+            await sender.send(TARGET, cursor=cursor)
+
+    asyncio.run(main())
+    assert len(sender.sent) == SENT_KEPT
+    assert sender.sent[0][1] == 50 and sender.sent[-1][1] == SENT_KEPT + 49
+
+
 def test_logging_sender_records_and_never_logs_the_token(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -76,7 +88,7 @@ def test_logging_sender_records_and_never_logs_the_token(
         return results
 
     assert asyncio.run(main()) == [True, True]
-    assert sender.sent == [(TARGET, 41), (PushTarget("other-token", "fcm", ""), 42)]
+    assert list(sender.sent) == [(TARGET, 41), (PushTarget("other-token", "fcm", ""), 42)]
     records = [r for r in caplog.records if r.name == "zerok.relay.push"]
     assert len(records) == 2
     text = caplog.text

@@ -25,7 +25,13 @@ from zerok.protocol.catalog import RELAY_MESSAGES
 from zerok.relay.config import RelayConfig
 from zerok.relay.push import LoggingPushSender
 from zerok.relay.service import RelayService
-from zerok.relay.storage import BlobStored, DeviceWasRevoked, Resync, SQLiteStorage
+from zerok.relay.storage import (
+    BlobStored,
+    DeviceRecord,
+    DeviceWasRevoked,
+    Resync,
+    SQLiteStorage,
+)
 from zerok.wire import (
     Ack,
     BlobId,
@@ -423,5 +429,86 @@ def test_a_request_from_an_unadmitted_peer_is_a_bug_not_a_silence(tmp_path: Path
         stranger = FakePeer(device_id=DeviceIdentity.generate().device_id)
         with pytest.raises(LocalProtocolError):
             await r.service.on_request(stranger, RequestReceived(5, Pull()))
+
+    with_relay(tmp_path, test)
+
+
+def test_codes_a_peer_chooses_do_not_become_metric_labels(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        failures = r.service.metrics.handshake_failures
+        for code in (4242, 65535, 4242):
+            r.service.on_session_closed(FakePeer(), ConnectionClosed(code, "", True))
+        r.service.on_session_closed(FakePeer(), ConnectionClosed(1002, "", True))
+        labels = {
+            sample.labels["reason"]
+            for metric in failures.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        }
+        assert labels == {"other", "unauthorized"}
+        assert failures.labels("other")._value.get() == 3
+
+    with_relay(tmp_path, test)
+
+
+def test_a_token_registered_while_wake_ups_load_is_not_lost(tmp_path: Path) -> None:
+    # The interleaving: a push starts loading the group's push targets; while that read
+    # waits, a device registers its token (and the cache is cleared); the read then
+    # finishes with what it saw before the registration. It must not be cached.
+    async def test(r: Relay) -> None:
+        sender = await r.join()
+        loading, release = asyncio.Event(), asyncio.Event()
+        list_devices = r.storage.list_devices
+
+        async def slow_list_devices(group_id: GroupId) -> list[DeviceRecord]:
+            devices = await list_devices(group_id)
+            loading.set()
+            await release.wait()
+            return devices
+
+        r.storage.list_devices = slow_list_devices  # type: ignore[method-assign]
+        push = asyncio.ensure_future(r.ask(sender, Push(blob_id=BlobId.random(), ciphertext=b"a")))
+        await asyncio.wait_for(loading.wait(), 5)
+        r.storage.list_devices = list_devices  # type: ignore[method-assign]
+        phone = await r.join()
+        register = RegisterPush(token="phone-token", platform=PushPlatform.APNS)
+        assert await r.ask(phone, register) == register
+        r.service.on_disconnect(phone)  # asleep: the next push should wake it
+        release.set()
+        await asyncio.wait_for(push, 5)
+        await r.ask(sender, Push(blob_id=BlobId.random(), ciphertext=b"b"))
+        assert [t.token for t, _ in r.pushes.sent] == ["phone-token"]
+
+    with_relay(tmp_path, test)
+
+
+def test_wake_up_bookkeeping_forgets_what_no_longer_matters(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        waker = r.service.waker
+        sender = await r.join()
+        for i in range(20):
+            sleeper = await r.join()
+            register = RegisterPush(token=f"token-{i}", platform=PushPlatform.FCM)
+            await r.ask(sleeper, register)
+            r.service.on_disconnect(sleeper)
+        await r.ask(sender, Push(blob_id=BlobId.random(), ciphertext=b"a"))
+        assert len(r.pushes.sent) == 20
+        assert waker.remembered_wake_ups == 20
+        r.clocks.advance(waker.debounce + 1)
+        await r.ask(sender, Push(blob_id=BlobId.random(), ciphertext=b"a"))  # wakes again
+        r.clocks.advance(waker.debounce + 1)
+        waker.prune()
+        assert waker.remembered_wake_ups == 0
+
+    with_relay(tmp_path, test)
+
+
+def test_push_targets_are_cached_for_a_bounded_number_of_groups(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        r.service.waker.cached_groups = 2
+        for _ in range(3):
+            peer = await r.join(keys=GroupKeys.generate())
+            await r.ask(peer, Push(blob_id=BlobId.random(), ciphertext=b"a"))
+        assert len(r.service.waker._targets) == 2
 
     with_relay(tmp_path, test)

@@ -115,7 +115,8 @@ class HttpApi:
             if not isinstance(lookup, str) or not isinstance(payload_text, str):
                 raise TypeError
             payload = _b64decode(payload_text)
-        except (ValueError, KeyError, TypeError, binascii.Error):
+        except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
+            # RecursionError: nesting deeper than the parser goes is malformed too.
             return _error(400, 'expected JSON {"lookup": "...", "payload": "<base64url>"}')
         if not LOOKUP.fullmatch(lookup):
             return _error(400, "lookup must be 8 to 128 characters of A-Z a-z 0-9 _ -")

@@ -501,10 +501,12 @@ def _member(peer: Peer) -> tuple[GroupId, DeviceId]:
 
 
 def _reason_label(code: int) -> str:
+    """A metric label for a code; a peer chooses the codes it sends, so codes that are not
+    the protocol's share one label ("other") instead of making one each."""
     try:
         return ErrorCode(code).name.lower()
     except ValueError:
-        return str(code)
+        return "other"
 
 
 def _notify_of(blob: BlobStored) -> Notify:
