@@ -114,7 +114,13 @@ class RemoteError(SyncError):
 
 
 class ConnectError(SyncError):
-    """The relay could not be reached or refused the connection."""
+    """The relay could not be reached or refused the connection. ``reason`` is a short text
+    an app can show: "unreachable", "relay full" (HTTP 503 at the upgrade), "too many
+    devices from your network" (HTTP 429), "handshake failed", "connection lost"."""
+
+    def __init__(self, message: str, *, reason: str = "unreachable") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class NotConnectedError(SyncError):
@@ -155,3 +161,8 @@ class ConfigError(SyncError):
 
 class StorageError(SyncError):
     """The relay's database is unusable (wrong schema, unreachable, corrupt)."""
+
+
+class StorageFullError(StorageError):
+    """The relay's disk (or database size limit) is full: a write that needs space was
+    refused. Nothing was stored; the same write may succeed once space comes back."""

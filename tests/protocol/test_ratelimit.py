@@ -113,7 +113,7 @@ def test_zero_disables_the_limit() -> None:
 
 
 def test_negative_rate_is_refused() -> None:
-    with pytest.raises(ValueError, match="per_minute"):
+    with pytest.raises(ValueError, match="rate must be"):
         RateLimiter(-1)
 
 
@@ -138,3 +138,38 @@ def test_prune_before_refill_keeps_the_limit() -> None:
     limiter.prune(T0 + 10)
     assert len(limiter) == 1
     assert drain(limiter, "k", T0 + 10) == 10
+
+
+def test_burst_is_separate_from_the_sustained_rate() -> None:
+    limiter = RateLimiter(600, burst=2000)  # 10 a second, bursts of 2000
+    assert drain(limiter, "k", T0) == 2000
+    assert limiter.retry_after("k", T0) == 1
+    assert drain(limiter, "k", T0 + 1) == 10
+    assert drain(limiter, "k", T0 + 1000) == 2000  # refills only up to the burst
+
+
+def test_rate_over_another_period_with_costs() -> None:
+    hour = 3600.0
+    limiter = RateLimiter(3600 * 1000, per=hour)  # 1000 bytes a second, an hour's burst
+    assert limiter.allow("ip", T0, cost=3600 * 1000)
+    assert not limiter.allow("ip", T0, cost=1)
+    assert limiter.retry_after("ip", T0, cost=5000) == 5
+    assert not limiter.allow("ip", T0 + 4, cost=5000)
+    assert limiter.allow("ip", T0 + 5, cost=5000)
+
+
+def test_a_burst_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="burst"):
+        RateLimiter(60, burst=0.5)
+
+
+def test_give_back_returns_tokens_up_to_the_burst() -> None:
+    limiter = RateLimiter(100)
+    assert limiter.allow("k", T0, cost=100)
+    assert not limiter.allow("k", T0, cost=30)
+    limiter.give_back("k", 30)
+    assert limiter.allow("k", T0, cost=30)
+    limiter.give_back("k", 1000)
+    assert drain(limiter, "k", T0) == 100  # never more than the burst
+    limiter.give_back("unknown", 5)  # a key never seen: nothing to give back to
+    assert len(limiter) == 1

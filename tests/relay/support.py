@@ -159,8 +159,10 @@ class RelayLauncher:
                 # One relay key per database, as SQLite's default (beside the file) gives.
                 key_path = self.base / f"{url.rpartition('/')[2]}.key"
                 argv += ["--key-file", str(key_path)]
-            # Every test client comes from 127.0.0.1: lift the per-IP limit unless testing it.
+            # Every test client comes from 127.0.0.1: lift the per-IP limits unless testing them.
             argv += ["--messages-per-minute", "0", "--connections-per-ip", "1000"]
+            argv += ["--new-groups-per-hour", "0", "--new-devices-per-hour", "0"]
+            argv += ["--push-bytes-per-hour", "0"]
         argv += args
         relay: InProcessRelay | RelayProcess
         if process:

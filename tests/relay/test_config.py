@@ -68,6 +68,8 @@ def test_config_file_is_honoured_and_env_and_flags_override_it(
         max_frame_size=2048 + 64 * 1024,
         default_ttl=7200,
         max_ttl=86400,
+        idle_timeout=120,  # the default: the file does not set it
+        heartbeat_interval=30,  # a quarter of the idle timeout
     )
     assert f"database   {database}" in relay.stdout()
     assert database.exists()

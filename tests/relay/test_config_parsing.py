@@ -121,6 +121,9 @@ FULL_TOML = """
 bind = "0.0.0.0:9443"
 max_connections = 500
 trust_proxy = true
+trusted_proxies = "10.0.0.0/8, 127.0.0.1"
+proxy_header = "forwarded"
+allow_new_groups = false
 
 [storage]
 database = "/var/lib/zerok/relay.db"
@@ -128,6 +131,8 @@ key_file = "/etc/zerok/relay.key"
 synchronous = "FULL"
 max_blob_size = "2MiB"
 max_group_storage = "1GiB"
+max_group_blobs = 5000
+max_storage = "20GiB"
 default_ttl = "3d"
 max_ttl = "14d"
 
@@ -137,10 +142,17 @@ vacuum_on_cleanup = false
 
 [limits]
 messages_per_minute = 250
+messages_burst = 500
 connections_per_ip = 4
+new_groups_per_hour = 3
+new_devices_per_hour = 30
+push_bytes_per_hour = "200MiB"
 max_frame_size = "3MiB"
 handshake_timeout = "5s"
 idle_timeout = 0
+request_timeout = "4s"
+send_buffer = "16MiB"
+send_buffer_total = "1GiB"
 
 [invites]
 max_size = "8KiB"
@@ -168,20 +180,32 @@ def test_load_config_reads_every_section(tmp_path: Path) -> None:
         bind="0.0.0.0:9443",
         max_connections=500,
         trust_proxy=True,
+        trusted_proxies="10.0.0.0/8, 127.0.0.1",
+        proxy_header="forwarded",
+        allow_new_groups=False,
         database="/var/lib/zerok/relay.db",
         key_file="/etc/zerok/relay.key",
         synchronous="FULL",
         max_blob_size=2 * 1024 * 1024,
         max_group_storage=1024**3,
+        max_group_blobs=5000,
+        max_storage=20 * 1024**3,
         default_ttl=3 * 86400.0,
         max_ttl=14 * 86400.0,
         cleanup_interval=600.0,
         vacuum_on_cleanup=False,
         messages_per_minute=250,
+        messages_burst=500,
         connections_per_ip=4,
+        new_groups_per_hour=3,
+        new_devices_per_hour=30,
+        push_bytes_per_hour=200 * 1024 * 1024,
         max_frame_size=3 * 1024 * 1024,
         handshake_timeout=5.0,
         idle_timeout=0.0,
+        request_timeout=4.0,
+        send_buffer=16 * 1024 * 1024,
+        send_buffer_total=1024**3,
         invite_max_size=8192,
         invite_ttl=900.0,
         invites_per_minute=12,
@@ -248,6 +272,8 @@ _STR_SAMPLES = {
     "synchronous": "FULL",
     "push_webhook": "http://127.0.0.1:1/hook",
     "log_level": "WARNING",
+    "trusted_proxies": "10.0.0.0/8",
+    "proxy_header": "cf-connecting-ip",
 }
 
 
@@ -448,12 +474,32 @@ def test_non_positive_limits_are_refused(name: str, value: int) -> None:
         config.validate()
 
 
+ZERO_IS_OFF = (
+    "messages_per_minute",
+    "messages_burst",
+    "invites_per_minute",
+    "new_groups_per_hour",
+    "new_devices_per_hour",
+    "push_bytes_per_hour",
+    "max_storage",
+)
+
+
 def test_rate_limits_may_be_zero_but_not_negative() -> None:
-    RelayConfig(messages_per_minute=0, invites_per_minute=0).validate()
-    for name in ("messages_per_minute", "invites_per_minute"):
-        with pytest.raises(ConfigError, match="rate limits"):
+    zeros: dict[str, Any] = dict.fromkeys(ZERO_IS_OFF, 0)
+    dataclasses.replace(DEFAULTS, **zeros).validate()
+    for name in ZERO_IS_OFF:
+        with pytest.raises(ConfigError, match=f"{name} must be 0"):
             changes: dict[str, Any] = {name: -1}
             dataclasses.replace(DEFAULTS, **changes).validate()
+
+
+def test_push_budget_must_hold_the_largest_blob() -> None:
+    RelayConfig(max_blob_size=1000, push_bytes_per_hour=1128).validate()
+    with pytest.raises(ConfigError, match="push_bytes_per_hour"):
+        RelayConfig(max_blob_size=1000, push_bytes_per_hour=1127).validate()
+    with pytest.raises(ConfigError, match="max_group_blobs"):
+        RelayConfig(max_group_blobs=0).validate()
 
 
 def test_default_ttl_must_not_exceed_max_ttl() -> None:

@@ -25,6 +25,7 @@ from tests.relay.support import (
 from zerok import __version__
 from zerok.crypto import GroupKeys
 from zerok.errors import RemoteError
+from zerok.relay.server import Relay
 from zerok.testing import InProcessRelay, ManualClock
 from zerok.wire import BlobId, Error, ErrorCode, Push
 
@@ -42,8 +43,14 @@ def _health(relay: InProcessRelay) -> dict[str, object]:
     return doc
 
 
+async def _uncached(server: Relay) -> None:
+    """Counts taken afresh for every request (the relay reuses them for a few seconds)."""
+    server.http.stats_ttl = 0
+
+
 def test_health_reports_the_relay_state(launcher: RelayLauncher) -> None:
     relay = launcher.start()
+    relay.call(_uncached)
     health = _health(relay)
     assert set(health) >= {
         "status",

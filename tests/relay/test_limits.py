@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -15,16 +17,21 @@ from tests.relay.support import (
     RelayLauncher,
     clients,
     http,
+    metric,
     pull_all,
     push,
     raw_client,
     run,
+    scrape,
     wait_closed,
 )
+from zerok.client import SyncClient
 from zerok.crypto import DeviceIdentity, GroupKeys
 from zerok.errors import RemoteError
 from zerok.protocol import CLASSIC, ClientSession, ConnectionClosed, Event, SessionState
-from zerok.testing import InProcessRelay
+from zerok.protocol.ratelimit import RateLimiter
+from zerok.relay.config import RelayConfig
+from zerok.testing import InProcessRelay, in_process_relay
 from zerok.wire import (
     BlobId,
     Error,
@@ -103,7 +110,8 @@ def test_group_quota_gets_2002_and_connection_continues(small: InProcessRelay) -
         keys = GroupKeys.generate()
         async with clients(small.url) as pool:
             conn = await pool.open(keys)
-            acks = [await push(conn, os.urandom(1000)) for _ in range(4)]  # 4000 of 4096 bytes
+            # Each blob costs its size + 128: three of 1000 bytes take 3384 of 4096.
+            acks = [await push(conn, os.urandom(1000)) for _ in range(3)]
             with pytest.raises(RemoteError) as refused:
                 await push(conn, os.urandom(1000))
             assert refused.value.code == ErrorCode.GROUP_QUOTA_EXCEEDED
@@ -111,12 +119,13 @@ def test_group_quota_gets_2002_and_connection_continues(small: InProcessRelay) -
             # A retried PUSH of a stored blob is no new data: still answered with its cursor.
             retry = await push(conn, b"ignored", blob_id=acks[0].blob_id)
             assert retry.cursor == 1
-            # The quota is exact: 96 more bytes fit, then not one.
-            assert (await push(conn, os.urandom(96))).cursor == 5
+            # The quota is exact: 712 more bytes of cost (a blob of 584) fit, then not even
+            # an empty blob.
+            assert (await push(conn, os.urandom(584))).cursor == 4
             with pytest.raises(RemoteError) as refused:
-                await push(conn, b"x")
+                await push(conn, b"")
             assert refused.value.code == ErrorCode.GROUP_QUOTA_EXCEEDED
-            assert [b.cursor for b in await pull_all(conn)] == [1, 2, 3, 4, 5]
+            assert [b.cursor for b in await pull_all(conn)] == [1, 2, 3, 4]
             # Another group has its own quota.
             other = await pool.open(GroupKeys.generate())
             assert (await push(other, os.urandom(1000))).cursor == 1
@@ -159,7 +168,7 @@ def test_frame_over_the_frame_limit_gets_2001_and_connection_continues(
 
 
 def test_rate_limit_gets_2000_with_retry_after(launcher: RelayLauncher) -> None:
-    relay = launcher.start("--messages-per-minute", "5")
+    relay = launcher.start("--messages-per-minute", "5", "--messages-burst", "5")
 
     async def scenario() -> None:
         keys = GroupKeys.generate()
@@ -385,3 +394,121 @@ def test_per_ip_limit_behind_a_trusted_proxy(launcher: RelayLauncher, trust_prox
             await first.close()
 
     run(scenario())
+
+
+# -- hostile load and real deployments (issue 10, items 5 and 10) ----------------------------
+
+
+def test_default_limits_drain_a_backlog_of_1000_within_the_burst() -> None:
+    """The limiter's arithmetic on the defaults: a device back from a week offline sends
+    1,000 queued pushes plus its PULLs and ACKs without being paced; past the burst it
+    still gets the sustained rate. The old default (100 a minute, bursts of 100) paced the
+    same backlog over 9 minutes."""
+    config = RelayConfig()
+    limiter = RateLimiter(config.messages_per_minute, burst=config.messages_burst)
+    backlog = 1000 + 50  # the pushes, and the PULL pages and ACKs around them
+    assert limiter.seconds_to_drain(backlog) == 0.0
+    assert all(limiter.allow("device", 0.0) for _ in range(backlog))
+    old = RateLimiter(100)
+    assert old.seconds_to_drain(1000) == pytest.approx(540.0)
+    # Per client IP, a stranger is bounded whatever number of device keys it makes up.
+    assert config.connections_per_ip < config.max_connections
+    hour = 3600.0
+    assert config.push_bytes_per_hour / hour < 300 * 1024  # < 0.3 MiB/s sustained
+    assert config.new_groups_per_hour > 0 and config.new_devices_per_hour > 0
+
+
+def test_a_backlog_of_1000_pushes_drains_unpaced_on_defaults(tmp_path: Path) -> None:
+    """A real SyncClient with 1,000 pushes queued at once, against a relay on the default
+    limits: every one is acknowledged, none is refused by a rate limit. The time is printed
+    (``-s``), not asserted: it depends on the machine's load."""
+    count = 1000
+
+    async def scenario(url: str) -> float:
+        client = SyncClient(tmp_path / "device", device_name="laptop")
+        try:
+            await client.create_group([url])
+            started = time.monotonic()
+            await client.connect()
+            # Queued at once, as an app writing while offline queues them: the client sends
+            # them as fast as the relay acknowledges (a bounded number in flight).
+            pushes = [asyncio.create_task(client.push(b"%d" % i)) for i in range(count)]
+            results = await asyncio.wait_for(asyncio.gather(*pushes), 60)
+            elapsed = time.monotonic() - started
+            assert sorted(r.cursor for r in results) == list(range(1, count + 1))
+            assert client.pending_count == 0
+            return elapsed
+        finally:
+            await client.close()
+
+    with in_process_relay(tmp_path / "relay") as relay:
+        elapsed = run(scenario(relay.url), timeout=90)
+        samples = scrape(relay)
+    print(f"\nbacklog of {count} pushes drained in {elapsed:.2f} s on default limits")
+    assert metric(samples, "sync_relay_errors_total", code="2000") is None
+    assert metric(samples, "sync_relay_blobs_received_total") == count
+
+
+def test_100_devices_behind_one_address_connect_on_defaults(tmp_path: Path) -> None:
+    """An office behind one NAT: 100 devices (ten groups of ten) from 127.0.0.1, all
+    admitted at once on the default limits (before: 10 connections, the rest refused)."""
+
+    async def scenario(url: str) -> None:
+        groups = [GroupKeys.generate() for _ in range(10)]
+        async with clients(url) as pool:
+            for keys in groups:
+                conns = await asyncio.gather(*(pool.open(keys) for _ in range(10)))
+                assert not any(c.closed for c in conns)
+            assert len(pool.opened) == 100
+            assert not any(c.closed for c in pool.opened)
+
+    with in_process_relay(tmp_path / "relay") as relay:
+        run(scenario(relay.url), timeout=60)
+        samples = scrape(relay)
+    assert metric(samples, "sync_relay_sessions_active") == 0  # all closed again
+    assert metric(samples, "sync_relay_connections_total") == 100
+    refused = metric(samples, "sync_relay_connections_refused_total", limit="connections_per_ip")
+    assert refused is None
+
+
+def test_per_ip_limits_over_the_wire(launcher: RelayLauncher) -> None:
+    """New groups per address, pushes per address and a private relay, as a client and an
+    operator see them: the ERROR, and the metric."""
+    relay = launcher.start(
+        "--new-groups-per-hour", "1", "--push-bytes-per-hour", "2KiB", "--max-blob-size", "1KiB"
+    )
+    private = launcher.start("--allow-new-groups", "false")
+
+    async def scenario() -> None:
+        keys = GroupKeys.generate()
+        async with raw_client(relay.url) as raw, raw_client(relay.url) as other:
+            await raw.open(keys)
+            answer = await raw.request(Push(blob_id=BlobId.random(), ciphertext=bytes(1000)))
+            assert isinstance(answer, PushAck)
+            # Another device key changes nothing: the budget (2048 bytes, each blob counting
+            # 128 more) is the address's.
+            await other.open(keys)
+            answer = await other.request(Push(blob_id=BlobId.random(), ciphertext=bytes(1000)))
+            assert isinstance(answer, Error) and answer.code == ErrorCode.RATE_LIMITED
+            assert answer.retry_after > 0
+            assert not other.ws.closed
+        async with raw_client(relay.url) as raw:
+            ended = await raw.handshake(GroupKeys.generate())
+            assert isinstance(ended, ConnectionClosed)
+            assert ended.code == ErrorCode.RATE_LIMITED and "groups" in ended.reason
+        async with raw_client(private.url) as raw:
+            ended = await raw.handshake(GroupKeys.generate())
+            assert isinstance(ended, ConnectionClosed) and ended.code == ErrorCode.UNKNOWN_GROUP
+
+    run(scenario())
+    samples = scrape(relay)
+    for limit in ("new_groups_per_hour", "push_bytes_per_hour"):
+        value = metric(samples, "sync_relay_limit_refusals_total", limit=limit)
+        assert value == 1, limit
+    assert metric(samples, "sync_relay_errors_total", code="2000") == 2
+    failures = "sync_relay_handshake_failures_total"
+    assert metric(samples, failures, reason="rate_limited") == 1
+    private_samples = scrape(private)
+    refusals = metric(private_samples, "sync_relay_limit_refusals_total", limit="allow_new_groups")
+    assert refusals == 1
+    assert metric(private_samples, failures, reason="unknown_group") == 1

@@ -22,9 +22,10 @@ from zerok.crypto.membership import make_hello
 from zerok.errors import LocalProtocolError
 from zerok.protocol import ConnectionClosed, HelloReceived, RequestReceived
 from zerok.protocol.catalog import RELAY_MESSAGES
-from zerok.relay.config import RelayConfig
+from zerok.relay.config import BLOB_OVERHEAD, RelayConfig
+from zerok.relay.metrics import LIMITS, RelayMetrics
 from zerok.relay.push import LoggingPushSender
-from zerok.relay.service import RelayService
+from zerok.relay.service import USAGE_REFRESH, RelayService, ip_key
 from zerok.relay.storage import (
     BlobStored,
     DeviceRecord,
@@ -131,12 +132,16 @@ class Relay:
     _next_id: int = 1
 
     async def join(
-        self, identity: DeviceIdentity | None = None, *, keys: GroupKeys | None = None
+        self,
+        identity: DeviceIdentity | None = None,
+        *,
+        keys: GroupKeys | None = None,
+        remote: str = FakePeer.remote,
     ) -> FakePeer:
-        """A device says HELLO; the peer, accepted or refused."""
+        """A device says HELLO (from ``remote``); the peer, accepted or refused."""
         identity = identity or DeviceIdentity.generate()
         hello = make_hello(keys or self.keys, os.urandom(32), identity.device_id)
-        peer = FakePeer()
+        peer = FakePeer(remote=remote)
         self.service.on_connect(peer)
         await self.service.on_hello(peer, HelloReceived(identity.device_id, hello))
         return peer
@@ -291,7 +296,7 @@ def test_rate_limit_counts_data_not_heartbeats_and_refills_with_time(tmp_path: P
         r.clocks.advance(20)
         assert isinstance(await r.ask(peer, Pull()), PullResponse)
 
-    with_relay(tmp_path, test, messages_per_minute=3)
+    with_relay(tmp_path, test, messages_per_minute=3, messages_burst=3)
 
 
 def test_echoed_requests_are_confirmed_only_when_an_answer_is_wanted(tmp_path: Path) -> None:
@@ -512,3 +517,192 @@ def test_push_targets_are_cached_for_a_bounded_number_of_groups(tmp_path: Path) 
         assert len(r.service.waker._targets) == 2
 
     with_relay(tmp_path, test)
+
+
+# -- quotas and per-IP limits (issue 10, item 5) -------------------------------------------
+
+
+def refusals(r: Relay, limit: str) -> float:
+    value: float = r.service.metrics.limit_refusals.labels(limit)._value.get()
+    return value
+
+
+def test_empty_blobs_cost_their_overhead_in_the_group_quota(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        peer = await r.join()
+        answers = [
+            await r.ask(peer, Push(blob_id=BlobId.random(), ciphertext=b"")) for _ in range(12)
+        ]
+        assert [type(a) for a in answers] == [PushAck] * 10 + [Error] * 2
+        refused = answers[-1]
+        assert isinstance(refused, Error) and refused.code == ErrorCode.GROUP_QUOTA_EXCEEDED
+        assert "128" in refused.message
+        assert refusals(r, "max_group_storage") == 2
+        assert not peer.closed
+
+    with_relay(tmp_path, test, max_group_storage=10 * BLOB_OVERHEAD)
+
+
+def test_blobs_per_group_are_limited(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        peer = await r.join()
+        for cursor in (1, 2, 3):
+            ack = await r.ask(peer, Push(blob_id=BlobId.random(), ciphertext=b"x"))
+            assert isinstance(ack, PushAck) and ack.cursor == cursor
+        refused = await r.ask(peer, Push(blob_id=BlobId.random(), ciphertext=b"x"))
+        assert isinstance(refused, Error) and refused.code == ErrorCode.GROUP_QUOTA_EXCEEDED
+        other = await r.join(keys=GroupKeys.generate())  # each group has its own count
+        assert isinstance(
+            await r.ask(other, Push(blob_id=BlobId.random(), ciphertext=b"")), PushAck
+        )
+
+    with_relay(tmp_path, test, max_group_blobs=3)
+
+
+def test_new_groups_per_ip_are_limited_per_hour(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        assert (await r.join()).welcome is not None
+        assert (await r.join(keys=GroupKeys.generate())).welcome is not None
+        third = GroupKeys.generate()
+        refused = await r.join(keys=third)
+        assert refused.welcome is None and refused.closed_with is not None
+        code, message = refused.closed_with
+        assert code == ErrorCode.RATE_LIMITED
+        assert "groups registered" in message and "retry in 1800 s" in message
+        assert await r.storage.get_group(third.group_id) is None  # nothing was registered
+        assert refusals(r, "new_groups_per_hour") == 1
+        # Groups it knows still admit devices from that address; other addresses register.
+        assert (await r.join(keys=r.keys)).welcome is not None
+        assert (await r.join(keys=third, remote="198.51.100.7")).welcome is not None
+        # Half an hour later, the address has one more.
+        r.clocks.advance(1800)
+        assert (await r.join(keys=GroupKeys.generate())).welcome is not None
+        assert (await r.join(keys=GroupKeys.generate())).closed_with is not None
+
+    with_relay(tmp_path, test, new_groups_per_hour=2, new_devices_per_hour=0)
+
+
+def test_new_devices_per_ip_are_limited_but_known_devices_return(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        devices = [DeviceIdentity.generate() for _ in range(3)]
+        for device in devices:  # the first registers the group: it counts too
+            assert (await r.join(device)).welcome is not None
+        refused = await r.join()
+        assert refused.closed_with is not None
+        assert refused.closed_with[0] == ErrorCode.RATE_LIMITED
+        assert "new devices" in refused.closed_with[1]
+        assert refusals(r, "new_devices_per_hour") == 1
+        for device in devices:  # reconnecting is free
+            assert (await r.join(device)).welcome is not None
+        assert (await r.join(remote="2001:db8::1")).welcome is not None
+        # One IPv6 host holds a whole /64: its addresses share one budget.
+        assert (await r.join(remote="2001:db8::2")).welcome is not None
+        assert (await r.join(remote="2001:db8::3:4")).welcome is not None
+        assert (await r.join(remote="2001:db8:0:0:ffff::9")).closed_with is not None
+        assert (await r.join(remote="2001:db8:0:1::1")).welcome is not None
+
+    with_relay(tmp_path, test, new_devices_per_hour=3)
+
+
+def test_ip_key_groups_ipv6_by_64_and_unwraps_mapped_ipv4() -> None:
+    assert ip_key("192.0.2.1") == "192.0.2.1"
+    assert ip_key("2001:db8::1") == ip_key("2001:db8::ffff:1") == "2001:db8::/64"
+    assert ip_key("::ffff:192.0.2.1") == "192.0.2.1"
+    assert ip_key("not an address") == "not an address"
+
+
+def test_a_private_relay_refuses_unknown_groups(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        peer = await r.join()
+        assert peer.closed_with is not None
+        assert peer.closed_with[0] == ErrorCode.UNKNOWN_GROUP
+        assert await r.storage.get_group(r.keys.group_id) is None
+        assert refusals(r, "allow_new_groups") == 1
+        # A group the operator registered (or that existed before) is served.
+        await r.storage.register_group(r.keys.group_id, r.keys.auth_public, r.clocks.wall)
+        assert (await r.join()).welcome is not None
+
+    with_relay(tmp_path, test, allow_new_groups=False)
+
+
+def test_push_bytes_are_limited_per_ip_across_devices_and_groups(tmp_path: Path) -> None:
+    cost = 1000 + BLOB_OVERHEAD
+
+    def blob(blob_id: BlobId | None = None) -> Push:
+        return Push(blob_id=blob_id or BlobId.random(), ciphertext=bytes(1000))
+
+    async def test(r: Relay) -> None:
+        first = await r.join()
+        second = await r.join(keys=GroupKeys.generate())  # another group, same address
+        stored = BlobId.random()
+        assert isinstance(await r.ask(first, blob(stored)), PushAck)
+        # A retry of a stored blob stores nothing and costs nothing.
+        assert isinstance(await r.ask(first, blob(stored)), PushAck)
+        assert isinstance(await r.ask(second, blob()), PushAck)
+        refused = await r.ask(second, blob())
+        assert isinstance(refused, Error) and refused.code == ErrorCode.RATE_LIMITED
+        assert refused.retry_after == 1800  # one blob's cost comes back in half an hour
+        assert refusals(r, "push_bytes_per_hour") == 1
+        assert not second.closed
+        elsewhere = await r.join(remote="198.51.100.7")  # another address has its own
+        assert isinstance(await r.ask(elsewhere, blob()), PushAck)
+        r.clocks.advance(1800)
+        assert isinstance(await r.ask(second, blob()), PushAck)
+        assert isinstance(await r.ask(first, blob()), Error)
+
+    with_relay(tmp_path, test, max_blob_size=1024, push_bytes_per_hour=2 * cost)
+
+
+def test_max_storage_caps_the_whole_relay(tmp_path: Path) -> None:
+    cost = 10 + BLOB_OVERHEAD
+
+    async def test(r: Relay) -> None:
+        owner = await r.join()
+        other = await r.join(keys=GroupKeys.generate())
+        ids = [BlobId.random() for _ in range(3)]
+        for blob_id in ids:
+            assert isinstance(
+                await r.ask(owner, Push(blob_id=blob_id, ciphertext=bytes(10))), PushAck
+            )
+        assert isinstance(
+            await r.ask(other, Push(blob_id=BlobId.random(), ciphertext=bytes(10))), PushAck
+        )
+        full = await r.ask(other, Push(blob_id=BlobId.random(), ciphertext=bytes(10)))
+        assert isinstance(full, Error) and full.code == ErrorCode.STORAGE_FULL
+        assert "max_storage" in full.message
+        assert refusals(r, "max_storage") == 1
+        # A retry of a stored blob is still answered.
+        assert isinstance(await r.ask(owner, Push(blob_id=ids[0], ciphertext=bytes(10))), PushAck)
+        # Space comes back once blobs go: seen at the next read of the relay's usage.
+        gone = Delete(blob_id=ids[0], force=True)
+        assert await r.ask(owner, gone) == gone
+        r.clocks.advance(USAGE_REFRESH)
+        assert isinstance(
+            await r.ask(other, Push(blob_id=BlobId.random(), ciphertext=bytes(10))), PushAck
+        )
+
+    with_relay(tmp_path, test, max_storage=4 * cost)
+
+
+def test_racing_first_hellos_of_one_group_spend_one_token(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        # Five devices of a new group say HELLO at once: one new group, five new devices.
+        peers = await asyncio.gather(*(r.join() for _ in range(5)))
+        assert all(p.welcome is not None for p in peers)
+        assert refusals(r, "new_groups_per_hour") == 0
+        assert (await r.join(keys=GroupKeys.generate())).closed_with is not None
+        device = DeviceIdentity.generate()  # one device twice at once: charged once
+        again = await asyncio.gather(*(r.join(device, keys=r.keys) for _ in range(2)))
+        assert all(p.welcome is not None for p in again)
+        assert (await r.join()).closed_with is not None  # the 7th new device
+
+    with_relay(tmp_path, test, new_groups_per_hour=1, new_devices_per_hour=6)
+
+
+def test_limit_refusal_labels_are_a_fixed_set() -> None:
+    metrics = RelayMetrics()
+    for limit in LIMITS:
+        metrics.refused(limit)
+    with pytest.raises(ValueError, match="not a limit label"):
+        metrics.refused("2000")
+    assert b'sync_relay_limit_refusals_total{limit="max_storage"} 1.0' in metrics.render()

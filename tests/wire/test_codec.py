@@ -264,6 +264,7 @@ def test_error_code_numbers_are_the_design_ones() -> None:
         2003,
         3000,
         3001,
+        3002,
     ]
 
 
@@ -770,4 +771,4 @@ def test_error_code_fatal(code: ErrorCode) -> None:
 
 def test_fatal_table() -> None:
     assert {int(c) for c in ErrorCode if c.fatal} == FATAL
-    assert {int(c) for c in ErrorCode if not c.fatal} == {1004, 2000, 2001, 2002, 2003}
+    assert {int(c) for c in ErrorCode if not c.fatal} == {1004, 2000, 2001, 2002, 2003, 3002}

@@ -86,11 +86,14 @@ class RelaySession(Session):
             )
         return self._close(code, message)
 
-    def send(self, message: Message, request_id: int = 0) -> None:
+    def send(self, message: Message, request_id: int = 0, *, room: int | None = None) -> bool:
         """Send a response (with the request's id) or an unsolicited message (id 0).
 
         A request sent with id 0 wants no answer: a result or confirmation with id 0 is
         dropped here, so only NOTIFY, DEVICE_REVOKED and ERROR ever go out unasked.
+        With ``room``, a message that would add more than that many bytes to
+        ``bytes_to_send`` is not queued, and False returned: the driver's budget for a
+        peer that reads slowly is kept before anything is queued, not after.
         """
         if self.state is not SessionState.OPEN:
             raise LocalProtocolError(
@@ -99,8 +102,8 @@ class RelaySession(Session):
         if type(message) not in RELAY_MESSAGES:
             raise LocalProtocolError(f"a relay does not send {type(message).__name__}")
         if request_id == 0 and type(message) not in UNSOLICITED:
-            return
-        self._send_frame(message, request_id)
+            return True
+        return self._send_frame(message, request_id, room)
 
     def error(self, code: ErrorCode, message: str, request_id: int = 0) -> list[Event]:
         """Answer with an ERROR; fatal codes also close the session. No-op once closed."""

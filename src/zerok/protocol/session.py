@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from zerok.crypto.noise import HandshakeState, NoiseTransport
+from zerok.crypto.noise.transport import sealed_size
 from zerok.errors import (
     DecryptionError,
     FrameTooLargeError,
@@ -159,10 +160,16 @@ class Session:
     def _frame_too_large(self, reason: str, head: bytes) -> list[Event]:
         return self._close(ErrorCode.INVALID_MESSAGE, reason)
 
-    def _send_frame(self, message: Message, request_id: int = 0) -> None:
-        self._send_encoded(encode(message, request_id=request_id))
+    def _send_frame(self, message: Message, request_id: int = 0, room: int | None = None) -> bool:
+        """Queue a message; with ``room``, only if it takes at most that many bytes of
+        ``bytes_to_send`` (nothing is queued otherwise, and False returned)."""
+        frame = encode(message, request_id=request_id)
+        if room is not None and sealed_size(len(frame)) > room:
+            return False
+        self._send_encoded(frame)
         if isinstance(message, Error):
             self.errors_sent.append(message.code)
+        return True
 
     def _send_encoded(self, frame: bytes) -> None:
         if self._transport is None:

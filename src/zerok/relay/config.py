@@ -16,6 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from zerok.errors import ConfigError
+from zerok.relay.proxy import HEADERS as PROXY_HEADERS
+from zerok.relay.proxy import parse_networks
+
+#: What each stored blob costs in the group quota, the relay-wide cap and the per-IP push
+#: budget beyond its ciphertext: its row, ids, cursor and index entries. A 0-byte blob is
+#: not free.
+BLOB_OVERHEAD = 128
 
 _BIND = re.compile(r"\[([^\]]+)\]:(\S*)|([^:\[\]]+):(\S*)")
 
@@ -116,20 +123,32 @@ class RelayConfig:
     bind: str = "127.0.0.1:8080"
     max_connections: int = 10_000
     trust_proxy: bool = False
+    trusted_proxies: str = "127.0.0.1, ::1"  # where the proxy connects from
+    proxy_header: str = "x-forwarded-for"  # or forwarded, cf-connecting-ip
+    allow_new_groups: bool = True
     database: str = "./data/relay.db"
     key_file: str = ""  # default: relay.key beside the database
     synchronous: str = "NORMAL"
     max_blob_size: int = 1024 * 1024
     max_group_storage: int = 100 * 1024 * 1024
+    max_group_blobs: int = 100_000
+    max_storage: int = 0  # 0: no relay-wide cap
     default_ttl: float = 7 * 86400.0
     max_ttl: float = 30 * 86400.0
     cleanup_interval: float = 300.0
     vacuum_on_cleanup: bool = True
-    messages_per_minute: int = 100
-    connections_per_ip: int = 10
+    messages_per_minute: int = 600
+    messages_burst: int = 2000
+    connections_per_ip: int = 256
+    new_groups_per_hour: int = 20  # per client IP
+    new_devices_per_hour: int = 200  # per client IP
+    push_bytes_per_hour: int = 1024**3  # per client IP, each blob counted + BLOB_OVERHEAD
     max_frame_size: int = 0  # 0: max_blob_size + 64 KiB
     handshake_timeout: float = 10.0
     idle_timeout: float = 120.0
+    request_timeout: float = 10.0  # for the HTTP request (or WebSocket upgrade) to arrive
+    send_buffer: int = 8 * 1024 * 1024  # bytes waiting to be sent to one connection
+    send_buffer_total: int = 256 * 1024 * 1024  # the same, all connections together
     invite_max_size: int = 4096
     invite_ttl: float = 600.0
     invites_per_minute: int = 30
@@ -174,13 +193,27 @@ class RelayConfig:
             "max_group_storage",
             "connections_per_ip",
             "invite_max_size",
+            "max_group_blobs",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.frame_limit < self.max_blob_size + 1024:
             raise ConfigError("max_frame_size must exceed max_blob_size by at least 1 KiB")
-        if self.messages_per_minute < 0 or self.invites_per_minute < 0:
-            raise ConfigError("rate limits must be 0 (off) or positive")
+        for name in (
+            "messages_per_minute",
+            "messages_burst",
+            "invites_per_minute",
+            "new_groups_per_hour",
+            "new_devices_per_hour",
+            "push_bytes_per_hour",
+            "max_storage",
+        ):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 (off) or positive")
+        if 0 < self.push_bytes_per_hour < self.max_blob_size + BLOB_OVERHEAD:
+            raise ConfigError(
+                f"push_bytes_per_hour must be 0 (off) or at least max_blob_size + {BLOB_OVERHEAD}"
+            )
         for name in (
             "default_ttl",
             "max_ttl",
@@ -192,6 +225,18 @@ class RelayConfig:
                 raise ConfigError(f"{name} must be positive")
         if self.idle_timeout < 0:
             raise ConfigError("idle_timeout must be 0 (never) or positive")
+        parse_networks(self.trusted_proxies)
+        if self.proxy_header.lower() not in PROXY_HEADERS:
+            raise ConfigError(f"proxy_header must be one of {', '.join(PROXY_HEADERS)}")
+        if self.request_timeout <= 0:
+            raise ConfigError("request_timeout must be positive")
+        if self.send_buffer < 2 * self.frame_limit:
+            # Room for the largest answer while the one before it is still being written.
+            raise ConfigError(
+                f"send_buffer must be at least twice the frame limit ({2 * self.frame_limit})"
+            )
+        if self.send_buffer_total < self.send_buffer:
+            raise ConfigError("send_buffer_total must be at least send_buffer")
         if self.default_ttl > self.max_ttl:
             raise ConfigError("default_ttl must not exceed max_ttl")
         return self
@@ -208,6 +253,27 @@ OPTIONS: tuple[Option, ...] = (
         "trust_proxy",
         parse_bool,
         "behind one reverse proxy: take the client IP from X-Forwarded-For",
+    ),
+    Option(
+        "trusted_proxies",
+        "server",
+        "trusted_proxies",
+        str,
+        "with trust_proxy: addresses or networks the proxy connects from",
+    ),
+    Option(
+        "proxy_header",
+        "server",
+        "proxy_header",
+        str,
+        "with trust_proxy: x-forwarded-for, forwarded or cf-connecting-ip",
+    ),
+    Option(
+        "allow_new_groups",
+        "server",
+        "allow_new_groups",
+        parse_bool,
+        "register groups on their first HELLO (false: a private relay, known groups only)",
     ),
     Option("database", "storage", "database", str, "SQLite file, or postgresql:// URL"),
     Option(
@@ -232,7 +298,21 @@ OPTIONS: tuple[Option, ...] = (
         "storage",
         "max_group_storage",
         parse_size,
-        "bytes buffered per group, e.g. 100MiB",
+        "bytes buffered per group, e.g. 100MiB (each blob counts 128 bytes more)",
+    ),
+    Option(
+        "max_group_blobs",
+        "storage",
+        "max_group_blobs",
+        parse_int,
+        "blobs buffered per group",
+    ),
+    Option(
+        "max_storage",
+        "storage",
+        "max_storage",
+        parse_size,
+        "bytes buffered by the whole relay, all groups (0 = no cap), e.g. 50GiB",
     ),
     Option(
         "default_ttl",
@@ -264,11 +344,39 @@ OPTIONS: tuple[Option, ...] = (
         "messages per device per minute (0 = unlimited)",
     ),
     Option(
+        "messages_burst",
+        "limits",
+        "messages_burst",
+        parse_int,
+        "messages a device may send at once (0 = messages_per_minute)",
+    ),
+    Option(
         "connections_per_ip",
         "limits",
         "connections_per_ip",
         parse_int,
         "simultaneous connections per client IP",
+    ),
+    Option(
+        "new_groups_per_hour",
+        "limits",
+        "new_groups_per_hour",
+        parse_int,
+        "groups registered per client IP per hour (0 = unlimited)",
+    ),
+    Option(
+        "new_devices_per_hour",
+        "limits",
+        "new_devices_per_hour",
+        parse_int,
+        "first HELLOs of unknown devices per client IP per hour (0 = unlimited)",
+    ),
+    Option(
+        "push_bytes_per_hour",
+        "limits",
+        "push_bytes_per_hour",
+        parse_size,
+        "bytes pushed per client IP per hour, 128 more per blob (0 = unlimited)",
     ),
     Option(
         "max_frame_size",
@@ -290,6 +398,27 @@ OPTIONS: tuple[Option, ...] = (
         "idle_timeout",
         parse_duration,
         "close a connection silent this long (0 = never)",
+    ),
+    Option(
+        "request_timeout",
+        "limits",
+        "request_timeout",
+        parse_duration,
+        "time a new connection has to send its HTTP request or WebSocket upgrade",
+    ),
+    Option(
+        "send_buffer",
+        "limits",
+        "send_buffer",
+        parse_size,
+        "bytes waiting to be sent to one client before it is cut",
+    ),
+    Option(
+        "send_buffer_total",
+        "limits",
+        "send_buffer_total",
+        parse_size,
+        "bytes waiting to be sent to all clients together before the largest is cut",
     ),
     Option("invite_max_size", "invites", "max_size", parse_size, "largest invite payload"),
     Option(

@@ -8,10 +8,11 @@ There is one send path: ``send`` (and ``accept``, ``close``) put messages into t
 which encrypts them in order, and start the connection's one writer task unless it is
 running; it writes everything pending in one system call, waits for the peer's window to
 drain, and ends when nothing is left (an idle connection holds no task). The
-back-pressure rule: the bytes waiting for one peer (encrypted in the session and buffered
-by the kernel socket's transport) may not pass ``WRITE_BUFFER_LIMIT``, and its window may
-not stay full for ``DRAIN_TIMEOUT``; a peer that breaks either is dropped. While a write
-waits, reading from that peer waits too.
+back-pressure rule (``SendBudget``): the bytes waiting for one peer, encrypted in the
+session and buffered by the socket's transport, are checked before anything is queued,
+against ``send_buffer`` for the peer and ``send_buffer_total`` for all peers; and a peer's
+window may not stay full for ``DRAIN_TIMEOUT``. A peer that breaks either is cut. While a
+write waits, reading from that peer waits too.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 import msgspec
 from aiohttp import WSMsgType, web
 
+from zerok.crypto.noise.transport import sealed_size
 from zerok.protocol import (
     ConnectionClosed,
     Event,
@@ -32,16 +34,16 @@ from zerok.protocol import (
     RequestReceived,
     Variant,
 )
+from zerok.relay.budget import SendBudget
 from zerok.relay.service import RelayService
 from zerok.relay.tasks import TaskSet
-from zerok.transport.wsframe import binary_frames
-from zerok.wire import DeviceId, Error, ErrorCode, GroupId, Message, Welcome
+from zerok.transport.wsframe import binary_frames, close_frame
+from zerok.wire import DeviceId, Error, ErrorCode, GroupId, Message, Pull, Welcome, encode
 from zerok.wire.messages import MAX_TEXT_CHARS
 
 log = logging.getLogger("zerok.relay.connection")
 
 MAX_IN_FLIGHT = 64  # requests of one connection being processed at once
-WRITE_BUFFER_LIMIT = 8 * 1024 * 1024  # bytes waiting for one peer before it is dropped
 DRAIN_TIMEOUT = 30.0  # seconds a peer may leave its receive window full
 CLOSE_TIMEOUT = 15.0  # seconds for the closing handshake
 
@@ -69,8 +71,10 @@ class Connection:
         *,
         offered: Sequence[str],
         remote: str,
+        budget: SendBudget,
     ) -> None:
         self.service = service
+        self.budget = budget
         self.request = request
         self.ws = ws
         self.remote = remote
@@ -89,6 +93,8 @@ class Connection:
         self.device_id: DeviceId | None = None
         self.requests = TaskSet(remote)  # HELLO and requests
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        # PULL pages being read for this peer count against its budget too.
+        self._pull_slots = asyncio.Semaphore(max(1, config.send_buffer // config.frame_limit))
         # Set while a write waits for the peer's window (only then: idle connections are
         # many, and each object they hold counts).
         self._draining: asyncio.Future[None] | None = None
@@ -96,6 +102,9 @@ class Connection:
         # connection holds no task), and ends with the closing handshake.
         self._writer: asyncio.Task[None] | None = None
         self._ws_closed = False
+        self._read_ended = False  # the read loop is over: the peer's side is closed
+        self._read_end: asyncio.Future[None] | None = None  # for the closing handshake
+        self._cut = False
 
     # -- the Peer interface -----------------------------------------------------------------
 
@@ -119,7 +128,14 @@ class Connection:
                     self.session.error(ErrorCode(message.code), message.message, request_id)
                 )
                 return True
-        self.session.send(message, request_id)
+        self._account()
+        if not self.session.send(message, request_id, room=self.budget.room(self)):
+            needed = sealed_size(len(encode(message, request_id=request_id)))
+            if not self.budget.make_room(self, needed):
+                limit = self.budget.per_connection
+                self.cut(f"over {limit} bytes waiting for a peer that does not read", "not_reading")
+                return False
+            self.session.send(message, request_id)
         return self._queued()
 
     def close(self, code: ErrorCode, message: str) -> None:
@@ -128,15 +144,17 @@ class Connection:
     # -- writing --------------------------------------------------------------------------
 
     def _queued(self) -> bool:
-        """Apply the back-pressure rule after the session took a message; wake the writer."""
-        transport = self.request.transport
-        buffered = transport.get_write_buffer_size() if transport is not None else 0
-        if self.session.bytes_to_send + buffered > WRITE_BUFFER_LIMIT:
-            # A peer that does not read must not hold the relay's memory.
-            self._drop(f"over {WRITE_BUFFER_LIMIT} bytes waiting for a peer that does not read")
-            return False
+        """The session took a message: count it, and wake the writer."""
+        self._account()
         self._kick()
         return True
+
+    def _account(self) -> None:
+        """Tell the budget what this peer holds now: its session's queue and its socket
+        buffer (which the kernel drains without telling; this is the latest word)."""
+        transport = self.request.transport
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        self.budget.set_held(self, self.session.bytes_to_send + buffered)
 
     def _closed_by_us(self, events: list[Event]) -> None:
         self._handle_closed(events)
@@ -170,36 +188,60 @@ class Connection:
         # WebSocket writer also writes whole frames only, so frames never interleave.
         transport.write(binary_frames(out))
         self.service.metrics.bytes_transferred.labels("out").inc(sum(map(len, out)))
-        if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
-            self._drop(f"over {WRITE_BUFFER_LIMIT} bytes waiting for a peer that does not read")
-            return
+        self._account()
         self._draining = self.loop.create_future()
         try:
             await asyncio.wait_for(self.request.writer.drain(), DRAIN_TIMEOUT)
         except TimeoutError:
-            self._drop(f"the peer read nothing for {DRAIN_TIMEOUT:g} s")
+            self.cut(f"the peer read nothing for {DRAIN_TIMEOUT:g} s", "drain_timeout")
         except (ConnectionError, RuntimeError):
             pass  # the peer went away; the read loop notices and cleans up
         finally:
             self._draining.set_result(None)
             self._draining = None
+            self._account()
 
     async def _close_websocket(self) -> None:
+        """The closing handshake, after everything else was written.
+
+        When the relay ends the session while the peer may still be sending (pipelined
+        requests, a shutdown mid-burst), closing the socket with unread data in it makes
+        the kernel send a reset, and the peer's kernel then throws away what it had not
+        read yet: our last ERROR and the close frame. So the relay sends its close frame
+        and goes on reading, and discarding, until the peer's close frame (at most
+        CLOSE_TIMEOUT), and only then closes the socket. aiohttp's own ``close()`` would
+        stop the read loop at once, so the frame is written here.
+        """
         if self._ws_closed:
             return
         self._ws_closed = True
         code = _WS_CLOSE.get(_as_code(self.session.close_code), 1000)
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
+                if not self._read_ended:
+                    transport = self.request.transport
+                    if transport is not None and not transport.is_closing():
+                        transport.write(close_frame(code))
+                    self._read_end = self.loop.create_future()
+                    await asyncio.shield(self._read_end)
+                    if transport is not None:
+                        transport.close()  # the peer's close frame is in: no reset
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await self.ws.close(code=code)
         except TimeoutError:
-            self._drop(f"the peer did not take the close within {CLOSE_TIMEOUT:g} s")
+            self.cut(f"the peer did not take the close within {CLOSE_TIMEOUT:g} s", "close_timeout")
 
-    def _drop(self, why: str) -> None:
-        """Cut the connection at once (nothing more can be sent on it)."""
+    def cut(self, why: str, reason: str = "send_buffer_total") -> None:
+        """Drop the connection at once (nothing more can be sent on it); ``reason`` is the
+        metric label: not_reading, send_buffer_total, drain_timeout or close_timeout."""
+        if self._cut:
+            return
+        self._cut = True
         log.info("dropping %s: %s", self.remote, why)
+        self.service.metrics.clients_cut.labels(reason).inc()
         self._handle_closed(self.session.close(None, why))
+        self.session.data_to_send()  # nothing more can go out: let go of it now
+        self.budget.release(self)
         self._kick()
         transport = self.request.transport
         if transport is not None:
@@ -218,12 +260,17 @@ class Connection:
         try:
             await self._read_loop()
         finally:
+            self._read_ended = True
+            if self._read_end is not None and not self._read_end.done():
+                self._read_end.set_result(None)
             await self._finish()
 
     async def _read_loop(self) -> None:
         session = self.session
         received = self.service.metrics.bytes_transferred.labels("in")
-        while not session.closed:
+        # Reading goes on after the session ended, until the peer's close frame: see
+        # _close_websocket (which bounds this with CLOSE_TIMEOUT).
+        while True:
             if self._draining is not None:  # reading waits for writing (DRAIN_TIMEOUT)
                 await asyncio.shield(self._draining)
             deadline = session.next_deadline()
@@ -269,7 +316,11 @@ class Connection:
 
     async def _run_request(self, event: RequestReceived) -> None:
         try:
-            await self.service.on_request(self, event)
+            if isinstance(event.message, Pull):
+                async with self._pull_slots, self.budget.pull_slots:
+                    await self.service.on_request(self, event)
+            else:
+                await self.service.on_request(self, event)
         except Exception:
             log.exception("request %s from %s failed", event.message.TYPE.name, self.remote)
             failed = "the relay could not process the request"
@@ -281,6 +332,7 @@ class Connection:
         # Requests already taken finish first: their commits must be answered if possible.
         await self.requests.wait()
         self.service.on_disconnect(self)
+        self.budget.release(self)
         if not self.session.closed:
             self._handle_closed(self.session.close())
         self._kick()

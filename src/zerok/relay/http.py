@@ -7,6 +7,7 @@ half of the short code that never leaves the devices.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -17,24 +18,28 @@ from typing import Any
 
 from aiohttp import web
 
+from zerok.errors import StorageError
 from zerok.protocol.ratelimit import RateLimiter
+from zerok.relay.config import RelayConfig
+from zerok.relay.proxy import ClientAddresses, parse_networks
 from zerok.relay.service import RelayService
 from zerok.version import __version__
 
 LOOKUP = re.compile(r"[A-Za-z0-9_-]{8,128}")
+STATS_TTL = 5.0  # seconds the counts of /health and /metrics are reused
+STATS_TIMEOUT = 1.0  # seconds /health waits for the database before answering 503
 
 
-def client_ip(request: web.Request, trust_proxy: bool) -> str:
-    """The client's address: the peer's, or with ``trust_proxy`` the one the (single,
-    trusted) reverse proxy appended to X-Forwarded-For (its last entry: earlier ones are
-    whatever the client claimed)."""
-    if trust_proxy:
-        forwarded = request.headers.getall("X-Forwarded-For", [])
-        if forwarded:
-            last = forwarded[-1].split(",")[-1].strip()
-            if last:
-                return last
-    return request.remote or "?"
+def client_addresses(config: RelayConfig) -> ClientAddresses:
+    return ClientAddresses(
+        config.trust_proxy, config.proxy_header.lower(), parse_networks(config.trusted_proxies)
+    )
+
+
+def client_ip(request: web.Request, addresses: ClientAddresses) -> str:
+    """The client's address: the socket's peer, or behind a trusted proxy the one it names
+    (see zerok.relay.proxy)."""
+    return addresses.of(request.remote, request.headers)
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:
@@ -53,6 +58,10 @@ class HttpApi:
         self.storage = service.storage
         self.draining = draining
         self.started_at = time.monotonic()
+        self.addresses = client_addresses(service.config)
+        self.stats_ttl = STATS_TTL
+        self._stats_cache: tuple[float, tuple[int, int]] | None = None
+        self._stats_task: asyncio.Future[tuple[int, int]] | None = None
         self.invite_limit = RateLimiter(service.config.invites_per_minute)
 
     def routes(self) -> list[web.RouteDef]:
@@ -64,31 +73,60 @@ class HttpApi:
             web.delete("/v1/invites/{lookup}", self.cancel_invite),
         ]
 
+    async def _stats(self) -> tuple[int, int] | None:
+        """(groups, buffered blobs), counted at most once per STATS_TTL however often they
+        are asked for (counting reads every group row); None when the database does not
+        answer within STATS_TIMEOUT."""
+        now = time.monotonic()
+        if self._stats_cache is not None and now - self._stats_cache[0] < self.stats_ttl:
+            return self._stats_cache[1]
+        if self._stats_task is None or self._stats_task.done():
+            self._stats_task = asyncio.ensure_future(self.storage.stats())
+        try:
+            stats = await asyncio.wait_for(asyncio.shield(self._stats_task), STATS_TIMEOUT)
+        except (TimeoutError, StorageError):
+            return None
+        self._stats_cache = (time.monotonic(), stats)
+        return stats
+
     async def health(self, request: web.Request) -> web.Response:
-        groups, blobs = await self.storage.stats()
+        stats = await self._stats()
+        if stats is None:
+            unavailable = {
+                "status": "unavailable",
+                "reason": f"the database did not answer within {STATS_TIMEOUT:g} s",
+                "version": __version__,
+            }
+            return web.json_response(unavailable, status=503)
+        groups, blobs = stats
         draining = self.draining()
-        body = {
-            "status": "draining" if draining else "ok",
+        # Degraded still answers 200: pulls, acks and deletes work, only pushes are refused.
+        trouble = self.storage.degraded()
+        body: dict[str, object] = {
+            "status": "draining" if draining else "degraded" if trouble else "ok",
             "version": __version__,
             "connections": len(self.service.connections),
             "groups": groups,
             "blobs_buffered": blobs,
             "uptime_seconds": round(time.monotonic() - self.started_at, 3),
         }
+        if trouble:
+            body["reason"] = trouble
         return web.json_response(body, status=503 if draining else 200)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        groups, blobs = await self.storage.stats()
+        stats = await self._stats()
         m = self.service.metrics
-        m.groups.set(groups)
-        m.blobs_buffered.set(blobs)
+        if stats is not None:  # else the last counts stand
+            m.groups.set(stats[0])
+            m.blobs_buffered.set(stats[1])
         m.connections_active.set(len(self.service.connections))
         return web.Response(
             body=m.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
         )
 
     def _limited(self, request: web.Request) -> web.Response | None:
-        ip = client_ip(request, self.config.trust_proxy)
+        ip = client_ip(request, self.addresses)
         now = time.monotonic()
         if self.invite_limit.allow(ip, now):
             return None

@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+#: The ``limit`` label values of ``sync_relay_limit_refusals_total``: a fixed set, named
+#: after the option that refused.
+LIMITS = (
+    "messages_per_minute",
+    "push_bytes_per_hour",
+    "max_group_storage",
+    "max_storage",
+    "new_groups_per_hour",
+    "new_devices_per_hour",
+    "allow_new_groups",
+)
+
 
 class RelayMetrics:
     def __init__(self) -> None:
@@ -46,6 +58,12 @@ class RelayMetrics:
             ["limit"],
             registry=r,
         )
+        self.limit_refusals = Counter(
+            "sync_relay_limit_refusals",
+            "HELLOs and requests refused by a limit, by the option that refused them",
+            ["limit"],
+            registry=r,
+        )
         self.errors = Counter(
             "sync_relay_errors", "ERROR messages sent, by code", ["code"], registry=r
         )
@@ -62,6 +80,29 @@ class RelayMetrics:
             ["result"],
             registry=r,
         )
+        self.send_buffer_bytes = Gauge(
+            "sync_relay_send_buffer_bytes",
+            "bytes encrypted for clients and not yet handed to the kernel, all clients",
+            registry=r,
+        )
+        self.sockets_waiting = Gauge(
+            "sync_relay_sockets_waiting",
+            "sockets accepted that have not sent their HTTP request or upgrade yet",
+            registry=r,
+        )
+        self.clients_cut = Counter(
+            "sync_relay_clients_cut",
+            "connections dropped for not reading, by reason",
+            ["reason"],
+            registry=r,
+        )
+
+    def refused(self, limit: str) -> None:
+        """Count a refusal by one of ``LIMITS`` (anything else is a bug: the label set is
+        bounded)."""
+        if limit not in LIMITS:
+            raise ValueError(f"not a limit label: {limit!r}")
+        self.limit_refusals.labels(limit).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

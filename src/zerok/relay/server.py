@@ -8,7 +8,7 @@ import resource
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -16,9 +16,12 @@ from aiohttp import web
 from zerok.crypto.identity import DeviceIdentity
 from zerok.crypto.noise.symmetric import MAX_MESSAGE
 from zerok.protocol import SUBPROTOCOLS, variant_for
+from zerok.relay.budget import SendBudget
 from zerok.relay.config import RelayConfig
 from zerok.relay.connection import Connection
+from zerok.relay.gate import WAITING_FLOOR, WAITING_PER_IP_FLOOR, RequestGate
 from zerok.relay.http import HttpApi, client_ip
+from zerok.relay.logs import LogThrottle, throttle_noisy_loggers
 from zerok.relay.metrics import RelayMetrics
 from zerok.relay.push import LoggingPushSender, PushSender, WebhookPushSender
 from zerok.relay.service import RelayService
@@ -83,12 +86,20 @@ class Relay:
             metrics=RelayMetrics(),
         )
         self.http = HttpApi(self.service, draining=lambda: self.stopping)
+        self.budget = SendBudget(
+            per_connection=config.send_buffer,
+            total=config.send_buffer_total,
+            frame_limit=config.frame_limit,
+            gauge=self.service.metrics.send_buffer_bytes,
+        )
         self.stopping = False
         self._per_ip: Counter[str] = Counter()
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._server: asyncio.Server | None = None
+        self.gate: RequestGate | None = None
         self._connections: dict[Connection, asyncio.Task[None]] = {}  # and their handlers
         self.tasks = TaskSet("the relay")  # the cleanup loop
+        self._unthrottle: Callable[[], None] | None = None
 
     @property
     def relay_id(self) -> bytes:
@@ -99,14 +110,39 @@ class Relay:
     async def start(self) -> None:
         _raise_open_files_limit(self.config.max_connections + 256)
         await self.storage.open()
-        app = web.Application(client_max_size=self.config.invite_max_size * 2 + 1024)
-        app.router.add_routes([web.get("/", self.websocket), *self.http.routes()])
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        self._site = web.TCPSite(
-            self._runner, self.config.host, self.config.port, backlog=1024, reuse_address=True
+        app = web.Application(
+            client_max_size=self.config.invite_max_size * 2 + 1024,
+            middlewares=[self._arrived],
         )
-        await self._site.start()
+        app.router.add_routes([web.get("/", self.websocket), *self.http.routes()])
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            # Idle HTTP between requests; longer than the gate's deadline, which is what
+            # closes a socket that never sent a request.
+            keepalive_timeout=2 * self.config.request_timeout,
+        )
+        await self._runner.setup()
+        assert self._runner.server is not None
+        self.gate = RequestGate(
+            self._runner.server,
+            timeout=self.config.request_timeout,
+            # Sockets wait for milliseconds when their request comes at once: these bounds
+            # are above the WebSocket limits, so that an upgrade over those gets its HTTP
+            # 429 or 503 (which a client can show) rather than a closed socket.
+            max_waiting=max(self.config.max_connections, WAITING_FLOOR),
+            per_ip=(
+                None
+                if self.config.trust_proxy
+                else max(self.config.connections_per_ip, WAITING_PER_IP_FLOOR)
+            ),
+            metrics=self.service.metrics,
+        )
+        self._server = await asyncio.get_running_loop().create_server(
+            self.gate, self.config.host, self.config.port, backlog=1024, reuse_address=True
+        )
+        self._unthrottle = throttle_noisy_loggers(LogThrottle())
         self.tasks.spawn(self._cleanup_loop())
         log.info(
             "relay %s listening on ws://%s (database %s)",
@@ -115,11 +151,20 @@ class Relay:
             self.config.database_display,
         )
 
+    @web.middleware
+    async def _arrived(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """A request arrived on its socket: the gate's deadline no longer applies to it."""
+        if self.gate is not None:
+            self.gate.arrived(request.transport)
+        return await handler(request)
+
     @property
     def bound_address(self) -> str:
-        addresses = self._runner.addresses if self._runner is not None else []
-        if addresses:
-            host, port = addresses[0][:2]
+        sockets = self._server.sockets if self._server is not None else ()
+        if sockets:
+            host, port = sockets[0].getsockname()[:2]
             return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return self.config.bind
 
@@ -129,8 +174,8 @@ class Relay:
             return
         self.stopping = True
         log.info("shutting down: telling %d connections", len(self.service.connections))
-        if self._site is not None:
-            await self._site.stop()  # no new connections
+        if self._server is not None:
+            self._server.close()  # no new connections
         for conn in list(self._connections):
             conn.close(ErrorCode.RELAY_SHUTTING_DOWN, "the relay is shutting down; reconnect later")
         if self._connections:
@@ -144,6 +189,8 @@ class Relay:
         await self.service.push_sender.close()
         await self.storage.close()
         log.info("relay stopped")
+        if self._unthrottle is not None:
+            self._unthrottle()
 
     async def serve_forever(self, on_ready: Callable[[Relay], None] | None = None) -> None:
         """Run until SIGTERM or SIGINT, then shut down gracefully."""
@@ -181,7 +228,7 @@ class Relay:
                 status=400,
                 text=f"offer one of the WebSocket subprotocols {', '.join(SUBPROTOCOLS)}\n",
             )
-        ip = client_ip(request, self.config.trust_proxy)
+        ip = client_ip(request, self.http.addresses)
         if self.stopping:
             return web.Response(status=503, text="the relay is shutting down\n")
         if len(self.service.connections) >= self.config.max_connections:
@@ -198,10 +245,18 @@ class Relay:
             compress=False,  # ciphertext does not compress; deflate only costs CPU
             max_msg_size=MAX_MESSAGE + 1,  # aiohttp refuses a message of exactly its limit
             autoping=True,
+            # The connection answers the peer's close frame itself (after its last words).
+            autoclose=False,
         )
         await ws.prepare(request)
         conn = Connection(
-            self.service, request, ws, variant_for(chosen), offered=offered, remote=ip
+            self.service,
+            request,
+            ws,
+            variant_for(chosen),
+            offered=offered,
+            remote=ip,
+            budget=self.budget,
         )
         handler = asyncio.current_task()
         assert handler is not None

@@ -1,10 +1,12 @@
 """What the relay does with each HELLO and request.
 
 The service owns the routing table (which devices of which group are connected here), the
-per-device rate limits and the wake-ups of devices that are offline. Storage does the
-durable part; every answer is sent only after the storage call returned, i.e. after its
-commit. A connection is seen only through ``Peer``, so the service knows nothing of
-WebSockets and is tested with plain objects.
+limits it decides (per device: the request rate; per client IP: new groups, new devices
+and pushed bytes, since device and group keys are free; the relay-wide storage cap) and
+the wake-ups of devices that are offline. Storage does the durable part; every answer is
+sent only after the storage call returned, i.e. after its commit. A connection is seen
+only through ``Peer``, so the service knows nothing of WebSockets and is tested with plain
+objects.
 
 Requests are dispatched through a registry: each request type of the message catalogue
 (``zerok.protocol.catalog``) has exactly one handler, marked ``@handles(Type)``; a relay
@@ -13,6 +15,7 @@ without a handler for a request type does not start.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections import defaultdict
@@ -21,11 +24,11 @@ from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from zerok.errors import LocalProtocolError
+from zerok.errors import LocalProtocolError, StorageFullError
 from zerok.protocol import ConnectionClosed, HelloReceived, RequestReceived
 from zerok.protocol.catalog import CLIENT_REQUESTS
 from zerok.protocol.ratelimit import RateLimiter
-from zerok.relay.config import RelayConfig
+from zerok.relay.config import BLOB_OVERHEAD, RelayConfig
 from zerok.relay.metrics import RelayMetrics
 from zerok.relay.push import OfflineWaker, PushSender
 from zerok.relay.storage import (
@@ -67,6 +70,23 @@ from zerok.wire.messages import MAX_DEVICES, PULL_RESPONSE_OVERHEAD
 log = logging.getLogger("zerok.relay")
 
 RESYNC_PAGE = 500  # blobs read per query when catching up on other relays' pushes
+HOUR = 3600.0
+USAGE_REFRESH = 5.0  # seconds between reads of the relay's total storage (max_storage)
+PRUNE_EVERY = 60.0  # seconds between prunes of the per-IP and per-device buckets
+
+
+def ip_key(remote: str) -> str:
+    """What per-IP limits count by: the IPv4 address, or the /64 of an IPv6 address (one
+    host is given a whole /64, so its single addresses cost it nothing)."""
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return remote
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def now_ms() -> int:
@@ -149,7 +169,20 @@ class RelayService:
         # Highest cursor NOTIFYed to this relay's devices, per group with devices here: a
         # resync after missed cross-relay events notifies what lies beyond it.
         self.notified: dict[GroupId, int] = {}
-        self.rate = RateLimiter(config.messages_per_minute)
+        self.rate = RateLimiter(config.messages_per_minute, burst=config.messages_burst or None)
+        # Keys are free, so what bounds a stranger is counted per client IP: new groups,
+        # new devices, and the bytes its pushes store.
+        self.new_groups = RateLimiter(config.new_groups_per_hour, per=HOUR)
+        self.new_devices = RateLimiter(config.new_devices_per_hour, per=HOUR)
+        self.push_bytes = RateLimiter(config.push_bytes_per_hour, per=HOUR)
+        self._pruned_at = monotonic()
+        # New groups and devices charged lately (until the next prune), so that concurrent
+        # first HELLOs of one group or device spend one token, not one each.
+        self._charged: dict[tuple[bytes, ...], float] = {}
+        # The relay's stored bytes (each blob + BLOB_OVERHEAD) as last read, plus what this
+        # relay has accepted since: checked against max_storage.
+        self._usage = 0
+        self._usage_read_at: float | None = None
         self.waker = OfflineWaker(push_sender, storage, self.metrics, monotonic=monotonic)
         self.tasks = TaskSet("the relay service")
         storage.subscribe(self.on_storage_event)
@@ -160,6 +193,9 @@ class RelayService:
             max_frame_size=config.frame_limit,
             default_ttl=int(config.default_ttl),
             max_ttl=int(config.max_ttl),
+            # Liveness (protocol.md §6.9): a client probes at least every heartbeat_interval.
+            idle_timeout=int(config.idle_timeout),
+            heartbeat_interval=max(1, int(config.idle_timeout) // 4) if config.idle_timeout else 0,
         )
 
     async def stop(self) -> None:
@@ -178,8 +214,16 @@ class RelayService:
     async def on_hello(self, peer: Peer, event: HelloReceived) -> None:
         hello, device_id = event.hello, event.device_id
         now = self.clock()
+        ip = ip_key(peer.remote)
+        self._prune(self.monotonic())
         group = await self.storage.get_group(hello.group_id)
         if group is None:
+            if not self.config.allow_new_groups:
+                self.metrics.refused("allow_new_groups")
+                self._refuse(peer, device_id, ErrorCode.UNKNOWN_GROUP, _NO_NEW_GROUPS)
+                return
+            if not self._admit(peer, device_id, ip, (hello.group_id,), "new_groups_per_hour"):
+                return
             group = await self.storage.register_group(hello.group_id, hello.auth_key, now)
             log.info("group %s registered by device %s", hello.group_id.short(), device_id.short())
         if group.auth_key != hello.auth_key:
@@ -193,6 +237,9 @@ class RelayService:
                 "it can no longer sync with it"
             )
             self._refuse(peer, device_id, ErrorCode.DEVICE_REVOKED, message)
+            return
+        key = (hello.group_id, device_id)
+        if device is None and not self._admit(peer, device_id, ip, key, "new_devices_per_hour"):
             return
         await self.storage.touch_device(hello.group_id, device_id, hello.device_name, now)
         if hello.last_cursor:
@@ -219,6 +266,27 @@ class RelayService:
         self.groups[hello.group_id].add(peer)
         self.notified[hello.group_id] = max(self.notified.get(hello.group_id, 0), group.max_cursor)
         self.metrics.sessions_active.inc()
+
+    def _admit(
+        self, peer: Peer, device_id: DeviceId, ip: str, new: tuple[bytes, ...], option: str
+    ) -> bool:
+        """Count the new group or device ``new`` against its per-IP hourly limit, once
+        (HELLOs racing for the same new group or device are charged one token); refuse the
+        HELLO (ERROR 2000, the connection closed) when the address has none left."""
+        now = self.monotonic()
+        if new in self._charged:
+            return True
+        limiter = self.new_groups if option == "new_groups_per_hour" else self.new_devices
+        if limiter.allow(ip, now):
+            self._charged[new] = now
+            return True
+        retry = limiter.retry_after(ip, now)
+        what = "groups registered" if option == "new_groups_per_hour" else "new devices"
+        limit = getattr(self.config, option)
+        self.metrics.refused(option)
+        text = f"too many {what} from {ip} (limit {limit} an hour); retry in {retry} s"
+        self._refuse(peer, device_id, ErrorCode.RATE_LIMITED, text)
+        return False
 
     def _refuse(self, peer: Peer, device_id: DeviceId, code: ErrorCode, message: str) -> None:
         log.info("refused device %s from %s: %s", device_id.short(), peer.remote, message)
@@ -250,16 +318,49 @@ class RelayService:
         # Heartbeats do not count: a limit for data must not cut idle, healthy devices.
         if not isinstance(message, Presence):
             now = self.monotonic()
+            self._prune(now)
             if not self.rate.allow(peer.device_id, now):
                 retry = self.rate.retry_after(peer.device_id, now)
-                limit = self.config.messages_per_minute
-                text = f"over {limit} messages a minute; retry in {retry} s"
+                limit, burst = self.config.messages_per_minute, int(self.rate.capacity)
+                text = f"over {limit} messages a minute (bursts of {burst}); retry in {retry} s"
+                self.metrics.refused("messages_per_minute")
                 peer.send(Error(code=ErrorCode.RATE_LIMITED, message=text, retry_after=retry), rid)
                 return
         handler = self.handlers.get(type(message))
         if handler is None:  # the session admitted a request type nobody handles: our bug
             raise LocalProtocolError(f"the relay has no handler for {message.TYPE.name}")
         await handler(self, peer, rid, message)
+
+    def _prune(self, now: float) -> None:
+        """Forget full buckets now and then, so memory follows the active keys."""
+        if now - self._pruned_at < PRUNE_EVERY:
+            return
+        self._pruned_at = now
+        self._charged = {k: t for k, t in self._charged.items() if now - t < PRUNE_EVERY}
+        for limiter in (self.rate, self.new_groups, self.new_devices, self.push_bytes):
+            limiter.prune(now)
+
+    async def _relay_full(self, cost: int) -> bool:
+        """Whether ``cost`` more bytes would pass max_storage; if not, they are reserved
+        (the caller gives them back with ``_unreserve`` if the push stores nothing). The
+        relay's usage is read from the database every USAGE_REFRESH seconds and counted
+        here in between, so relays sharing a database may together pass the cap by what
+        they accept in that time."""
+        if not self.config.max_storage:
+            return False
+        now = self.monotonic()
+        if self._usage_read_at is None or now - self._usage_read_at >= USAGE_REFRESH:
+            self._usage_read_at = now
+            stored, blobs = await self.storage.usage()
+            self._usage = stored + blobs * BLOB_OVERHEAD
+        if self._usage + cost > self.config.max_storage:
+            return True
+        self._usage += cost
+        return False
+
+    def _unreserve(self, cost: int) -> None:
+        if self.config.max_storage:
+            self._usage = max(0, self._usage - cost)
 
     @staticmethod
     def _fail(peer: Peer, code: ErrorCode, message: str, rid: int) -> None:
@@ -291,22 +392,59 @@ class RelayService:
             text = f"blob of {size} bytes exceeds this relay's limit of {limit}"
             self._fail(peer, ErrorCode.BLOB_TOO_LARGE, text, rid)
             return
+        cost = size + BLOB_OVERHEAD
+        ip = ip_key(peer.remote)
+        if not self.push_bytes.allow(ip, started, cost):
+            retry = self.push_bytes.retry_after(ip, started, cost)
+            limit = self.config.push_bytes_per_hour
+            text = (
+                f"{ip} pushed its {limit} bytes for this hour "
+                f"(each blob counts {BLOB_OVERHEAD} more); retry in {retry} s"
+            )
+            self.metrics.refused("push_bytes_per_hour")
+            peer.send(Error(code=ErrorCode.RATE_LIMITED, message=text, retry_after=retry), rid)
+            return
+        # A full relay stores nothing more (a quota below 0), but a retry of a stored blob
+        # is still answered with its cursor.
+        full = await self._relay_full(cost)
+        reserved = 0 if full else cost
         ttl = push.ttl or self.config.default_ttl
         now = self.clock()
-        outcome = await self.storage.push(
-            group_id,
-            push.blob_id,
-            device_id,
-            push.ciphertext,
-            now=now,
-            expires_at=now + int(min(ttl, self.config.max_ttl) * 1000),
-            max_group_bytes=self.config.max_group_storage,
-        )
+        try:
+            outcome = await self.storage.push(
+                group_id,
+                push.blob_id,
+                device_id,
+                push.ciphertext,
+                now=now,
+                expires_at=now + int(min(ttl, self.config.max_ttl) * 1000),
+                max_group_bytes=-1 if full else self.config.max_group_storage,
+                max_group_blobs=self.config.max_group_blobs,
+                blob_overhead=BLOB_OVERHEAD,
+            )
+        except StorageFullError as exc:  # not fatal: the client retries, the relay recovers
+            self.push_bytes.give_back(ip, cost)
+            self._unreserve(reserved)
+            self._fail(peer, ErrorCode.STORAGE_FULL, f"the relay's storage is full: {exc}", rid)
+            return
+        except BaseException:
+            self._unreserve(reserved)
+            raise
+        if outcome.quota_exceeded or outcome.duplicate:
+            # Nothing stored: only stored bytes count against the IP and the relay.
+            self.push_bytes.give_back(ip, cost)
+            self._unreserve(reserved)
+        if full and outcome.quota_exceeded:
+            self.metrics.refused("max_storage")
+            self._fail(peer, ErrorCode.STORAGE_FULL, _RELAY_FULL, rid)
+            return
         if outcome.quota_exceeded:
             text = (
-                f"the group's {self.config.max_group_storage} bytes of buffer are full; "
-                "let devices catch up or delete blobs"
+                f"the group's buffer is full ({self.config.max_group_storage} bytes, each "
+                f"blob counting {BLOB_OVERHEAD} more, or {self.config.max_group_blobs} "
+                "blobs); let devices catch up or delete blobs"
             )
+            self.metrics.refused("max_group_storage")
             self._fail(peer, ErrorCode.GROUP_QUOTA_EXCEEDED, text, rid)
             return
         online = self.online(group_id)  # who was here when the blob arrived
@@ -490,6 +628,8 @@ class RelayService:
 
 
 _NOT_THE_GROUPS_KEY = "this device does not hold the group's key"
+_NO_NEW_GROUPS = "this relay serves only the groups it knows; it does not register new ones"
+_RELAY_FULL = "the relay's storage is full (its max_storage); try again later"
 _REVOKED = "this device was revoked from the group"
 
 

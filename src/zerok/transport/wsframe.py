@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 
 _OPCODE_BINARY_FIN = 0x82
+_OPCODE_CLOSE_FIN = 0x88
 
 
 def binary_frame_header(length: int) -> bytes:
@@ -18,6 +19,11 @@ def binary_frame_header(length: int) -> bytes:
     if length < 65536:
         return struct.pack("!BBH", _OPCODE_BINARY_FIN, 126, length)
     return struct.pack("!BBQ", _OPCODE_BINARY_FIN, 127, length)
+
+
+def close_frame(code: int) -> bytes:
+    """A server-side close frame carrying ``code`` (RFC 6455 §5.5.1)."""
+    return struct.pack("!BBH", _OPCODE_CLOSE_FIN, 2, code)
 
 
 def binary_frames(messages: list[bytes]) -> bytes:

@@ -41,6 +41,7 @@ class ErrorCode(IntEnum):
     INVALID_PUSH_TOKEN = 2003
     RELAY_OVERLOADED = 3000
     RELAY_SHUTTING_DOWN = 3001
+    STORAGE_FULL = 3002
 
     @property
     def fatal(self) -> bool:

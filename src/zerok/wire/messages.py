@@ -68,6 +68,9 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     max_frame_size: Count
     default_ttl: Seconds
     max_ttl: Seconds
+    # Added later, optional: 0 (and absent, from older relays) means not announced.
+    idle_timeout: Seconds = 0  # the relay closes a connection silent this long
+    heartbeat_interval: Seconds = 0  # the relay asks for a heartbeat at least this often
 
 
 class Welcome(Message, frozen=True, kw_only=True, omit_defaults=True):

@@ -24,8 +24,15 @@ from tests.relay.storage.support import (
     push,
     run,
 )
+from zerok.errors import StorageFullError
 from zerok.relay.storage import BlobStored, PushOutcome, StorageError
-from zerok.relay.storage.postgres import CHANNEL, PUSH_BATCH, SCHEMA_VERSION, PostgresStorage
+from zerok.relay.storage.postgres import (
+    CHANNEL,
+    PUSH_BATCH,
+    SCHEMA_VERSION,
+    PostgresStorage,
+    write_failure,
+)
 from zerok.wire import BlobId, DeviceId, GroupId
 
 
@@ -55,7 +62,8 @@ def test_relays_starting_together_migrate_once(pg_url: str) -> None:
 
     run(main())
     with psycopg.connect(pg_url) as conn:
-        assert conn.execute("SELECT version FROM zerok_schema").fetchall() == [(SCHEMA_VERSION,)]
+        versions = conn.execute("SELECT version FROM zerok_schema ORDER BY version").fetchall()
+        assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)]  # each applied once
 
 
 def test_a_newer_schema_is_refused_with_a_clear_message(pg_url: str) -> None:
@@ -289,3 +297,10 @@ def test_a_failing_handler_does_not_stop_the_others(
     with caplog.at_level(logging.ERROR, logger="zerok.relay.postgres"):
         run(main())
     assert "storage event handler failed" in caplog.text
+
+
+def test_a_full_server_disk_is_storage_full() -> None:
+    """PostgreSQL's disk_full (SQLSTATE 53100) reaches clients as STORAGE_FULL, not 3000."""
+    assert isinstance(write_failure(psycopg.errors.DiskFull("no space")), StorageFullError)
+    other = write_failure(psycopg.errors.SerializationFailure("retry"))
+    assert not isinstance(other, StorageFullError)

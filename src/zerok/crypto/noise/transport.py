@@ -15,6 +15,15 @@ from zerok.errors import FrameTooLargeError, OversizedFrameError, RemoteProtocol
 FRAGMENT_LAST = 0x00
 FRAGMENT_MORE = 0x01
 MAX_FRAGMENT_PAYLOAD = MAX_MESSAGE - TAGLEN - 1  # 65518
+
+
+def sealed_size(frame_length: int) -> int:
+    """The bytes ``encrypt_frame`` makes of a frame this long: each fragment adds a flag
+    byte and a tag."""
+    fragments = max(1, -(-frame_length // MAX_FRAGMENT_PAYLOAD))
+    return frame_length + fragments * (TAGLEN + 1)
+
+
 REKEY_INTERVAL = 2**16
 MAX_SEND_FRAME = 16 * 1024 * 1024 + 64 * 1024  # the wire's largest blob plus its envelope
 

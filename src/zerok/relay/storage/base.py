@@ -155,10 +155,12 @@ class Storage(Protocol):
       it expires, is delivered, or its sender deletes it. Delivered means: at least one
       known, non-revoked device other than its sender exists, and every such device acked
       its cursor (the sender has its own blobs; a lone device's blobs wait, until their
-      TTL, for the devices it will pair). Cleanup turns delivered blobs into
-      *tombstones*: the ciphertext goes, the id and cursor stay until the blob's
-      ``expires_at``, so that a retried PUSH still gets its first cursor. At ``expires_at``
-      (``expires_at <= now``) a blob, live or tombstone, is deleted and its id forgotten.
+      TTL, for the devices it will pair). Cleanup deletes delivered blobs, and a withdrawn
+      blob is deleted at once; either way the blob is *retired*: its row and ciphertext
+      go (their space is freed), its id, cursor and sender are remembered until its
+      ``expires_at``, so that a retried PUSH still gets its first cursor. At
+      ``expires_at`` (``expires_at <= now``) a live blob is deleted, and a retired blob's
+      id forgotten.
     * Acks never move backwards and never pass the group's ``max_cursor``.
     * Revocation is for good and idempotent: the first revoker, time and reason stay, and
       a revoked device keeps no push token.
@@ -182,6 +184,11 @@ class Storage(Protocol):
         """Backend-specific upkeep, run by the relay after each ``cleanup``: SQLite returns
         free pages to the file system when configured to (``vacuum``); PostgreSQL has
         nothing to do. Changes nothing a reader can see."""
+        ...
+
+    def degraded(self) -> str | None:
+        """Why the storage cannot take new blobs right now (e.g. the disk is full), or None
+        when it can. Cheap (no I/O): /health reads it on every request."""
         ...
 
     # groups and devices
@@ -242,18 +249,24 @@ class Storage(Protocol):
         now: int,
         expires_at: int,
         max_group_bytes: int,
+        max_group_blobs: int = 0,
+        blob_overhead: int = 0,
     ) -> PushOutcome:
         """Store a blob under the group's next cursor, timestamped ``now``.
 
-        Idempotent by blob id: if the group knows the id (live blob or tombstone), nothing
+        Idempotent by blob id: if the group knows the id (live or retired blob), nothing
         is stored and the outcome is the first push's cursor and timestamp with
-        ``duplicate``. If the group's live bytes plus this ciphertext would exceed
-        ``max_group_bytes``, nothing is stored: ``quota_exceeded``, cursor 0. StorageError:
-        the group is not registered. Other relays on the same database get a BlobStored."""
+        ``duplicate``. Each live blob costs its ciphertext plus ``blob_overhead`` bytes: if
+        the group's live blobs plus this one would cost more than ``max_group_bytes``, or
+        the group holds ``max_group_blobs`` live blobs already (0: no count limit), nothing
+        is stored: ``quota_exceeded``, cursor 0. The check and the insert are one
+        transaction, so concurrent pushes (and relays) cannot pass the quota together.
+        StorageError: the group is not registered. Other relays on the same database get a
+        BlobStored."""
         ...
 
     async def pull(self, group_id: GroupId, after: int, limit: int, max_bytes: int) -> PullPage:
-        """Live blobs with a cursor above ``after``, ascending (tombstones are skipped): at
+        """Live blobs with a cursor above ``after``, ascending (retired ones are gone): at
         most ``limit`` of them and, beyond the first, no more than ``max_bytes`` in all,
         counting each blob's ciphertext plus STORED_BLOB_OVERHEAD (``page_length``), so a
         page fits a frame of that size. ``has_more``: live blobs beyond the page remain.
@@ -269,7 +282,7 @@ class Storage(Protocol):
     async def delete_blob(
         self, group_id: GroupId, blob_id: BlobId, device_id: DeviceId, *, force: bool
     ) -> DeleteOutcome:
-        """The sender withdraws a blob: it becomes a tombstone (its id still known).
+        """The sender withdraws a blob: it is retired (deleted, its id still known).
 
         ``found``: the group knows the blob id. ``owner``: ``device_id`` sent it (only the
         sender may delete). ``deleted``: it is no longer live, now or already. Without
@@ -311,15 +324,20 @@ class Storage(Protocol):
 
     # housekeeping
     async def cleanup(self, now: int) -> CleanupStats:
-        """Apply retention: delete blobs with ``expires_at <= now`` (``expired_blobs``
-        counts the live ones among them), tombstone delivered blobs (``acked_blobs``),
-        expire open invites with ``expires_at <= now`` (``expired_invites``) and forget
-        invites a day past their expiry. Group totals follow. Safe to run on several
-        relays at once."""
+        """Apply retention: delete live blobs with ``expires_at <= now``
+        (``expired_blobs``) and forget retired ids past theirs, retire delivered blobs
+        (``acked_blobs``), expire open invites with ``expires_at <= now``
+        (``expired_invites``) and forget invites a day past their expiry. Group totals
+        follow. Runs as many short transactions (writes of others go between them), each
+        consistent on its own; safe to run on several relays at once."""
         ...
 
     async def stats(self) -> tuple[int, int]:
         """(number of groups, number of live blobs)."""
+        ...
+
+    async def usage(self) -> tuple[int, int]:
+        """(ciphertext bytes of live blobs, number of live blobs), all groups together."""
         ...
 
     def subscribe(self, handler: Callable[[StorageEvent], None]) -> None:

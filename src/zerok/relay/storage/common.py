@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
+from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 from zerok.errors import StorageError
@@ -133,7 +134,7 @@ def push_outcome(
 
 def judge_delete(found: Row | None, device_id: bytes) -> DeleteOutcome | None:
     """The outcome of a delete decided by the blob's row (cursor, sender, live) alone, or
-    None when the owner's live blob is to be tombstoned (if the rules allow)."""
+    None when the owner's live blob is to be retired (if the rules allow)."""
     if found is None:
         return DeleteOutcome(found=False, owner=False, deleted=False)
     _, sender, live = found
@@ -332,17 +333,31 @@ def subtract_from_groups(gone: Iterable[Row]) -> Proc[None]:
         )
 
 
-def tombstone(where: str, *args: Any) -> Proc[int]:
-    """Drop the ciphertext of the live blobs matching ``where``; return how many.
+# A blob's id outlives its row: once a blob stops being live (delivered or withdrawn) its
+# row is DELETED, so that its pages are freed, and a compact record (blob_ids: group, id,
+# cursor, sender, times; about 100 bytes with its indexes, against the ciphertext's
+# kilobytes) remembers it until its expires_at, so that a retried PUSH still gets its
+# first cursor. The move is one transaction, so a reader sees the id in one of the two.
+RETIRED_COLUMNS = "group_id, blob_id, cursor, sender, created_at, expires_at"
 
-    The rows come back from the UPDATE itself, so a blob another relay tombstoned at the
-    same moment is counted once, by whoever changed it."""
+
+def retire(where: str, *args: Any) -> Proc[int]:
+    """Delete the live blobs matching ``where``, remember their ids; return how many.
+
+    The rows come back from the DELETE itself, so a blob another relay retired at the same
+    moment is counted once, by whoever removed it."""
     gone = yield from rows(
-        f"UPDATE blobs SET ciphertext = NULL WHERE ciphertext IS NOT NULL AND {where}"
-        " RETURNING group_id, size",
-        *args,
+        f"DELETE FROM blobs WHERE {where} RETURNING {RETIRED_COLUMNS}, size", *args
     )
-    yield from subtract_from_groups(gone)
+    if not gone:
+        return 0
+    marks = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(gone))
+    yield from execute(
+        f"INSERT INTO blob_ids ({RETIRED_COLUMNS}) VALUES {marks}"
+        " ON CONFLICT (group_id, blob_id) DO NOTHING",
+        *(value for r in gone for value in r[:6]),
+    )
+    yield from subtract_from_groups((r[0], r[6]) for r in gone)
     return len(gone)
 
 
@@ -350,18 +365,23 @@ def delete_blob(
     group_id: GroupId, blob_id: BlobId, device_id: DeviceId, force: bool
 ) -> Proc[DeleteOutcome]:
     found = yield from one(
-        "SELECT cursor, sender, ciphertext IS NOT NULL FROM blobs"
-        " WHERE group_id = ? AND blob_id = ?",
+        "SELECT cursor, sender, 1 FROM blobs WHERE group_id = ? AND blob_id = ?",
         group_id,
         blob_id,
         lock=True,
     )
+    if found is None:  # not live: perhaps retired, its id still remembered
+        found = yield from one(
+            "SELECT cursor, sender, 0 FROM blob_ids WHERE group_id = ? AND blob_id = ?",
+            group_id,
+            blob_id,
+        )
     decided = judge_delete(found, device_id)
     if decided is not None:
         return decided
     assert found is not None
     where = "group_id = ? AND cursor = ?" + ("" if force else f" AND {DELIVERED}")
-    gone = yield from tombstone(where, group_id, found[0])
+    gone = yield from retire(where, group_id, found[0])
     return DeleteOutcome(found=True, owner=True, deleted=gone > 0)
 
 
@@ -432,23 +452,147 @@ def delete_invite(lookup: bytes) -> Proc[bool]:
     return cancelled == 1
 
 
-def cleanup(now: int) -> Proc[CleanupStats]:
-    # Live blobs past their TTL leave the totals; tombstones past it only free their ids.
-    expired = yield from rows(
-        "DELETE FROM blobs WHERE expires_at <= ? AND ciphertext IS NOT NULL"
-        " RETURNING group_id, size",
+# Cleanup runs as many small transactions, each touching at most CLEANUP_BATCH rows, so
+# that it never holds the (SQLite: single) writer for more than a few milliseconds and
+# pushes interleave with it. Retention is computed per group from its devices' acks, not
+# per blob against every device: O(devices + blobs retired), not O(blobs x devices).
+# 64: retiring a blob rewrites a page of each index keyed by its random id (~10 KiB of WAL
+# per blob), so 256 took 25-70 ms of the writer at 200k blobs, 64 takes 5-15 ms.
+CLEANUP_BATCH = 64
+
+
+def expire_blobs(now: int, limit: int) -> Proc[int]:
+    """Delete up to ``limit`` live blobs past their TTL; return how many."""
+    gone = yield from rows(
+        "DELETE FROM blobs WHERE (group_id, cursor) IN (SELECT group_id, cursor FROM blobs"
+        " WHERE expires_at <= ? LIMIT ?) RETURNING group_id, size",
         now,
+        limit,
     )
-    yield from subtract_from_groups(expired)
-    yield from execute("DELETE FROM blobs WHERE expires_at <= ?", now)
-    acked = yield from tombstone(DELIVERED)
+    yield from subtract_from_groups(gone)
+    return len(gone)
+
+
+def forget_blob_ids(now: int, limit: int) -> Proc[int]:
+    """Forget up to ``limit`` retired blob ids past their TTL; return how many."""
+    return (
+        yield from execute(
+            "DELETE FROM blob_ids WHERE (group_id, blob_id) IN (SELECT group_id, blob_id"
+            " FROM blob_ids WHERE expires_at <= ? LIMIT ?)",
+            now,
+            limit,
+        )
+    )
+
+
+def groups_with_blobs(after: bytes, limit: int) -> Proc[list[bytes]]:
+    found = yield from rows(
+        "SELECT group_id FROM groups WHERE blob_count > 0 AND group_id > ?"
+        " ORDER BY group_id LIMIT ?",
+        after,
+        limit,
+    )
+    return [bytes(r[0]) for r in found]
+
+
+class Retention(NamedTuple):
+    """A group's retention rule, from the acks of its known, non-revoked devices: a live
+    blob is delivered once every such device besides its sender acked past it, and at
+    least one exists. With ``slowest`` the device with the lowest ack (``first``) and
+    ``second`` the next lowest ack (None with one device): a blob is delivered if its
+    cursor is at most ``first`` and it is not the lone device's own, or if ``slowest``
+    sent it and its cursor is at most ``second``."""
+
+    slowest: bytes
+    first: int
+    second: int | None
+
+    @property
+    def top(self) -> int:
+        """No blob above this cursor is delivered."""
+        return self.first if self.second is None else self.second
+
+
+def group_retention(acks: Iterable[Row]) -> Retention | None:
+    """The rule for a group whose devices (rows: device_id, acked_cursor) are given; None
+    when it has no device that could receive anything."""
+    ordered = sorted((int(r[1]), bytes(r[0])) for r in acks)
+    if not ordered:
+        return None
+    first, slowest = ordered[0]
+    return Retention(slowest, first, ordered[1][0] if len(ordered) > 1 else None)
+
+
+def first_window(group_id: bytes) -> Proc[int | None]:
+    """Where a group's delivered blobs start (the ``after`` of its first window), or None
+    when it has none now. A read: most groups have nothing to deliver at most cleanups,
+    and finding that out should not take a turn at the writer."""
+    acks = yield from rows(
+        "SELECT device_id, acked_cursor FROM devices WHERE group_id = ? AND revoked_at IS NULL",
+        group_id,
+    )
+    rule = group_retention(acks)
+    if rule is None:
+        return None
+    oldest = yield from one("SELECT MIN(cursor) FROM blobs WHERE group_id = ?", group_id)
+    if oldest is None or oldest[0] is None or int(oldest[0]) > rule.top:
+        return None
+    return int(oldest[0]) - 1
+
+
+def deliver_window(group_id: bytes, after: int, limit: int) -> Proc[tuple[int, int | None]]:
+    """Retire the delivered blobs of one group among cursors ``after + 1 ..
+    after + limit``; return how many, and where the next window starts (None: done).
+    The rule is read again in every window, inside its transaction, so a window never acts
+    on acks or revocations older than itself."""
+    acks = yield from rows(
+        "SELECT device_id, acked_cursor FROM devices WHERE group_id = ? AND revoked_at IS NULL",
+        group_id,
+    )
+    rule = group_retention(acks)
+    if rule is None or after >= rule.top:
+        return 0, None
+    end = min(after + limit, rule.top)
+    # Cursors are gap-free, so the window holds at most ``limit`` rows however the rule
+    # filters them: a group with a silent device costs a bounded scan per window.
+    if rule.second is None:
+        gone = yield from retire(
+            "group_id = ? AND cursor > ? AND cursor <= ? AND sender <> ?",
+            group_id,
+            after,
+            min(end, rule.first),
+            rule.slowest,
+        )
+    else:
+        gone = yield from retire(
+            "group_id = ? AND cursor > ? AND cursor <= ?"
+            " AND (cursor <= ? OR (sender = ? AND cursor <= ?))",
+            group_id,
+            after,
+            end,
+            rule.first,
+            rule.slowest,
+            rule.second,
+        )
+    return gone, (end if end < rule.top else None)
+
+
+def expire_invites(now: int) -> Proc[int]:
     invites = yield from execute(
         "UPDATE invites SET payload = NULL, state = 'expired'"
         " WHERE state = 'open' AND expires_at <= ?",
         now,
     )
     yield from execute("DELETE FROM invites WHERE expires_at <= ?", now - INVITE_TOMBSTONE_MS)
-    return CleanupStats(len(expired), acked, invites)
+    return invites
+
+
+def usage() -> Proc[tuple[int, int]]:
+    row = yield from one(
+        "SELECT COALESCE(SUM(bytes_stored), 0), COALESCE(SUM(blob_count), 0) FROM groups"
+    )
+    assert row is not None
+    return int(row[0]), int(row[1])
 
 
 def stats() -> Proc[tuple[int, int]]:
@@ -469,20 +613,25 @@ class SQLStorage(ABC):
         """Run a procedure that only reads (no transaction needed); StorageError on failure."""
 
     @abstractmethod
-    async def _write_proc(self, proc: Proc[T]) -> T:
-        """Run a procedure in one transaction and return once it committed; if it raises,
-        nothing of it is kept. StorageError on failure."""
+    async def _write_proc(self, make: Callable[[], Proc[T]]) -> T:
+        """Run the procedure ``make()`` in one transaction and return once it committed;
+        if it raises, nothing of it is kept. StorageError on failure. A factory, not a
+        procedure: a backend may have to run it again (SQLite, when a full disk rolled
+        back the transaction it shared)."""
+
+    def degraded(self) -> str | None:
+        return None
 
     async def get_group(self, group_id: GroupId) -> GroupRecord | None:
         return await self._read_proc(get_group(group_id))
 
     async def register_group(self, group_id: GroupId, auth_key: bytes, now: int) -> GroupRecord:
-        return await self._write_proc(register_group(group_id, auth_key, now))
+        return await self._write_proc(lambda: register_group(group_id, auth_key, now))
 
     async def touch_device(
         self, group_id: GroupId, device_id: DeviceId, name: str, now: int
     ) -> DeviceRecord:
-        return await self._write_proc(touch_device(group_id, device_id, name, now))
+        return await self._write_proc(lambda: touch_device(group_id, device_id, name, now))
 
     async def get_device(self, group_id: GroupId, device_id: DeviceId) -> DeviceRecord | None:
         return await self._read_proc(get_device(group_id, device_id))
@@ -493,7 +642,7 @@ class SQLStorage(ABC):
     async def revoke_device(
         self, group_id: GroupId, device_id: DeviceId, by: DeviceId, reason: str, now: int
     ) -> DeviceRecord:
-        return await self._write_proc(revoke_device(group_id, device_id, by, reason, now))
+        return await self._write_proc(lambda: revoke_device(group_id, device_id, by, reason, now))
 
     async def set_push_token(
         self,
@@ -503,18 +652,18 @@ class SQLStorage(ABC):
         platform: str | None,
         app_id: str | None,
     ) -> None:
-        await self._write_proc(set_push_token(group_id, device_id, token, platform, app_id))
+        await self._write_proc(lambda: set_push_token(group_id, device_id, token, platform, app_id))
 
     async def pull(self, group_id: GroupId, after: int, limit: int, max_bytes: int) -> PullPage:
         return await self._read_proc(pull(group_id, after, limit, max_bytes))
 
     async def ack(self, group_id: GroupId, device_id: DeviceId, cursor: int) -> None:
-        await self._write_proc(ack(group_id, device_id, cursor))
+        await self._write_proc(lambda: ack(group_id, device_id, cursor))
 
     async def delete_blob(
         self, group_id: GroupId, blob_id: BlobId, device_id: DeviceId, *, force: bool
     ) -> DeleteOutcome:
-        return await self._write_proc(delete_blob(group_id, blob_id, device_id, force))
+        return await self._write_proc(lambda: delete_blob(group_id, blob_id, device_id, force))
 
     async def pending_for(self, group_id: GroupId, device_id: DeviceId) -> int:
         return await self._read_proc(pending_for(group_id, device_id))
@@ -526,16 +675,43 @@ class SQLStorage(ABC):
         return await self._read_proc(blobs_after(group_id, after, limit))
 
     async def put_invite(self, lookup: bytes, payload: bytes, expires_at: int) -> bool:
-        return await self._write_proc(put_invite(lookup, payload, expires_at))
+        return await self._write_proc(lambda: put_invite(lookup, payload, expires_at))
 
     async def take_invite(self, lookup: bytes, now: int) -> InviteTake:
-        return await self._write_proc(take_invite(lookup, now))
+        return await self._write_proc(lambda: take_invite(lookup, now))
 
     async def delete_invite(self, lookup: bytes) -> bool:
-        return await self._write_proc(delete_invite(lookup))
+        return await self._write_proc(lambda: delete_invite(lookup))
 
     async def cleanup(self, now: int) -> CleanupStats:
-        return await self._write_proc(cleanup(now))
+        # Many small transactions, each its own turn at the writer (see CLEANUP_BATCH).
+        expired = await self._drain(lambda: expire_blobs(now, CLEANUP_BATCH))
+        await self._drain(lambda: forget_blob_ids(now, CLEANUP_BATCH))
+        acked = 0
+        after_group = b""
+        while groups := await self._read_proc(groups_with_blobs(after_group, CLEANUP_BATCH)):
+            for group_id in groups:
+                window = await self._read_proc(first_window(group_id))
+                while window is not None:
+                    gone, window = await self._write_proc(
+                        partial(deliver_window, group_id, window, CLEANUP_BATCH)
+                    )
+                    acked += gone
+            after_group = groups[-1]
+        invites = await self._write_proc(lambda: expire_invites(now))
+        return CleanupStats(expired, acked, invites)
+
+    async def _drain(self, step: Callable[[], Proc[int]]) -> int:
+        """Run ``step`` until a run finds fewer than a full batch; return the total."""
+        total = 0
+        while True:
+            done = await self._write_proc(step)
+            total += done
+            if done < CLEANUP_BATCH:
+                return total
 
     async def stats(self) -> tuple[int, int]:
         return await self._read_proc(stats())
+
+    async def usage(self) -> tuple[int, int]:
+        return await self._read_proc(usage())

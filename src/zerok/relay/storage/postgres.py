@@ -32,7 +32,7 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from zerok.errors import StorageError, WireError
+from zerok.errors import StorageError, StorageFullError, WireError
 from zerok.relay.config import redact_url
 from zerok.relay.storage import common
 from zerok.relay.storage.base import (
@@ -102,6 +102,24 @@ MIGRATIONS: tuple[str, ...] = (
         state      TEXT NOT NULL DEFAULT 'open'
     );
     """,
+    # 2: retired blobs lose their row; their ids are remembered in blob_ids until they
+    # expire (see storage/common.py, ``retire``). Tombstones move there.
+    """
+    CREATE TABLE blob_ids (
+        group_id   BYTEA NOT NULL,
+        blob_id    BYTEA NOT NULL,
+        cursor     BIGINT NOT NULL,
+        sender     BYTEA NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        PRIMARY KEY (group_id, blob_id)
+    );
+    CREATE INDEX blob_ids_by_expiry ON blob_ids (expires_at);
+    INSERT INTO blob_ids (group_id, blob_id, cursor, sender, created_at, expires_at)
+        SELECT group_id, blob_id, cursor, sender, created_at, expires_at FROM blobs
+        WHERE ciphertext IS NULL;
+    DELETE FROM blobs WHERE ciphertext IS NULL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -112,10 +130,14 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _PUSH_SQL = f"""
 WITH known AS (
     SELECT cursor, created_at FROM blobs WHERE group_id = %(g)s AND blob_id = %(b)s
+    UNION ALL  -- a retired blob's id (one snapshot: a retirement is seen whole or not)
+    SELECT cursor, created_at FROM blob_ids WHERE group_id = %(g)s AND blob_id = %(b)s
+    LIMIT 1
 ), bump AS (
     UPDATE groups SET max_cursor = max_cursor + 1,
         bytes_stored = bytes_stored + %(n)s, blob_count = blob_count + 1
-    WHERE group_id = %(g)s AND bytes_stored + %(n)s <= %(max)s
+    WHERE group_id = %(g)s AND bytes_stored + (blob_count + 1) * %(ov)s + %(n)s <= %(max)s
+        AND (%(mb)s = 0 OR blob_count < %(mb)s)
         AND NOT EXISTS (SELECT 1 FROM known)
     RETURNING max_cursor
 ), stored AS (
@@ -135,6 +157,14 @@ SELECT
     EXISTS (SELECT 1 FROM groups WHERE group_id = %(g)s),
     (SELECT count(*) FROM told)
 """
+
+
+def write_failure(exc: psycopg.Error) -> StorageError:
+    """The StorageError for a failed write: StorageFullError when the server's disk is
+    full (SQLSTATE 53100), which clients are told is worth retrying later."""
+    if isinstance(exc, psycopg.errors.DiskFull):
+        return StorageFullError(f"database write failed: {exc}")
+    return StorageError(f"database write failed: {exc}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,19 +303,21 @@ class PostgresStorage(SQLStorage):
         except psycopg.Error as exc:
             raise StorageError(f"database read failed: {exc}") from exc
 
-    async def _write_proc(self, proc: Proc[T]) -> T:
+    async def _write_proc(self, make: Callable[[], Proc[T]]) -> T:
         try:
             async with self._pool.connection() as conn, conn.transaction():
-                result = await run_proc(conn, proc)
+                result = await run_proc(conn, make())
         except psycopg.Error as exc:
-            raise StorageError(f"database write failed: {exc}") from exc
+            raise write_failure(exc) from exc
         self.commits += 1
         return result
 
     async def revoke_device(
         self, group_id: GroupId, device_id: DeviceId, by: DeviceId, reason: str, now: int
     ) -> DeviceRecord:
-        return await self._write_proc(self._revoke_and_tell(group_id, device_id, by, reason, now))
+        return await self._write_proc(
+            lambda: self._revoke_and_tell(group_id, device_id, by, reason, now)
+        )
 
     def _revoke_and_tell(
         self, group_id: GroupId, device_id: DeviceId, by: DeviceId, reason: str, now: int
@@ -316,6 +348,8 @@ class PostgresStorage(SQLStorage):
         now: int,
         expires_at: int,
         max_group_bytes: int,
+        max_group_blobs: int = 0,
+        blob_overhead: int = 0,
     ) -> PushOutcome:
         if self._pool.closed:
             raise StorageError("the storage is not open (or already closed)")
@@ -326,6 +360,8 @@ class PostgresStorage(SQLStorage):
                 "b": bytes(blob_id),
                 "n": len(ciphertext),
                 "max": max_group_bytes,
+                "mb": max_group_blobs,
+                "ov": blob_overhead,
                 "s": bytes(sender),
                 "c": bytes(ciphertext),
                 "t": now,
@@ -382,7 +418,7 @@ class PostgresStorage(SQLStorage):
                 self.commits += 1
                 return item.outcome(row)
         except psycopg.Error as exc:
-            return StorageError(f"database write failed: {exc}")
+            return write_failure(exc)
 
     # -- cross-relay events ---------------------------------------------------------------
 

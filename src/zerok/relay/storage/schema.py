@@ -70,6 +70,25 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TABLE invites;
     ALTER TABLE invites_v2 RENAME TO invites;
     """,
+    # 3: a blob that stops being live (delivered or withdrawn) loses its row, which frees
+    # its pages; its id is remembered in blob_ids until it expires, so that a retried PUSH
+    # still gets its first cursor. Tombstones (ciphertext NULL) move there.
+    """
+    CREATE TABLE blob_ids (
+        group_id   BLOB NOT NULL,
+        blob_id    BLOB NOT NULL,
+        cursor     INTEGER NOT NULL,
+        sender     BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        PRIMARY KEY (group_id, blob_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX blob_ids_by_expiry ON blob_ids (expires_at);
+    INSERT INTO blob_ids (group_id, blob_id, cursor, sender, created_at, expires_at)
+        SELECT group_id, blob_id, cursor, sender, created_at, expires_at FROM blobs
+        WHERE ciphertext IS NULL;
+    DELETE FROM blobs WHERE ciphertext IS NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
