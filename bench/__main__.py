@@ -6,14 +6,14 @@ import os
 import platform
 import sys
 
-from bench import foundation, relay
+from bench import client, foundation, relay, storage
 from bench.harness import print_table
 
 
 def main() -> None:
     machine = platform.processor() or platform.machine()
     print(f"0k-Sync benchmarks on {machine}, {os.cpu_count()} cores")
-    sections = sys.argv[1:] or ["foundation", "relay", "scaleout"]
+    sections = sys.argv[1:] or ["foundation", "relay", "client", "storage", "scaleout"]
     if "foundation" in sections:
         print_table(
             "Foundation (one process, no network; medians of 5 runs)", foundation.all_figures()
@@ -22,6 +22,16 @@ def main() -> None:
         print_table(
             "Relay (a relay process driven over loopback from this process)",
             relay.all_figures(),
+        )
+    if "client" in sections:
+        print_table(
+            "Client (SyncClient and the low-level RelayConnection client, one relay process)",
+            client.all_figures(),
+        )
+    if "storage" in sections:
+        print_table(
+            "Storage (SQLiteStorage in this process: cleanup while pushing, disk kept)",
+            storage.storage_figures(),
         )
     if "scaleout" in sections:
         print_table(

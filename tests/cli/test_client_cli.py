@@ -149,7 +149,8 @@ def test_pair_push_pull_status_devices_revoke(relay: InProcessRelay, tmp_path: P
     assert devices[phone]["name"] == "phone" and not devices[phone]["this_device"]
     assert not devices[phone]["revoked"]
 
-    ok(zerok(laptop_home, "devices", "revoke", phone[:10], "--reason", "lost"))
+    revoked = ok(zerok(laptop_home, "devices", "revoke", phone[:10], "--reason", "lost", "--yes"))
+    assert revoked.startswith(f"Revoked phone ({phone}) (lost)")
     devices = {d["device_id"]: d for d in json_lines(zerok(laptop_home, "devices", "--json"))}
     assert devices[phone]["revoked"] and not devices[laptop]["revoked"]
     user_error(zerok(phone_home, "push", "--text", "still here?", "--timeout", "10"), "revoked")
@@ -229,7 +230,18 @@ def test_relay_down(launcher: RelayLauncher, tmp_path: Path) -> None:
     relay.stop()
     # A child process: the entry point's exit code and output for a user error, end to end.
     pull = zerok_process(home, "pull", "--timeout", "1")
-    user_error(pull, "no relay reachable within 1 s", relay.url)
+    # What happened while it tried (the reason, in words), then the error and what to do.
+    *notes, error = pull.stderr.decode().splitlines()
+    assert notes and all(n.startswith(f"cannot reach {relay.url}: ") for n in notes)
+    user_error(
+        subprocess.CompletedProcess(
+            pull.args, pull.returncode, pull.stdout, (error + "\n").encode()
+        ),
+        "no relay reachable within 1 s",
+        relay.url,
+        "connection refused — is the relay running? (zerok relay)",
+    )
+    assert "ssl:default" not in pull.stderr.decode()
     queued = ok_json(zerok(home, "push", "--text", "later", "--timeout", "1", "--json"))
     assert queued == {"status": "queued", "pending": 1}
     status = ok_json(zerok(home, "status", "--timeout", "1", "--json"))

@@ -215,3 +215,21 @@ async def connected(*clients: SyncClient, timeout: float = EVENT_TIMEOUT) -> Non
 def relay(module_launcher: RelayLauncher) -> InProcessRelay:
     """One relay shared by a module's tests; each test makes its own group."""
     return start_relay(module_launcher)
+
+
+# Every resource closed on every path: in these tests an unclosed aiohttp session or socket
+# (ResourceWarning, raised from __del__ and so reported as unraisable) and a coroutine never
+# awaited fail the test that left it.
+LEAKS_FAIL = (
+    "error::ResourceWarning",
+    "error::pytest.PytestUnraisableExceptionWarning",
+    "error:coroutine .* was never awaited:RuntimeWarning",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(here):
+            for spec in LEAKS_FAIL:
+                item.add_marker(pytest.mark.filterwarnings(spec))

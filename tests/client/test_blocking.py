@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from zerok.blocking import SyncClient
-from zerok.client import BlobAvailable, Invite, SyncEvent, SyncStatus
+from zerok.client import BlobAvailable, BlobPushed, Invite, SyncEvent, SyncStatus
 from zerok.testing import RelayProcess
 
 
@@ -71,6 +71,19 @@ def test_blocking_client(relay: RelayProcess, tmp_path: Path) -> None:
             devices = {d.device_id: d for d in a.list_devices()}
             assert {d.name for d in devices.values()} == {"laptop", "phone"}
             assert devices[b.device_id].online
+            threads = [a._thread, b._thread]
+            assert all(t is not None and t.is_alive() for t in threads)
+        # The with block's end stops syncing and ends the background threads.
+        assert not any(t is not None and t.is_alive() for t in threads)
+        assert a.status == SyncStatus.OFFLINE
+        queued = a.enqueue(b"queued outside the with block")  # durable, not sent yet
+        assert a.pending_count == 1
+        events = a.events()  # subscribed from here on
+        with a:  # the thread starts again, and the queued push goes out
+            pushed = next(e for e in events if isinstance(e, BlobPushed))
+            events.close()
+        assert pushed.blob_id == queued
+        assert a.pending_count == 0
     finally:
         a.shutdown()
         b.shutdown()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -182,3 +183,50 @@ def test_state_file_is_for_its_owner_only(tmp_path: Path) -> None:
         assert stat.S_IMODE(state.dir.stat().st_mode) == 0o700
     finally:
         state.close()
+
+
+# -- the writer thread: group commit ---------------------------------------------------------
+
+
+def test_queued_writes_share_one_commit(state: LocalState) -> None:
+    commits: list[int] = []
+    started = threading.Event()
+    release = threading.Event()
+
+    def blocker(db: sqlite3.Connection) -> None:
+        started.set()
+        release.wait(5)
+
+    first = state.submit(blocker)
+    assert started.wait(5)
+    # Queued while the first commit runs: they all go into the next one.
+    futures = [state.journal_later([(entry(n), 1000 + n)], [], []) for n in range(20)]
+    futures.append(state.save_page_later([(BlobId(bytes([7]) * 16), 5)], 5))
+    state._db.set_trace_callback(lambda sql: commits.append(1) if sql == "COMMIT" else None)
+    release.set()
+    for future in [first, *futures]:
+        future.result(5)
+    assert len(commits) == 2  # the blocker's own, then one for all 21 queued behind it
+    assert [row[0] for row in outbox(state)] == [entry(n).blob_id for n in range(20)]
+    assert state.cursor == 5
+    assert state.delivered_load() == [(BlobId(bytes([7]) * 16), 5)]
+
+
+def test_a_failed_write_fails_alone(state: LocalState) -> None:
+    state.journal_later([(entry(1), 1)], [], []).result(5)
+    again = state.journal_later([(entry(1), 2)], [], [])  # the same blob id: UNIQUE fails
+    other = state.journal_later([(entry(2), 3)], [entry(1).blob_id], [])
+    with pytest.raises(StateError):
+        again.result(5)
+    other.result(5)
+    assert [row[0] for row in outbox(state)] == [entry(2).blob_id]
+
+
+def test_close_waits_for_queued_writes(tmp_path: Path) -> None:
+    state = LocalState(tmp_path / "s")
+    futures = [state.journal_later([(entry(n), n)], [], []) for n in range(50)]
+    state.close()
+    assert all(f.done() and f.exception() is None for f in futures)
+    again = LocalState(tmp_path / "s")
+    assert len(again.outbox_load()) == 50
+    again.close()

@@ -1348,22 +1348,77 @@ def test_frame_over_the_relays_frame_limit_is_refused_locally() -> None:
 # -- heartbeat -----------------------------------------------------------------------------
 
 
-def test_heartbeat_sends_presence() -> None:
+def test_heartbeat_is_a_presence_the_relay_answers() -> None:
     p = open_pair(CLASSIC, now=0.0, client_kwargs={"heartbeat_interval": 30.0})
     assert p.client.next_deadline() == 30.0
     assert p.client.check_timeouts(29.999) == []
     assert p.client.data_to_send() == []
     assert p.client.check_timeouts(30.0) == []
     assert state_of(p.client) is SessionState.OPEN
-    assert p.to_relay(30.0) == [RequestReceived(0, Presence(online=True))]
-    assert p.client.next_deadline() == 60.0
+    [probe] = p.to_relay(30.0)
+    assert isinstance(probe, RequestReceived) and probe.message == Presence(online=True)
+    assert probe.request_id != 0  # answered: the relay echoes it (catalog: answer=Presence)
+    assert p.client.next_deadline() == 60.0  # the answer's deadline (timeout = interval)
+    assert p.client.pending_requests == 1
+    p.relay.send(Presence(online=True), probe.request_id)
+    assert p.to_client(31.0) == []  # the answer is the session's own business
     assert p.client.pending_requests == 0
+    assert p.client.next_deadline() == 60.0  # the next probe: 30 s after the last traffic
     # Any request counts as activity and moves the next heartbeat.
     p.client.send_request(Pull(), 45.0)
     p.to_relay(45.0)
+    p.relay.send(PullResponse(blobs=[], has_more=False, max_cursor=0), 3)
+    p.to_client(45.0)
     assert p.client.next_deadline() == 75.0
     assert p.client.check_timeouts(74.0) == []
     assert p.client.data_to_send() == []
+
+
+def test_an_unanswered_heartbeat_closes_the_session() -> None:
+    p = open_pair(
+        CLASSIC,
+        now=0.0,
+        client_kwargs={"heartbeat_interval": 10.0, "heartbeat_timeout": 5.0},
+    )
+    assert p.client.check_timeouts(10.0) == []
+    p.to_relay(10.0)  # the relay gets it, but its answer never arrives
+    assert p.client.next_deadline() == 15.0
+    assert p.client.check_timeouts(14.9) == []
+    [closed] = p.client.check_timeouts(15.0)
+    assert isinstance(closed, ConnectionClosed)
+    assert closed.code is None and not closed.by_peer
+    assert "heartbeat" in closed.reason
+    assert state_of(p.client) is SessionState.CLOSED
+
+
+def test_a_request_without_answer_closes_the_session_at_its_deadline() -> None:
+    p = open_pair(
+        CLASSIC,
+        now=0.0,
+        client_kwargs={"heartbeat_interval": None, "request_timeout": 7.0},
+    )
+    assert p.client.next_deadline() is None
+    p.client.send_request(Pull(), 1.0)
+    second = p.client.send_request(ListDevices(), 2.0)
+    assert p.client.next_deadline() == 8.0
+    p.to_relay(2.0)
+    # An answered request no longer has a deadline; the oldest one left counts.
+    p.relay.send(Error(code=int(ErrorCode.RATE_LIMITED), message="later"), 2)
+    p.to_client(3.0)
+    assert p.client.next_deadline() == 9.0
+    assert p.client.check_timeouts(8.99) == []
+    [closed] = p.client.check_timeouts(9.0)
+    assert isinstance(closed, ConnectionClosed) and closed.code is None
+    assert "LIST_DEVICES" in closed.reason and second == 3
+
+
+def test_the_client_probes_as_often_as_the_relay_announces() -> None:
+    welcome = make_welcome(limits=make_limits(idle_timeout=40, heartbeat_interval=10))
+    p = open_pair(CLASSIC, now=0.0, welcome=welcome, client_kwargs={"heartbeat_interval": 30.0})
+    assert p.client.next_deadline() == 10.0
+    welcome = make_welcome(limits=make_limits(idle_timeout=12))
+    p = open_pair(CLASSIC, now=0.0, welcome=welcome, client_kwargs={"heartbeat_interval": 30.0})
+    assert p.client.next_deadline() == 6.0  # well within the idle timeout
 
 
 def test_heartbeat_default_is_30_seconds() -> None:

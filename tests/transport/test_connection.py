@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import msgspec
 import pytest
 from aiohttp import web
 
@@ -27,6 +28,7 @@ from zerok.wire import (
     BlobId,
     DeviceRevoked,
     ErrorCode,
+    Limits,
     Notify,
     Pull,
     PullResponse,
@@ -263,3 +265,36 @@ def test_open_fails_without_a_relay() -> None:
                 await connect(other, GroupKeys.generate(), timeout=5)
 
     run(scenario())
+
+
+def test_welcome_announces_the_relays_idle_timeout_and_heartbeat(relay: InProcessRelay) -> None:
+    async def scenario() -> None:
+        conn = await RelayConnection.open(
+            relay.url, DeviceIdentity.generate(), GroupKeys.generate()
+        )
+        try:
+            assert conn.welcome is not None
+            limits = conn.welcome.limits
+            assert (limits.idle_timeout, limits.heartbeat_interval) == (120, 30)
+            # The client heartbeats at least as often as the relay asks.
+            assert conn.session.heartbeat_interval == 30.0
+        finally:
+            await conn.close()
+
+    run(scenario())
+
+
+def test_limits_from_an_older_relay_decode_without_the_liveness_fields() -> None:
+    older = msgspec.msgpack.encode(
+        {
+            "max_blob_size": 1,
+            "max_group_storage": 2,
+            "messages_per_minute": 3,
+            "max_frame_size": 4,
+            "default_ttl": 5,
+            "max_ttl": 6,
+        }
+    )
+    limits = msgspec.msgpack.decode(older, type=Limits)
+    assert (limits.idle_timeout, limits.heartbeat_interval) == (0, 0)
+    assert b"idle_timeout" not in msgspec.msgpack.encode(limits)  # omitted when 0

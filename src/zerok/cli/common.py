@@ -5,18 +5,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import email.utils
 import json
 import logging
+import math
 import os
+import re
+import sqlite3
 import sys
+import unicodedata
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from rich.console import Console
+from rich.markup import escape
 
-from zerok.client import SyncClient
-from zerok.errors import SyncError
+from zerok.client import SyncClient, mailbox
+from zerok.client.events import Connected, Disconnected
+from zerok.errors import NotConnectedError, RelayUnreachableError, StateError, SyncError
 
 DEFAULT_HOME = "~/.zerok"
 
@@ -51,11 +61,248 @@ def emit_json(doc: Any) -> None:
     sys.stdout.flush()
 
 
+# -- numbers given on the command line (argparse types: a bad one exits 2) ------------------
+
+I64_MAX = 2**63 - 1
+INVITE_TTL_MAX = 600  # seconds: the relay's invite mailbox keeps an invite at most this long
+
+
+def cursor_arg(text: str) -> int:
+    """A cursor: a whole number within 0..2^63-1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= I64_MAX:
+        raise argparse.ArgumentTypeError(f"a cursor is within 0..{I64_MAX}, not {text}")
+    return value
+
+
+def timeout_arg(text: str) -> float:
+    """Seconds to wait: a finite, positive number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"seconds must be finite and positive, not {text}")
+    return value
+
+
+def ttl_arg(text: str) -> int:
+    """An invite's lifetime: a whole number of seconds within 1..600."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}") from None
+    if not 1 <= value <= INVITE_TTL_MAX:
+        raise argparse.ArgumentTypeError(f"seconds within 1..{INVITE_TTL_MAX}, not {text}")
+    return value
+
+
+# -- text from others (device names, relay URLs, blobs): shown as it is, never obeyed -------
+
+
+def visible(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` with control and format characters (escape sequences included) shown as
+    ``\\xNN`` / ``\\uNNNN``, so that it cannot move the cursor, set a terminal title or
+    plant a hyperlink; ``keep_newlines`` keeps line feeds and tabs as they are."""
+    kept = "\n\t" if keep_newlines else ""
+    return "".join(
+        ch
+        if ch in kept or unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp")
+        else ascii(ch)[1:-1]
+        for ch in text
+    )
+
+
+def safe(text: str) -> str:
+    """``visible(text)``, escaped for Rich markup: to put inside an ``out.print`` string."""
+    return escape(visible(text))
+
+
+# -- errors people can act on ---------------------------------------------------------------
+
+_AIOHTTP = re.compile(r"Cannot connect to host (?P<host>\S+) ssl:\S+ \[(?P<why>[^\]]*)\]")
+
+
+def _reason(why: str) -> str:
+    low = why.lower()
+    if "connect call failed" in low or "refused" in low:
+        return "connection refused"
+    if "name or service not known" in low or "nodename nor servname" in low or "getaddrinfo" in low:
+        return "unknown host"
+    if "timed out" in low or "timeout" in low:
+        return "timed out"
+    if "unreachable" in low:
+        return "network unreachable"
+    return why.strip() or "cannot connect"
+
+
+def friendly(message: str) -> str:
+    """A library error message without aiohttp's internals, with what to do next."""
+    match = _AIOHTTP.search(message)
+    if match is None:
+        return message
+    why = _reason(match.group("why"))
+    url = re.search(r"((?:wss?|https?)://\S+?)(?=:\s|\s|$)", message)
+    where = url.group(1) if url else match.group("host")
+    hint = " — is the relay running? (zerok relay)" if why == "connection refused" else ""
+    return f"cannot reach {where}: {why}{hint}"
+
+
+class ConnectionWatch:
+    """While a command runs: each failed or lost connection is told on stderr with its
+    reason and the next try (``quiet`` keeps them for the final error only)."""
+
+    def __init__(self, client: SyncClient, *, quiet: bool = False) -> None:
+        self.client = client
+        self.quiet = quiet
+        self.reasons: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> ConnectionWatch:
+        events = self.client.events()
+
+        async def watch() -> None:
+            try:
+                async for event in events:
+                    if isinstance(event, Disconnected):
+                        self._note(event)
+                    elif isinstance(event, Connected) and self.reasons and not self.quiet:
+                        err.print(f"connected to {safe(event.relay)}", markup=True)
+            finally:
+                await events.aclose()
+
+        # Subscribed already (events() does), before the first connection attempt ends.
+        self._task = asyncio.get_running_loop().create_task(watch())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _note(self, event: Disconnected) -> None:
+        reason = friendly(event.reason)
+        self.reasons.append(reason)
+        if self.quiet:
+            return
+        retry = f"; retrying in {event.retry_in:.1f} s" if event.retry_in is not None else ""
+        err.print(f"{safe(reason)}{retry}", markup=True)
+
+    async def online(self, timeout: float, *, spinner: bool = True) -> None:
+        """Wait for a relay to accept this device; SyncError, with the last reason and what
+        to do, after ``timeout`` seconds."""
+        relays = ", ".join(self.client.relays)
+        with contextlib.ExitStack() as stack:
+            if spinner:
+                stack.enter_context(err.status(f"connecting to {safe(relays)}…"))
+            try:
+                await self.client.wait_connected(timeout)
+            except NotConnectedError:
+                why = f": {self.reasons[-1]}" if self.reasons else ""
+                raise SyncError(
+                    f"no relay reachable within {timeout:g} s ({relays}){why}"
+                ) from None
+
+
+# -- a relay's HTTP side ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Health:
+    url: str  # the relay's ws:// URL
+    doc: dict[str, Any]  # its /health answer
+    date: float | None  # its clock (the Date header), seconds since the epoch
+
+
+async def relay_health(url: str, timeout: float) -> Health:
+    """GET the relay's /health; SyncError, saying what to do, if it does not answer."""
+    health = f"{mailbox.http_base(url)}/health"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http,
+            http.get(health) as response,
+        ):
+            doc = await response.json(content_type=None)
+            when = response.headers.get("Date")
+    except TimeoutError:
+        raise RelayUnreachableError(f"cannot reach {url}: no answer within {timeout:g} s") from None
+    except aiohttp.ClientConnectorError as exc:
+        why = _reason(str(exc.os_error) if exc.os_error else str(exc))
+        hint = " — is the relay running? (zerok relay)" if why == "connection refused" else ""
+        raise RelayUnreachableError(f"cannot reach {url}: {why}{hint}") from None
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        raise RelayUnreachableError(
+            f"{url} did not answer as a 0k-Sync relay ({type(exc).__name__}): check the URL"
+        ) from None
+    if not isinstance(doc, dict) or "status" not in doc:
+        raise RelayUnreachableError(f"{url} did not answer as a 0k-Sync relay: check the URL")
+    date = None
+    if when:
+        with contextlib.suppress(TypeError, ValueError):
+            date = email.utils.parsedate_to_datetime(when).timestamp()
+    return Health(url, doc, date)
+
+
+# -- the data directory ---------------------------------------------------------------------
+
+
+def check_state(home: Path) -> None:
+    """Stop if a device key sits next to a missing, empty or unreadable state file: opening
+    it would silently make a new, empty state (no group key, cursor or outbox)."""
+    key, state = home / "device.key", home / "state.db"
+    if not key.exists():
+        return
+    recover = (
+        f"restore {state} from a backup, or start over as a new device: move {home} away, "
+        "`zerok init`, pair again, and revoke the old device from another one"
+    )
+    try:
+        if not state.exists() or state.stat().st_size == 0:
+            what = "is missing" if not state.exists() else "is empty"
+            raise StateError(
+                f"{state} {what} but {key} exists: this device's group key, cursor and "
+                f"outbox are lost; {recover}"
+            )
+        db = sqlite3.connect(f"{state.as_uri()}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'state_version'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise StateError(f"{state} is unreadable ({exc}); {recover}") from None
+    except OSError as exc:
+        raise StateError(f"{state} is unreadable ({exc.strerror}); {recover}") from None
+    if row is None:
+        raise StateError(f"{state} holds no zerok state; {recover}")
+
+
+def require_device(home: Path) -> None:
+    """For commands that only read: no device here is an error, and nothing is created."""
+    if not (home / "device.key").exists():
+        raise SyncError(f"no device in {home}: run `zerok init` first")
+    check_state(home)
+
+
+_opened: list[SyncClient] = []  # closed when the command ends (see _guarded)
+
+
+def new_client(home: Path, device_name: str | None = None) -> SyncClient:
+    """A SyncClient on ``home`` (after ``check_state``), its state closed at the end."""
+    check_state(home)
+    client = SyncClient(home, device_name=device_name)
+    _opened.append(client)
+    return client
+
+
 def open_client(args: argparse.Namespace, *, need_group: bool = True) -> SyncClient:
     home = home_dir(args)
-    if not (home / "device.key").exists() and need_group:
-        raise SyncError(f"no device in {home}: run `zerok init` first")
-    client = SyncClient(home, device_name=getattr(args, "name", None))
+    if need_group:
+        require_device(home)
+    client = new_client(home, getattr(args, "name", None))
     if need_group and client.group_id is None:
         raise SyncError(
             "this device is in no group yet: `zerok pair create --relay URL` starts one, "
@@ -82,11 +329,24 @@ def run_async(main: Callable[[], Awaitable[int]]) -> int:
 
 async def _guarded(main: Callable[[], Awaitable[int]]) -> int:
     try:
-        return await main()
+        return await _closing(main)
     except SyncError as exc:
-        err.print(f"[bold red]zerok:[/] {exc}", markup=True)
+        err.print(f"[bold red]zerok:[/] {safe(friendly(str(exc)))}", markup=True)
         return 1
     except OSError as exc:  # a file to read or write: the user's to fix, not a crash
         where = f" {exc.filename}" if exc.filename else ""
-        err.print(f"[bold red]zerok:[/]{where}: {exc.strerror or exc}", markup=True)
+        err.print(
+            f"[bold red]zerok:[/]{safe(where)}: {safe(str(exc.strerror or exc))}", markup=True
+        )
         return 1
+
+
+async def _closing(main: Callable[[], Awaitable[int]]) -> int:
+    """``main()``, then the state files it opened closed (their last writes flushed)."""
+    try:
+        return await main()
+    finally:
+        while _opened:
+            client = _opened.pop()
+            await client.close()
+            client.close_state()

@@ -9,10 +9,22 @@ import contextlib
 import sys
 from pathlib import Path
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from zerok.cli.common import add_common, emit_json, err, open_client, out, run_async
-from zerok.client import Blob, NotConnectedError
+from zerok.cli.common import (
+    ConnectionWatch,
+    add_common,
+    cursor_arg,
+    emit_json,
+    err,
+    open_client,
+    out,
+    run_async,
+    timeout_arg,
+    visible,
+)
+from zerok.client import Blob
 from zerok.errors import SyncError
 
 
@@ -23,7 +35,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     push.add_argument("--text", help="push this text instead of a file")
     push.add_argument(
         "--timeout",
-        type=float,
+        type=timeout_arg,
         default=30.0,
         help="seconds to wait for the relay's ack; after that the push stays queued (default 30)",
     )
@@ -31,11 +43,13 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
     pull = commands.add_parser("pull", help="receive what the group's other devices pushed")
     add_common(pull)
-    pull.add_argument("--after", type=int, help="start after this cursor (default: the saved one)")
+    pull.add_argument(
+        "--after", type=cursor_arg, help="start after this cursor (default: the saved one)"
+    )
     pull.add_argument("--follow", "-f", action="store_true", help="keep receiving until Ctrl-C")
     pull.add_argument("--out", metavar="DIR", help="write each blob to DIR/<cursor>-<blob id>")
     pull.add_argument(
-        "--timeout", type=float, default=15.0, help="seconds to reach a relay (default 15)"
+        "--timeout", type=timeout_arg, default=15.0, help="seconds to reach a relay (default 15)"
     )
     pull.set_defaults(run=cmd_pull)
 
@@ -59,7 +73,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     async def main() -> int:
         data = _read_input(args)
         client = open_client(args)
-        async with client:
+        async with client, ConnectionWatch(client):
             push = asyncio.ensure_future(client.push(data))
             with contextlib.ExitStack() as stack:
                 if not args.json:
@@ -104,25 +118,19 @@ def _show(blob: Blob, args: argparse.Namespace) -> None:
         )
         return
     try:
-        text = blob.data.decode("utf-8")
-        shown = text if text.isprintable() or "\n" in text else None
+        shown: str | None = visible(blob.data.decode("utf-8"), keep_newlines=True)
     except UnicodeDecodeError:
         shown = None
     body = shown.removesuffix("\n") if shown is not None else f"<{len(blob.data):,} bytes>"
-    out.print(f"[dim]#{blob.cursor} from {blob.sender.short()}:[/] {body}", markup=True)
+    out.print(f"[dim]#{blob.cursor} from {blob.sender.short()}:[/] {escape(body)}", markup=True)
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
     async def main() -> int:
         client = open_client(args)
         count = 0
-        async with client:
-            try:
-                await client.wait_connected(args.timeout)
-            except NotConnectedError:
-                raise SyncError(
-                    f"no relay reachable within {args.timeout:g} s ({', '.join(client.relays)})"
-                ) from None
+        async with client, ConnectionWatch(client) as watch:
+            await watch.online(args.timeout, spinner=not args.json)
             if args.follow:
                 async for blob in client.changes():
                     _show(blob, args)

@@ -1,5 +1,9 @@
 """The same client for code that is not async: every call runs on a private event loop in
-a background thread and blocks until it is done; iterators become generators."""
+a background thread and blocks until it is done; iterators become generators.
+
+The thread runs while it is needed: it starts with the first call, ends when the ``with``
+block ends (``__exit__``) and starts again for a later call; ``shutdown()`` ends it and
+releases the state file and the loop for good."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from zerok.client import sync
 from zerok.client.events import SyncEvent, SyncStatus
 from zerok.client.pairing import Invite
 from zerok.crypto.keys import KdfParams
+from zerok.errors import StateError
 from zerok.protocol.backoff import ClientTiming
 from zerok.wire import BlobId, DeviceId, DeviceInfo, GroupId
 
@@ -33,10 +38,7 @@ class SyncClient:
         timing: ClientTiming | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="zerok-client", daemon=True
-        )
-        self._thread.start()
+        self._thread: threading.Thread | None = None
         self._client: sync.SyncClient = self._call(
             self._make(data_dir, device_name=device_name, pad=pad, timing=timing)
         )
@@ -52,8 +54,22 @@ class SyncClient:
         return sync.SyncClient(data_dir, device_name=device_name, pad=pad, timing=timing)
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        if self._loop.is_closed():
+            coro.close()
+            raise StateError("this client was shut down")
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._loop.run_forever, name="zerok-client", daemon=True
+            )
+            self._thread.start()
         future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return future.result(timeout)
+
+    def _stop_thread(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None and thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            thread.join()
 
     def _iterate(self, source: AsyncIterator[T]) -> Iterator[T]:
         try:
@@ -77,7 +93,9 @@ class SyncClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Stop syncing and end the background thread (a later call starts it again)."""
         self.close()
+        self._stop_thread()
 
     def connect(self) -> None:
         self._call(self._client.connect())
@@ -89,11 +107,19 @@ class SyncClient:
         self._call(self._client.close())
 
     def shutdown(self) -> None:
-        """Close, release the state file and stop the background thread."""
+        """Close, release the state file, end the background thread and its loop."""
+        if self._loop.is_closed():
+            return
         self.close()
+        self._call(self._finish())
         self._client.close_state()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
+        self._stop_thread()
+        self._loop.close()
+
+    async def _finish(self) -> None:
+        """Let what the client left running (receipts, callbacks) end before the loop."""
+        await asyncio.sleep(0)
+        await self._loop.shutdown_asyncgens()
 
     # -- properties -----------------------------------------------------------------------
 
@@ -138,7 +164,12 @@ class SyncClient:
         return self._call(self._client.join(code_or_url, relay=relay))
 
     def push(self, data: bytes, *, ttl: int | None = None) -> sync.PushResult:
+        """Return once the relay has it; NotConnectedError outside ``with client:``."""
         return self._call(self._client.push(data, ttl=ttl))
+
+    def enqueue(self, data: bytes, *, ttl: int | None = None) -> BlobId:
+        """``push(data, wait=False)``: return the blob id once it is durably queued."""
+        return self._call(self._client.push(data, ttl=ttl, wait=False))
 
     def pull(self, after: int | None = None, limit: int = 100) -> sync.PullResult:
         return self._call(self._client.pull(after, limit))

@@ -17,6 +17,7 @@ __all__ = [
     "DeviceRevoked",
     "Disconnected",
     "Error",
+    "EventsDropped",
     "StatusChanged",
     "SyncEvent",
     "SyncStatus",
@@ -73,7 +74,21 @@ class DeviceRevoked(SyncEvent):
 
 @dataclass(frozen=True, slots=True)
 class Error(SyncEvent):
-    """Something went wrong that the app may want to show; syncing goes on if it can."""
+    """Something went wrong that the app may want to show; syncing goes on if it can.
+
+    ``code`` is the relay's error code (None: not from the relay); ``message`` the details
+    for a log; ``reason`` a short text for a UI: "relay full", "too many devices from your
+    network", "unreachable", "handshake failed", "connection lost", "refused", "push
+    refused", "blob unreadable", "internal error" (docs/client.md lists them)."""
 
     code: int | None
     message: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EventsDropped(SyncEvent):
+    """The subscriber fell behind: ``count`` older events were dropped to keep its queue
+    bounded (``EVENT_QUEUE_SIZE``). It comes first, before the events that were kept."""
+
+    count: int

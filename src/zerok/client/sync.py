@@ -16,6 +16,7 @@ happened, does what the core decides, and writes each change to the local state.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -23,9 +24,11 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Literal, overload
 
 from zerok.client import mailbox, pairing
 from zerok.client.events import (
@@ -35,6 +38,7 @@ from zerok.client.events import (
     DeviceRevoked,
     Disconnected,
     Error,
+    EventsDropped,
     StatusChanged,
     SyncEvent,
     SyncStatus,
@@ -92,6 +96,8 @@ log = logging.getLogger("zerok.client")
 
 KEY_FILE = "device.key"
 DEFAULT_TIMEOUT = 30.0
+EVENT_QUEUE_SIZE = 1000  # events kept for a subscriber that does not keep up
+CHANGES_PAGE = MAX_PULL_LIMIT  # blobs per PULL in changes(): one commit per page
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +122,12 @@ class PullResult:
     max_cursor: int
 
 
+_REFUSAL_REASONS: dict[int, str] = {
+    ErrorCode.RELAY_OVERLOADED: "relay full",
+    ErrorCode.RATE_LIMITED: "too many devices from your network",
+}
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -128,21 +140,100 @@ def _ignore_result(task: asyncio.Task[None]) -> None:
 
 
 class EventStream:
-    """An async iterator over a client's events, subscribed from its creation."""
+    """An async iterator over a client's events, subscribed from its creation.
 
-    def __init__(self, subscribers: set[asyncio.Queue[SyncEvent]]) -> None:
+    Its queue is bounded: past ``limit`` unread events the oldest are dropped, and the
+    next read returns ``EventsDropped(count)`` before the events that were kept. An
+    abandoned stream therefore holds at most ``limit`` events; ``aclose()`` unsubscribes.
+    """
+
+    def __init__(self, subscribers: set[EventStream], limit: int = EVENT_QUEUE_SIZE) -> None:
         self._subscribers = subscribers
-        self._queue: asyncio.Queue[SyncEvent] = asyncio.Queue()
-        subscribers.add(self._queue)
+        self._events: collections.deque[SyncEvent] = collections.deque()
+        self._limit = limit
+        self._ready = asyncio.Event()
+        self.dropped = 0  # dropped since the last EventsDropped was returned
+        subscribers.add(self)
+
+    def put(self, event: SyncEvent) -> None:
+        if len(self._events) >= self._limit:
+            self._events.popleft()
+            self.dropped += 1
+        self._events.append(event)
+        self._ready.set()
 
     def __aiter__(self) -> EventStream:
         return self
 
     async def __anext__(self) -> SyncEvent:
-        return await self._queue.get()
+        while not self._events and not self.dropped:
+            self._ready.clear()
+            await self._ready.wait()
+        if self.dropped:
+            count, self.dropped = self.dropped, 0
+            return EventsDropped(count)
+        return self._events.popleft()
 
     async def aclose(self) -> None:
-        self._subscribers.discard(self._queue)
+        self._subscribers.discard(self)
+
+
+class _Journal:
+    """The outbox's writes of one loop turn, gathered into one write for the state's
+    writer thread (which commits several of them at once). ``add`` returns a future done
+    once the insert is durable, shared by every push of the same turn."""
+
+    def __init__(self, state: LocalState) -> None:
+        self._state = state
+        self._adds: list[tuple[OutboxEntry, int]] = []
+        self._removes: list[BlobId] = []
+        self._attempts: list[BlobId] = []
+        self._durable: asyncio.Future[object] | None = None
+        self._scheduled = False
+
+    def add(self, entry: OutboxEntry) -> asyncio.Future[object]:
+        self._adds.append((entry, _now_ms()))
+        if self._durable is None:
+            self._durable = asyncio.get_running_loop().create_future()
+        self._schedule()
+        return self._durable
+
+    def remove(self, blob_id: BlobId) -> None:
+        self._removes.append(blob_id)
+        self._schedule()
+
+    def attempted(self, blob_ids: list[BlobId]) -> None:
+        self._attempts += blob_ids
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._submit)
+
+    def _submit(self) -> None:
+        self._scheduled = False
+        written = self._state.journal_later(self._adds, self._removes, self._attempts)
+        durable, self._durable = self._durable, None
+        self._adds, self._removes, self._attempts = [], [], []
+        if durable is not None:
+            loop = asyncio.get_running_loop()
+
+            def back_on_loop(done: Future[object]) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                    loop.call_soon_threadsafe(_copy_outcome, done, durable)
+
+            written.add_done_callback(back_on_loop)
+
+
+def _copy_outcome(source: Future[object], target: asyncio.Future[object]) -> None:
+    if target.done():
+        return
+    error = source.exception()
+    if error is None:
+        target.set_result(source.result())
+    else:
+        target.set_exception(error)
 
 
 class SyncClient:
@@ -184,7 +275,9 @@ class SyncClient:
         self._new_data = asyncio.Event()
         self._outbox_kick = asyncio.Event()
         self._push_waiters: dict[BlobId, list[asyncio.Future[PushResult]]] = {}
-        self._subscribers: set[asyncio.Queue[SyncEvent]] = set()
+        self._subscribers: set[EventStream] = set()
+        self._journaling = 0  # pushes whose outbox insert is not durable yet
+        self._journal = _Journal(self._state)
         self._shown_status = self._core.status  # the last one announced by StatusChanged
         self._revoked_event = asyncio.Event()
         self._acks: set[asyncio.Task[None]] = set()
@@ -218,7 +311,12 @@ class SyncClient:
 
     @property
     def pending_count(self) -> int:
-        return self._core.pending_count
+        return self._core.pending_count + self._journaling
+
+    @property
+    def running(self) -> bool:
+        """Whether the client is syncing (inside ``async with``, after ``connect()``)."""
+        return self._runner is not None and not self._runner.done() and self._core.active
 
     def _load_group(self) -> None:
         group = self._state.load_group()
@@ -383,6 +481,23 @@ class SyncClient:
         self._state.close()
 
     async def _run(self) -> None:
+        """The background runner. An error nobody expected ends syncing, visibly: an Error
+        event, waiting ``push()`` calls fail, the client is OFFLINE and ``connect()`` may
+        start it again. It never leaves the client half alive."""
+        try:
+            await self._rounds()
+        except Exception as exc:
+            log.exception("syncing stopped after an unexpected error")
+            self._core.stop()
+            self._closing.set()
+            self._connected.clear()
+            self._emit(Error(None, f"syncing stopped: {exc!r}", "internal error"))
+            text = f"syncing stopped after an unexpected error ({exc!r})"
+            self._fail_pushes(lambda: NotConnectedError(f"{text}; the push stays in the outbox"))
+            await self._wake_connection_waiters()
+            self._publish_status()
+
+    async def _rounds(self) -> None:
         core = self._core
         while core.active:
             url = core.relay_to_try()
@@ -401,23 +516,30 @@ class SyncClient:
     async def _open(self, url: str) -> RelayConnection | None:
         keys, _ = self._require_group()
         try:
+            timing = self._core.timing
             return await RelayConnection.open(
                 url,
                 self._identity,
                 keys,
                 device_name=self.device_name,
                 last_cursor=self._core.cursor,
+                timeout=timing.open_timeout,
+                heartbeat=timing.heartbeat,
+                heartbeat_timeout=timing.heartbeat_timeout,
+                request_timeout=timing.request_timeout,
             )
         except RemoteError as exc:
             self._last_failure = f"{url} refused the connection: {exc.message}"
             if exc.code == ErrorCode.DEVICE_REVOKED:
                 self._become_revoked(self.device_id, self.device_id, "revoked")
             else:
-                self._emit(Error(exc.code, self._last_failure))
+                reason = _REFUSAL_REASONS.get(exc.code, "refused")
+                self._emit(Error(exc.code, self._last_failure, reason))
             return None
         except ConnectError as exc:
-            self._last_failure = f"{url} unreachable: {exc}"
+            self._last_failure = f"{url} {exc.reason}: {exc}"
             log.info("%s", self._last_failure)
+            self._emit(Error(None, self._last_failure, exc.reason))
             return None
 
     async def _serve(self, conn: RelayConnection, url: str) -> tuple[str, float]:
@@ -443,7 +565,9 @@ class SyncClient:
                     if event.code == ErrorCode.DEVICE_REVOKED:
                         self._become_revoked(self.device_id, self.device_id, event.reason)
                     elif event.code is not None and event.by_peer:
-                        self._emit(Error(event.code, event.reason))
+                        self._emit(Error(event.code, event.reason, "refused"))
+                    elif event.code is None and not self._closing.is_set():
+                        self._emit(Error(None, reason, "connection lost"))
         finally:
             # First, before any await: pushes in flight go back in line even if cancelled.
             delay = self._core.disconnected()
@@ -464,7 +588,7 @@ class SyncClient:
         elif isinstance(message, DeviceRevokedMessage):
             self._become_revoked(message.device_id, message.revoked_by, message.reason.value)
         elif isinstance(message, ErrorMessage):
-            self._emit(Error(message.code, message.message))
+            self._emit(Error(message.code, message.message, "refused"))
 
     def _become_revoked(self, device_id: DeviceId, by: DeviceId, reason: str) -> None:
         if not self._core.device_revoked(device_id):
@@ -490,19 +614,42 @@ class SyncClient:
             self._emit(StatusChanged(status, self._core.pending_count))
 
     def _emit(self, event: SyncEvent) -> None:
-        for queue in self._subscribers:
-            queue.put_nowait(event)
+        for stream in self._subscribers:
+            stream.put(event)
 
     def events(self) -> EventStream:
         """Every event from this call on (not from the first iteration: nothing is missed
-        in between), for as long as the caller iterates; ``aclose()`` unsubscribes."""
+        in between), for as long as the caller iterates; ``aclose()`` unsubscribes. At most
+        ``EVENT_QUEUE_SIZE`` unread events are kept (then ``EventsDropped``)."""
         return EventStream(self._subscribers)
 
     # -- pushing ----------------------------------------------------------------------------
 
-    async def push(self, data: bytes, *, ttl: int | None = None) -> PushResult:
-        """Seal ``data`` and store it in the outbox; return once the relay has it."""
+    @overload
+    async def push(
+        self, data: bytes, *, ttl: int | None = None, wait: Literal[True] = True
+    ) -> PushResult: ...
+
+    @overload
+    async def push(
+        self, data: bytes, *, ttl: int | None = None, wait: Literal[False]
+    ) -> BlobId: ...
+
+    async def push(
+        self, data: bytes, *, ttl: int | None = None, wait: bool = True
+    ) -> PushResult | BlobId:
+        """Seal ``data`` and store it in the outbox durably; return once the relay has it.
+
+        Only while syncing (``async with client`` or ``connect()``): else NotConnectedError
+        at once rather than a wait for ever. With ``wait=False`` it returns the blob id as
+        soon as the outbox entry is durable, running or not; the blob goes out on the next
+        connection (``BlobPushed`` tells when)."""
         _, cipher = self._require_group()
+        if wait and not self.running:
+            raise NotConnectedError(
+                "the client is not syncing: push inside `async with client:` (or after "
+                "connect()), or queue it with push(data, wait=False)"
+            )
         blob_id = BlobId.random()
         sealed = cipher.seal(bytes(data), blob_id=blob_id, sender=self.device_id, pad=self.pad)
         if not self._core.fits(len(sealed)):
@@ -511,20 +658,39 @@ class SyncClient:
                 f"padding), over the relay's limit of {self._core.max_blob:,} bytes per blob"
             )
         entry = OutboxEntry(blob_id, sealed, int(ttl or 0))
-        self._state.outbox_add(entry, _now_ms())  # durable before anything else
-        self._core.add(entry)
-        fut: asyncio.Future[PushResult] = asyncio.get_running_loop().create_future()
-        self._push_waiters.setdefault(blob_id, []).append(fut)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[PushResult] = loop.create_future()
+        if wait:
+            self._push_waiters.setdefault(blob_id, []).append(fut)
+        # Durable before anything else; the entry joins the in-memory outbox (and may be
+        # sent) only once its insert is committed, even if this call is cancelled.
+        durable = self._journal.add(entry)
+        self._journaling += 1
+
+        def journaled(done: asyncio.Future[object]) -> None:
+            self._journaling -= 1
+            if done.cancelled() or done.exception() is not None:
+                self._settle_pushes(blob_id, StateError("the outbox could not be written"))
+                return
+            self._core.add(entry)
+            self._publish_status()
+            self._outbox_kick.set()
+
+        durable.add_done_callback(journaled)
         self._publish_status()
-        self._outbox_kick.set()
+        await asyncio.shield(durable)  # StateError if the file could not be written
+        if not wait:
+            return blob_id
         return await fut
 
     async def _send_outbox(self, conn: RelayConnection) -> None:
         loop = asyncio.get_running_loop()
         while not conn.closed:
             self._outbox_kick.clear()
-            for entry in self._core.next_pushes(loop.time()):
-                self._state.outbox_attempt(entry.blob_id)
+            entries = self._core.next_pushes(loop.time())
+            if entries:  # not waited for: a lost count only changes a statistic
+                self._journal.attempted([e.blob_id for e in entries])
+            for entry in entries:
                 task = loop.create_task(self._push_one(conn, entry))
                 # Not cancelled with the connection: its request fails with it, promptly.
                 self._background.add(task)
@@ -545,10 +711,16 @@ class SyncClient:
             self._push_refused(entry, RemoteError(ErrorCode.BLOB_TOO_LARGE, str(exc)))
         except ConnectError:  # the connection dropped before the answer
             self._core.push_lost(entry)
+        except Exception as exc:  # not expected: kept, tried again, and reported
+            log.exception("push %s failed", entry.blob_id)
+            self._core.push_lost(entry)
+            self._emit(Error(None, f"push {entry.blob_id} failed: {exc!r}", "internal error"))
         else:
             assert isinstance(reply, PushAck)
             if self._core.push_acked(entry.blob_id):
-                self._state.outbox_remove(entry.blob_id)
+                # Not waited for: if this delete is lost, the same blob id goes out again
+                # and the relay stores it once.
+                self._journal.remove(entry.blob_id)
                 self._settle_pushes(entry.blob_id, PushResult(entry.blob_id, reply.cursor))
                 self._emit(BlobPushed(entry.blob_id, reply.cursor))
                 self._publish_status()
@@ -561,9 +733,9 @@ class SyncClient:
             entry, exc.code, exc.message, now, retry_after=exc.retry_after
         )
         if refusal.report is not None:
-            self._emit(Error(exc.code, refusal.report))
+            self._emit(Error(exc.code, refusal.report, "push refused"))
         if refusal.final:
-            self._state.outbox_remove(entry.blob_id)
+            self._journal.remove(entry.blob_id)
             self._settle_pushes(entry.blob_id, exc)
             self._publish_status()
 
@@ -597,7 +769,8 @@ class SyncClient:
         try:
             data = cipher.open(stored.ciphertext, blob_id=stored.blob_id, sender=stored.sender)
         except DecryptionError as exc:
-            self._emit(Error(None, f"blob {stored.blob_id} at cursor {stored.cursor}: {exc}"))
+            text = f"blob {stored.blob_id} at cursor {stored.cursor}: {exc}"
+            self._emit(Error(None, text, "blob unreadable"))
             return None
         return Blob(stored.blob_id, stored.cursor, stored.sender, data, stored.timestamp)
 
@@ -609,13 +782,14 @@ class SyncClient:
         self._publish_status()
         return reply
 
-    def _delivered(self, blob: Blob) -> None:
-        self._core.delivered(blob.blob_id, blob.cursor)
-        self._state.mark_delivered(blob.blob_id, blob.cursor)
-
-    def _confirm(self, cursor: int) -> None:
-        if self._core.confirm(cursor):
-            self._state.save_cursor(cursor)
+    async def _save_page(self, delivered: list[tuple[BlobId, int]], moved: bool) -> None:
+        """The delivered ids of a page and the saved cursor, in one commit, durable on
+        return (the cursor is in ``ClientCore`` already). Shielded: an app that stops
+        iterating does not cut the write short."""
+        if not delivered and not moved:
+            return
+        cursor = self._core.cursor if moved else None
+        await asyncio.shield(asyncio.wrap_future(self._state.save_page_later(delivered, cursor)))
 
     def _acknowledge(self) -> None:
         """Tell the relay the saved cursor after a page, so it may free what everyone has."""
@@ -643,9 +817,11 @@ class SyncClient:
             if blob is not None:
                 blobs.append(blob)
         if resume and reply.blobs:
+            delivered = [(blob.blob_id, blob.cursor) for blob in blobs]
             for blob in blobs:
-                self._delivered(blob)
-            self._confirm(reply.blobs[-1].cursor)
+                self._core.delivered(blob.blob_id, blob.cursor)
+            moved = self._core.confirm(reply.blobs[-1].cursor)
+            await self._save_page(delivered, moved)
             self._acknowledge()
         return PullResult(blobs, reply.has_more, reply.max_cursor)
 
@@ -656,7 +832,7 @@ class SyncClient:
             self._new_data.clear()
             connections = self._core.connections
             try:
-                reply = await self._fetch(self._core.cursor, 100)
+                reply = await self._fetch(self._core.cursor, CHANGES_PAGE)
             except (NotConnectedError, ConnectError):
                 # Offline or dropped mid-fetch: wait for the next connection and go on.
                 if self._runner is None or self._closing.is_set():
@@ -672,13 +848,21 @@ class SyncClient:
                 if self._closing.is_set():
                     raise NotConnectedError("the client was closed") from None
                 continue
-            for stored in reply.blobs:
-                if self._core.is_new(stored):
-                    blob = self._open_blob(stored)
-                    if blob is not None:
-                        yield blob  # resumes when the app is done with it
-                        self._delivered(blob)
-                self._confirm(stored.cursor)
+            delivered: list[tuple[BlobId, int]] = []
+            moved = False
+            try:
+                for stored in reply.blobs:
+                    if self._core.is_new(stored):
+                        blob = self._open_blob(stored)
+                        if blob is not None:
+                            yield blob  # resumes when the app is done with it
+                            self._core.delivered(blob.blob_id, blob.cursor)
+                            delivered.append((blob.blob_id, blob.cursor))
+                    moved = self._core.confirm(stored.cursor) or moved
+            finally:
+                # One commit per page (also when the app stops iterating mid-page): what the
+                # app has is saved before the next page is fetched or the relay is told.
+                await self._save_page(delivered, moved)
             if reply.blobs:
                 self._acknowledge()
             if reply.has_more:
@@ -768,3 +952,14 @@ class SyncClient:
 
     async def unregister_push_token(self) -> None:
         await self._request(UnregisterPush(reason="unregistered by the app"))
+
+    def set_relays(self, relays: list[str]) -> None:
+        """Replace the group's relays (tried in order) in the local state; the next
+        connection attempt uses them. The other devices keep theirs."""
+        self._require_group()
+        if not relays:
+            raise SyncError("a group needs at least one relay URL")
+        for relay in relays:
+            mailbox.http_base(relay)  # validates the URL
+        self._state.set_relays(list(relays))
+        self._core.relays = list(relays)

@@ -55,6 +55,11 @@ class ClientTiming:
     quota_retry: float = 30.0  # a push refused 2002: space frees up as blobs expire
     refused_retry: float = 5.0  # a push refused with a code not about the blob itself
     pull_retry: float = 2.0  # changes() after its PULL was refused (rate limit, busy relay)
+    # Deadlines: how long the client waits for the relay before it gives up on a path.
+    open_timeout: float = 10.0  # TCP connect, WebSocket upgrade, handshake and WELCOME
+    request_timeout: float = 30.0  # each request's answer; past it the connection is dead
+    heartbeat: float = 30.0  # probe (PRESENCE with an id) after this long without traffic
+    heartbeat_timeout: float = 30.0  # the probe's answer; past it the connection is dead
 
     def __post_init__(self) -> None:
         if not self.schedule:
@@ -62,12 +67,18 @@ class ClientTiming:
         delays = (self.jitter, self.retry_later, self.quota_retry, self.refused_retry)
         if min((*self.schedule, *delays, self.pull_retry)) < 0:
             raise ValueError("delays must not be negative")
+        deadlines = (self.open_timeout, self.request_timeout, self.heartbeat)
+        if min((*deadlines, self.heartbeat_timeout)) <= 0:
+            raise ValueError("deadlines must be positive")
 
     def backoff(self) -> Backoff:
         return Backoff(rng=self.rng, schedule=self.schedule, jitter=self.jitter)
 
     def scaled(self, factor: float) -> ClientTiming:
-        """The same timing with every delay multiplied by ``factor``."""
+        """The same timing with every delay multiplied by ``factor``. The deadlines
+        (``open_timeout``, ``request_timeout``, ``heartbeat``, ``heartbeat_timeout``) stay:
+        they depend on the network and the machine, not on the rules; a test that wants
+        them short sets them with ``dataclasses.replace``."""
         return dataclasses.replace(
             self,
             schedule=tuple(s * factor for s in self.schedule),

@@ -3,6 +3,12 @@
 The session starts the handshake as soon as it is made, sends HELLO with the membership
 proof when the handshake completes, and opens on WELCOME. Requests get ids; each response
 must answer an outstanding request with the type that request expects.
+
+Liveness (docs/protocol.md §6.9): after ``heartbeat_interval`` seconds in which it sent or
+received nothing, the session sends a PRESENCE with a request id, which the relay echoes;
+no answer within ``heartbeat_timeout``, or no answer to any request within
+``request_timeout``, and the session closes (ConnectionClosed with code None): the path
+is dead, and a dead path is noticed within about two heartbeat intervals.
 """
 
 from __future__ import annotations
@@ -65,7 +71,11 @@ class ClientSession(Session):
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         max_frame: int = DEFAULT_MAX_FRAME,
         heartbeat_interval: float | None = DEFAULT_HEARTBEAT,
+        heartbeat_timeout: float | None = None,
+        request_timeout: float | None = None,
     ) -> None:
+        """``heartbeat_timeout`` defaults to ``heartbeat_interval``; ``request_timeout``
+        None: requests wait for their answer as long as the connection lives."""
         super().__init__(
             identity.private_key,
             now=now,
@@ -83,8 +93,12 @@ class ClientSession(Session):
         self.last_cursor = last_cursor
         self.client = client
         self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout or heartbeat_interval
+        self.request_timeout = request_timeout
         self.welcome: Welcome | None = None
         self._pending: dict[int, type[Message]] = {}
+        self._deadlines: dict[int, float] = {}  # request id -> answer deadline, oldest first
+        self._probe: tuple[int, float] | None = None  # heartbeat in flight: id, deadline
         self._next_id = HELLO_REQUEST_ID + 1
         self._start_handshake()
 
@@ -100,6 +114,8 @@ class ClientSession(Session):
         request_id = self._allocate_id()
         self._send(message, request_id, now)
         self._pending[request_id] = type(message)
+        if self.request_timeout is not None:
+            self._deadlines[request_id] = now + self.request_timeout
         return request_id
 
     def send_message(self, message: Message, now: float) -> None:
@@ -138,20 +154,39 @@ class ClientSession(Session):
 
     # -- timeouts -----------------------------------------------------------------------
 
+    def _heartbeat_due(self) -> float | None:
+        if self.heartbeat_interval is None or self._probe is not None:
+            return None
+        return min(self.last_sent, self.last_received) + self.heartbeat_interval
+
     def next_deadline(self) -> float | None:
-        if self.state is SessionState.OPEN and self.heartbeat_interval is not None:
-            return self.last_sent + self.heartbeat_interval
+        if self.state is SessionState.OPEN:
+            times = [self._heartbeat_due(), self._probe[1] if self._probe else None]
+            if self._deadlines:
+                times.append(next(iter(self._deadlines.values())))
+            return min((t for t in times if t is not None), default=None)
         return super().next_deadline()
 
     def check_timeouts(self, now: float) -> list[Event]:
-        if (
-            self.state is SessionState.OPEN
-            and self.heartbeat_interval is not None
-            and now >= self.last_sent + self.heartbeat_interval
-        ):
-            self.send_message(Presence(online=True), now)
-            return []
-        return super().check_timeouts(now)
+        if self.state is not SessionState.OPEN:
+            return super().check_timeouts(now)
+        if self._probe is not None and now >= self._probe[1]:
+            return self._close(
+                None, f"no answer to the heartbeat within {self.heartbeat_timeout:g} s"
+            )
+        if self._deadlines:
+            request_id, deadline = next(iter(self._deadlines.items()))
+            if now >= deadline:
+                kind = self._pending[request_id].TYPE.name
+                return self._close(None, f"no answer to {kind} within {self.request_timeout:g} s")
+        due = self._heartbeat_due()
+        if due is not None and now >= due:
+            assert self.heartbeat_timeout is not None
+            request_id = self._allocate_id()
+            self._send(Presence(online=True), request_id, now)
+            self._pending[request_id] = Presence
+            self._probe = (request_id, now + self.heartbeat_timeout)
+        return []
 
     # -- incoming -----------------------------------------------------------------------
 
@@ -175,6 +210,11 @@ class ClientSession(Session):
         if request_id == 0:
             return self._receive_unsolicited(message)
         request_type = self._pending.pop(request_id, None)
+        self._deadlines.pop(request_id, None)
+        if self._probe is not None and request_id == self._probe[0]:
+            self._probe = None  # the relay answered the heartbeat: the path is alive
+            if request_type is Presence:
+                return []  # an ERROR (e.g. rate limited) proves the path is alive too
         if request_type is None:
             return self._close(
                 ErrorCode.INVALID_MESSAGE, f"response to unknown request id {request_id}"
@@ -206,6 +246,7 @@ class ClientSession(Session):
                 ErrorCode.INVALID_MESSAGE, "WELCOME names another relay than the handshake"
             )
         self.welcome = message
+        self._adopt_relay_timing(message)
         if message.limits.max_frame_size and self._transport is not None:
             # PULL responses are sized to the relay's frame limit: accept what it announced,
             # up to the wire's own cap so that a relay cannot make us buffer without bound.
@@ -214,6 +255,18 @@ class ClientSession(Session):
             )
         self.state = SessionState.OPEN
         return [Welcomed(message, self.peer_static)]
+
+    def _adopt_relay_timing(self, welcome: Welcome) -> None:
+        """Probe at least as often as the relay asks, and well within its idle timeout."""
+        if self.heartbeat_interval is None:
+            return
+        limits = welcome.limits
+        interval = self.heartbeat_interval
+        if limits.heartbeat_interval:
+            interval = min(interval, float(limits.heartbeat_interval))
+        if limits.idle_timeout:
+            interval = min(interval, limits.idle_timeout / 2)
+        self.heartbeat_interval = interval
 
     def _receive_unsolicited(self, message: Message) -> list[Event]:
         if isinstance(message, Error):
