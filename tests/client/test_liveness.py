@@ -70,30 +70,40 @@ async def silent_server() -> AsyncIterator[str]:
 
 class FreezableProxy:
     """Forwards TCP to a relay until ``freeze()``: from then on nothing passes either way
-    and no connection is closed."""
+    and no connection is closed. ``thaw()`` lets new connections through; those open at
+    the freeze stay dead (a NAT mapping dropped, a Wi-Fi network left)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.frozen = False
+        self.generation = 0  # bumped by each freeze: older connections stay dead
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: list[asyncio.StreamWriter] = []
         self.url = ""
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, born: int
+    ) -> None:
         with contextlib.suppress(ConnectionError):
             while data := await reader.read(65536):
-                if not self.frozen:
+                if not self.frozen and born == self.generation:
                     writer.write(data)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         self._writers += [writer, up_writer]
-        for task in (self._pipe(reader, up_writer), self._pipe(up_reader, writer)):
+        born = self.generation
+        pipes = (self._pipe(reader, up_writer, born), self._pipe(up_reader, writer, born))
+        for task in pipes:
             t = asyncio.get_running_loop().create_task(task)
             self._tasks.add(t)
 
     def freeze(self) -> None:
         self.frozen = True
+        self.generation += 1
+
+    def thaw(self) -> None:
+        self.frozen = False
 
     async def __aenter__(self) -> FreezableProxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -251,6 +261,30 @@ def test_a_path_that_dies_silently_is_noticed_by_the_heartbeat(
             assert client.status == SyncStatus.CONNECTING
 
     run(scenario(), timeout=30)
+
+
+def test_a_push_in_flight_when_the_path_dies_goes_out_once_on_the_next_connection(
+    relay: InProcessRelay, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with FreezableProxy(port_of(relay)) as proxy, Fleet(tmp_path) as fleet:
+            timing = dataclasses.replace(TIMING, schedule=(0.2,))  # reconnect soon
+            client = SyncClient(fleet.base / "a", timing=timing)
+            fleet.clients.append(client)
+            await client.create_group([proxy.url])
+            await client.connect()
+            await client.wait_connected(10)
+            proxy.freeze()
+            pushing = asyncio.ensure_future(client.push(b"sent into the void"))
+            await asyncio.sleep(TIMING.heartbeat)  # the PUSH is written, never answered
+            assert not pushing.done()
+            proxy.thaw()  # the old path stays dead; a new connection gets through
+            result = await asyncio.wait_for(pushing, 15)
+            assert result.cursor == 1
+            page = await client.pull(after=0)
+            assert [b.cursor for b in page.blobs] == [1]  # stored once, not twice
+
+    run(scenario(), timeout=40)
 
 
 def test_a_request_without_answer_fails_at_its_deadline(
