@@ -6,14 +6,14 @@ import os
 import platform
 import sys
 
-from bench import client, foundation, relay, storage
+from bench import abuse, client, foundation, relay, storage
 from bench.harness import print_table
 
 
 def main() -> None:
     machine = platform.processor() or platform.machine()
     print(f"0k-Sync benchmarks on {machine}, {os.cpu_count()} cores")
-    sections = sys.argv[1:] or ["foundation", "relay", "client", "storage", "scaleout"]
+    sections = sys.argv[1:] or ["foundation", "relay", "abuse", "client", "storage", "scaleout"]
     if "foundation" in sections:
         print_table(
             "Foundation (one process, no network; medians of 5 runs)", foundation.all_figures()
@@ -22,6 +22,11 @@ def main() -> None:
         print_table(
             "Relay (a relay process driven over loopback from this process)",
             relay.all_figures(),
+        )
+    if "abuse" in sections:
+        print_table(
+            "Abuse (a relay process, defaults but per-IP limits; clients that never read)",
+            *abuse.abuse_figures(),
         )
     if "client" in sections:
         print_table(

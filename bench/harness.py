@@ -47,7 +47,8 @@ def _num(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
 
 
-def print_table(title: str, figures: list[Figure]) -> None:
+def print_table(title: str, figures: list[Figure], notes: list[str] | None = None) -> None:
+    """The figures, then ``notes`` (what a ratio alone does not say), one a line."""
     print(f"\n{title}")
     header = f"{'measure':<44}{'value':>14}  {'baseline':<34}{'value':>14}{'ratio':>8}"
     print(header)
@@ -57,3 +58,5 @@ def print_table(title: str, figures: list[Figure]) -> None:
             f"{f.name:<44}{_num(f.value):>10} {f.unit:<3}  {f.baseline_name:<34}"
             f"{_num(f.baseline):>10} {f.unit:<3}{f.ratio:>7.2f}x"
         )
+    for note in notes or []:
+        print(f"  {note}")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from zerok.relay.config import OPTIONS
 from zerok.testing import PostgresDatabases, relay
 
 
@@ -62,6 +63,14 @@ def postgres_database() -> Iterator[str]:
         databases.drop_all()
 
 
+def _known(args: list[str]) -> list[str]:
+    """``args`` (``--flag value`` pairs) without the options this relay does not know: an
+    older relay, benchmarked with PYTHONPATH at its tree, lacks some of the limits."""
+    known = {"--" + option.name.replace("_", "-") for option in OPTIONS}
+    pairs = zip(args[::2], args[1::2], strict=True)
+    return [item for flag, value in pairs if flag in known for item in (flag, value)]
+
+
 @contextlib.contextmanager
 def relay_process(*extra: str, database: str | None = None) -> Iterator[tuple[str, int]]:
     """A real ``zerok relay`` on a free loopback port, limits off; yields (ws URL, PID)."""
@@ -88,7 +97,7 @@ def relay_process(*extra: str, database: str | None = None) -> Iterator[tuple[st
         ]
         if database is not None:
             args += ["--database", database]
-        with relay(tmp, *args, *extra) as process:
+        with relay(tmp, *_known(args), *extra) as process:
             yield process.url, process.pid
 
 

@@ -28,8 +28,9 @@ def test_every_benchmark_runs_and_prints_a_ratio() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    for section in ("Foundation", "Relay", "Scale-out"):
+    for section in ("Foundation", "Relay", "Abuse", "Client", "Storage", "Scale-out"):
         assert section in result.stdout
     figures = [m for line in result.stdout.splitlines() if (m := FIGURE.match(line))]
-    assert len(figures) >= 16, result.stdout  # 6 foundation, 7 relay, 3 scale-out
+    # 6 foundation, 7 relay, 2 abuse, 2 client, 6 storage, 3 scale-out
+    assert len(figures) >= 26, result.stdout
     assert all(float(m["ratio"]) > 0 for m in figures)

@@ -16,7 +16,7 @@ under its old name. The tree::
     ├── RemoteError                the relay answered with an ERROR (``code``)
     ├── ConnectError, NotConnectedError, DeviceRevokedError, BlobTooLargeError,
     │   StateError, InviteError, RelayUnreachableError     the client's
-    └── ConfigError, StorageError  the relay's
+    └── ConfigError, StorageError  the relay's (StorageFullError, StorageUnavailableError)
 
 As in h11, the split between local and remote protocol errors says whose fault it is: a
 LocalProtocolError is a bug in the caller and is never turned into a quiet ``False``; a
@@ -166,3 +166,9 @@ class StorageError(SyncError):
 class StorageFullError(StorageError):
     """The relay's disk (or database size limit) is full: a write that needs space was
     refused. Nothing was stored; the same write may succeed once space comes back."""
+
+
+class StorageUnavailableError(StorageError):
+    """The relay's database cannot be reached, or did not answer within the storage
+    deadline. A write may or may not have taken effect; clients are told to retry later
+    (ERROR 3000 with ``retry_after``)."""

@@ -105,13 +105,17 @@ class RelaySession(Session):
             return True
         return self._send_frame(message, request_id, room)
 
-    def error(self, code: ErrorCode, message: str, request_id: int = 0) -> list[Event]:
-        """Answer with an ERROR; fatal codes also close the session. No-op once closed."""
+    def error(
+        self, code: ErrorCode, message: str, request_id: int = 0, *, retry_after: int = 0
+    ) -> list[Event]:
+        """Answer with an ERROR (``retry_after``: seconds, advice for when to try again);
+        fatal codes also close the session. No-op once closed."""
         if self.state is SessionState.CLOSED:
             return []
         if code.fatal:
-            return self._close(code, message, request_id=request_id)
-        self.send(Error(code=int(code), message=message[:MAX_TEXT_CHARS]), request_id)
+            return self._close(code, message, request_id=request_id, retry_after=retry_after)
+        error = Error(code=int(code), message=message[:MAX_TEXT_CHARS], retry_after=retry_after)
+        self.send(error, request_id)
         return []
 
     # -- timeouts -----------------------------------------------------------------------

@@ -181,12 +181,20 @@ class Session:
         self.bytes_to_send += sum(map(len, messages))
 
     def _close(
-        self, code: int | None, reason: str, *, by_peer: bool = False, request_id: int = 0
+        self,
+        code: int | None,
+        reason: str,
+        *,
+        by_peer: bool = False,
+        request_id: int = 0,
+        retry_after: int = 0,
     ) -> list[Event]:
         if code is not None and not by_peer and self._transport is not None:
             # On an exhausted channel nothing more can be said; close all the same.
             with contextlib.suppress(NonceExhaustedError, FrameTooLargeError):
-                error = Error(code=int(code), message=reason[:MAX_TEXT_CHARS])
+                error = Error(
+                    code=int(code), message=reason[:MAX_TEXT_CHARS], retry_after=retry_after
+                )
                 self._send_frame(error, request_id)
         self.state = SessionState.CLOSED
         self.close_code = int(code) if code is not None else None

@@ -8,7 +8,9 @@ first, so that a few hostile non-readers cannot starve the clients that do read.
 
 PULL answers are the large ones; the pages being read from the database for them count
 too, through ``pull_slots``: at most as many pages are prepared at once as fit in the
-total, whatever the number of connections.
+total, whatever the number of connections, each counted as ``PAGE_FRAMES`` frames (while
+a page is prepared it exists as database rows, an encoded frame, its encrypted fragments
+and the joined write, not all released at once).
 """
 
 from __future__ import annotations
@@ -17,6 +19,13 @@ import asyncio
 from typing import Protocol
 
 from prometheus_client import Gauge
+
+PAGE_FRAMES = 4
+
+
+def page_slots(budget: int, frame_limit: int) -> int:
+    """How many PULL pages may be prepared at once within ``budget`` bytes (at least one)."""
+    return max(1, budget // (PAGE_FRAMES * max(1, frame_limit)))
 
 
 class Holder(Protocol):
@@ -35,7 +44,7 @@ class SendBudget:
         self.peak = 0  # the most ever held at once (for tests and benchmarks)
         self._held: dict[Holder, int] = {}
         self._gauge = gauge
-        self.pull_slots = asyncio.Semaphore(max(1, total // max(1, frame_limit)))
+        self.pull_slots = asyncio.Semaphore(page_slots(total, frame_limit))
 
     def held(self, holder: Holder) -> int:
         return self._held.get(holder, 0)

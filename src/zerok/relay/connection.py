@@ -26,6 +26,7 @@ import msgspec
 from aiohttp import WSMsgType, web
 
 from zerok.crypto.noise.transport import sealed_size
+from zerok.errors import StorageError, StorageUnavailableError
 from zerok.protocol import (
     ConnectionClosed,
     Event,
@@ -34,7 +35,7 @@ from zerok.protocol import (
     RequestReceived,
     Variant,
 )
-from zerok.relay.budget import SendBudget
+from zerok.relay.budget import SendBudget, page_slots
 from zerok.relay.service import RelayService
 from zerok.relay.tasks import TaskSet
 from zerok.transport.wsframe import binary_frames, close_frame
@@ -44,6 +45,10 @@ from zerok.wire.messages import MAX_TEXT_CHARS
 log = logging.getLogger("zerok.relay.connection")
 
 MAX_IN_FLIGHT = 64  # requests of one connection being processed at once
+# A HELLO is answered within this share of the handshake deadline (config.handshake_timeout),
+# however slow the database: the client's own deadline covers the handshake and WELCOME too.
+HELLO_SHARE = 0.5
+STORAGE_RETRY_AFTER = 5  # seconds, the retry_after of a 3000 when the database failed
 DRAIN_TIMEOUT = 30.0  # seconds a peer may leave its receive window full
 CLOSE_TIMEOUT = 15.0  # seconds for the closing handshake
 
@@ -94,7 +99,7 @@ class Connection:
         self.requests = TaskSet(remote)  # HELLO and requests
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         # PULL pages being read for this peer count against its budget too.
-        self._pull_slots = asyncio.Semaphore(max(1, config.send_buffer // config.frame_limit))
+        self._pull_slots = asyncio.Semaphore(page_slots(config.send_buffer, config.frame_limit))
         # Set while a write waits for the peer's window (only then: idle connections are
         # many, and each object they hold counts).
         self._draining: asyncio.Future[None] | None = None
@@ -124,8 +129,9 @@ class Connection:
             if len(message.message) > MAX_TEXT_CHARS:
                 message = msgspec.structs.replace(message, message=message.message[:MAX_TEXT_CHARS])
             if _is_fatal(message.code):
+                code, retry_after = ErrorCode(message.code), message.retry_after
                 self._closed_by_us(
-                    self.session.error(ErrorCode(message.code), message.message, request_id)
+                    self.session.error(code, message.message, request_id, retry_after=retry_after)
                 )
                 return True
         self._account()
@@ -308,11 +314,26 @@ class Connection:
                 self.service.on_session_closed(self, event)
 
     async def _run_hello(self, event: HelloReceived) -> None:
+        deadline = self.service.config.handshake_timeout * HELLO_SHARE
         try:
-            await self.service.on_hello(self, event)
+            async with asyncio.timeout(deadline):
+                await self.service.on_hello(self, event)
+        except (StorageError, TimeoutError) as exc:
+            # The database is down or slow: a retryable refusal now, not a hang.
+            if isinstance(exc, TimeoutError):
+                exc = StorageUnavailableError(f"the HELLO took more than {deadline:g} s")
+            log.warning("HELLO from %s failed: %s", self.remote, exc)
+            self._overloaded(f"the relay's storage failed ({exc}); retry later", 0)
         except Exception:
             log.exception("HELLO from %s failed", self.remote)
-            self.close(ErrorCode.RELAY_OVERLOADED, "the relay could not process the HELLO")
+            self._overloaded("the relay could not process the HELLO", 0)
+
+    def _overloaded(self, message: str, request_id: int) -> None:
+        """ERROR 3000 (fatal: the client reconnects with backoff) with ``retry_after``."""
+        error = Error(
+            code=ErrorCode.RELAY_OVERLOADED, message=message, retry_after=STORAGE_RETRY_AFTER
+        )
+        self.send(error, request_id)
 
     async def _run_request(self, event: RequestReceived) -> None:
         try:
@@ -321,10 +342,13 @@ class Connection:
                     await self.service.on_request(self, event)
             else:
                 await self.service.on_request(self, event)
+        except StorageError as exc:
+            name = event.message.TYPE.name
+            log.warning("request %s from %s failed: %s", name, self.remote, exc)
+            self._overloaded(f"the relay's storage failed ({exc}); retry later", event.request_id)
         except Exception:
             log.exception("request %s from %s failed", event.message.TYPE.name, self.remote)
-            failed = "the relay could not process the request"
-            self.send(Error(code=ErrorCode.RELAY_OVERLOADED, message=failed), event.request_id)
+            self._overloaded("the relay could not process the request", event.request_id)
         finally:
             self._slots.release()
 

@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from zerok.errors import LocalProtocolError, StorageFullError
+from zerok.errors import LocalProtocolError, StorageError, StorageFullError
 from zerok.protocol import ConnectionClosed, HelloReceived, RequestReceived
 from zerok.protocol.catalog import CLIENT_REQUESTS
 from zerok.protocol.ratelimit import RateLimiter
@@ -463,7 +463,10 @@ class RelayService:
             size=size,
         )
         self.fan_out(group_id, notify, exclude=peer)
-        await self.waker.wake(group_id, device_id, outcome.cursor, online)
+        try:
+            await self.waker.wake(group_id, device_id, outcome.cursor, online)
+        except StorageError as exc:  # the push was answered: no ERROR for it now
+            log.warning("no wake-ups for group %s: %s", group_id.short(), exc)
 
     @handles(Pull)
     async def _pull(self, peer: Peer, rid: int, pull: Pull) -> None:

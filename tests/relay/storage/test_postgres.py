@@ -24,8 +24,8 @@ from tests.relay.storage.support import (
     push,
     run,
 )
-from zerok.errors import StorageFullError
-from zerok.relay.storage import BlobStored, PushOutcome, StorageError
+from zerok.errors import StorageFullError, StorageUnavailableError
+from zerok.relay.storage import BlobStored, PushOutcome, Resync, StorageError
 from zerok.relay.storage.postgres import (
     CHANNEL,
     PUSH_BATCH,
@@ -33,6 +33,7 @@ from zerok.relay.storage.postgres import (
     PostgresStorage,
     write_failure,
 )
+from zerok.testing import PG_ADMIN_URL
 from zerok.wire import BlobId, DeviceId, GroupId
 
 
@@ -304,3 +305,61 @@ def test_a_full_server_disk_is_storage_full() -> None:
     assert isinstance(write_failure(psycopg.errors.DiskFull("no space")), StorageFullError)
     other = write_failure(psycopg.errors.SerializationFailure("retry"))
     assert not isinstance(other, StorageFullError)
+    broken = write_failure(psycopg.errors.CheckViolation("a bug"))
+    assert type(broken) is StorageError  # not worth retrying
+    lost = write_failure(psycopg.errors.AdminShutdown("terminating connection"))
+    assert isinstance(lost, StorageUnavailableError)
+
+
+# -- faults -----------------------------------------------------------------------------------
+
+
+def _terminate_backends(url: str) -> int:
+    """What a server restart does to the relay: every backend of the test's own database
+    ends (and only those: the server is shared). The number terminated."""
+    name = url.rpartition("/")[2]
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        ).fetchall()
+        pids = [pid for pid, done in rows if done]
+        # As after a restart: the old backends are gone (their goodbye sent) before the
+        # next call. pg_terminate_backend only signals them.
+        deadline = time.monotonic() + 5.0
+        while admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
+        ).fetchone() != (0,):
+            assert time.monotonic() < deadline, "terminated backends still running after 5 s"
+            time.sleep(0.01)
+    return len(pids)
+
+
+def test_dead_pooled_connections_cost_no_caller_an_error(pg_url: str) -> None:
+    """After a restart the pool holds dead connections: the next read, write and push
+    succeed all the same (each connection is checked when taken; a dead one has all the
+    idle ones checked and replaced), and the listener comes back and resyncs."""
+
+    async def main() -> None:
+        (s,) = await opened(pg_url, 1)
+        try:
+            heard = Heard(s)
+            device = DeviceId.random()
+            group = await new_group(s, device)
+            # Several connections in the pool, all used once.
+            await asyncio.gather(*(s.get_group(group) for _ in range(8)))
+            assert (await push(s, group, b"before")).cursor == 1
+            assert _terminate_backends(pg_url) >= 3  # pooled ones and the listener
+            assert await s.get_group(group) is not None  # a read
+            await s.touch_device(group, device, "renamed", NOW + 1)  # a write
+            pushed = await asyncio.gather(*(push(s, group, b"%d" % i) for i in range(3)))
+            assert sorted(o.cursor for o in pushed) == [2, 3, 4]  # pushes
+            assert s.dead_connections >= 1
+            record = await s.get_device(group, device)
+            assert record is not None and record.name == "renamed"
+            assert isinstance(await heard.next(), Resync)  # the listener is back
+        finally:
+            await s.close()
+
+    run(main())

@@ -13,6 +13,16 @@ is delivered exactly when (and only if) the transaction commits. Every relay LIS
 connection; when that connection is lost and re-established, the relay is told to resync
 (``Resync``) and catches up from the tables, so no notification is lost for good. Payloads
 carry ids, cursors and sizes only: nothing secret, nothing of the blob.
+
+Faults surface as errors, not hangs (docs/operations.md, "When the database is down").
+Every connection is checked with an empty statement when it is taken from the pool; a dead
+one (the server restarted, its backend was terminated) makes the pool check all its idle
+connections, dropping the dead ones, and the call goes on with a fresh connection, so a
+restart costs no client anything. Every call has a deadline (``call_timeout``); waiting for
+a pooled connection (``pool_timeout``) and connecting (``connect_timeout``) have shorter
+ones, so while the database is unreachable each call fails within a few seconds with
+StorageUnavailableError, and the pool and the listener reconnect by themselves once it is
+back.
 """
 
 from __future__ import annotations
@@ -23,7 +33,8 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Callable
+import select
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -32,7 +43,7 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from zerok.errors import StorageError, StorageFullError, WireError
+from zerok.errors import StorageError, StorageFullError, StorageUnavailableError, WireError
 from zerok.relay.config import redact_url
 from zerok.relay.storage import common
 from zerok.relay.storage.base import (
@@ -54,6 +65,11 @@ Conn = psycopg.AsyncConnection[TupleRow]
 CHANNEL = "zerok_events"
 OPEN_TIMEOUT = 10.0  # seconds to connect, and to start listening, before open() gives up
 LISTEN_RETRY = 1.0  # seconds between attempts to re-establish the listener
+CALL_TIMEOUT = 5.0  # seconds any one storage call may take (less than the HELLO's deadline)
+POOL_TIMEOUT = 3.0  # seconds to wait for a pooled connection (psycopg_pool's default: 30)
+CONNECT_TIMEOUT = 2  # seconds to open a connection (libpq's connect_timeout: 2 at least)
+RECONNECT_TIMEOUT = 10.0  # seconds the pool retries one connection (backing off) before a
+# fresh attempt: keeps the wait after a long outage short (psycopg_pool doubles its delay)
 LISTENER_NAME = "zerok-relay-listener"  # application_name of the LISTEN connection
 PUSH_BATCH = 256
 
@@ -161,10 +177,22 @@ SELECT
 
 def write_failure(exc: psycopg.Error) -> StorageError:
     """The StorageError for a failed write: StorageFullError when the server's disk is
-    full (SQLSTATE 53100), which clients are told is worth retrying later."""
+    full (SQLSTATE 53100), StorageUnavailableError when the server cannot be reached or
+    ended the connection (see ``failure``); both are worth retrying later."""
     if isinstance(exc, psycopg.errors.DiskFull):
         return StorageFullError(f"database write failed: {exc}")
-    return StorageError(f"database write failed: {exc}")
+    return failure("database write failed", exc)
+
+
+def failure(what: str, exc: BaseException) -> StorageError:
+    """The StorageError for ``exc``: StorageUnavailableError for a deadline passed
+    (TimeoutError, PoolTimeout) or an operational error (connection lost or refused, server
+    shutting down, statement cancelled), else a plain StorageError."""
+    if isinstance(exc, TimeoutError):
+        return StorageUnavailableError(f"{what}: no answer within the storage deadline")
+    if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg.errors.DiskFull):
+        return StorageUnavailableError(f"{what}: database unavailable: {exc}")
+    return StorageError(f"{what}: {exc}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +216,21 @@ class _BatchedPush:
 def _dialect(text: str, lock: bool) -> str:
     """Shared SQL (``?`` placeholders) as psycopg takes it."""
     return text.replace("%", "%%").replace("?", "%s") + (" FOR UPDATE" if lock else "")
+
+
+def _may_be_dead(conn: Conn) -> bool:
+    """Whether an idle connection is closed or has something to read (which, idle, it
+    should not: the server ended it, or sent a notice); no round trip."""
+    if conn.closed or conn.broken:
+        return True
+    if not hasattr(select, "poll"):  # not on Linux or macOS: always check
+        return True
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError, psycopg.Error):
+        return True
 
 
 async def run_proc(conn: Conn, proc: Proc[T]) -> T:
@@ -217,14 +260,27 @@ class PostgresStorage(SQLStorage):
         max_size: int = 16,
         open_timeout: float = OPEN_TIMEOUT,
         listen_retry: float = LISTEN_RETRY,
+        call_timeout: float = CALL_TIMEOUT,
+        pool_timeout: float = POOL_TIMEOUT,
+        connect_timeout: int = CONNECT_TIMEOUT,
     ) -> None:
         self.url = url
         self.origin = os.urandom(8).hex()  # tells this relay's notifications from others'
         self.open_timeout = open_timeout
         self.listen_retry = listen_retry
+        self.call_timeout = call_timeout
+        self.connect_timeout = connect_timeout
         self._pool = AsyncConnectionPool(
-            url, min_size=min_size, max_size=max_size, open=False, kwargs={"autocommit": True}
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            open=False,
+            kwargs={"autocommit": True, "connect_timeout": connect_timeout},
+            timeout=pool_timeout,
+            reconnect_timeout=RECONNECT_TIMEOUT,
         )
+        self.dead_connections = 0  # found dead when taken from the pool (and replaced)
+        self._listen_failures = 0
         self._handlers: list[Callable[[StorageEvent], None]] = []
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
@@ -294,19 +350,65 @@ class PostgresStorage(SQLStorage):
         except psycopg.Error as exc:
             raise StorageError(f"migrating the PostgreSQL schema failed: {exc}") from exc
 
+    # -- connections ----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Conn]:
+        """A pooled connection known to work, as the pool's ``connection()`` gives it
+        (committed or rolled back at the end, returned to the pool, replaced if broken)."""
+        conn = await self._checked_out()
+        try:
+            async with conn:
+                yield conn
+        finally:
+            await self._pool.putconn(conn)
+
+    async def _checked_out(self) -> Conn:
+        """A connection from the pool that is not known to be dead.
+
+        An idle connection has nothing to read unless the server said something: a backend
+        ended by a restart or pg_terminate_backend sends its error and closes the socket.
+        So the socket is polled first (no round trip), and only a connection with something
+        to read is checked with an empty statement. (Checking every checkout that way, the
+        pool's ``check`` option, cost a third of sequential push throughput.) A dead one has
+        every idle connection checked and the dead ones replaced, and the next one is taken:
+        after a restart, no caller sees an error. A connection cut without a word (a network
+        partition) is not seen here; the call then fails within ``call_timeout``."""
+        conn = await self._pool.getconn()
+        if not _may_be_dead(conn):
+            return conn
+        try:
+            await AsyncConnectionPool.check_connection(conn)
+        except psycopg.Error as exc:
+            await self._pool.putconn(conn)  # broken: the pool closes it and opens another
+            self.dead_connections += 1
+            log.info("a pooled PostgreSQL connection was dead (%s); checking the others", exc)
+            await self._pool.check()
+            return await self._pool.getconn()
+        except BaseException:
+            await self._pool.putconn(conn)
+            raise
+        return conn
+
     # -- running procedures ---------------------------------------------------------------
 
     async def _read_proc(self, proc: Proc[T]) -> T:
         try:
-            async with self._pool.connection() as conn:
+            async with asyncio.timeout(self.call_timeout), self._connection() as conn:
                 return await run_proc(conn, proc)
-        except psycopg.Error as exc:
-            raise StorageError(f"database read failed: {exc}") from exc
+        except (psycopg.Error, TimeoutError) as exc:
+            raise failure("database read failed", exc) from exc
 
     async def _write_proc(self, make: Callable[[], Proc[T]]) -> T:
         try:
-            async with self._pool.connection() as conn, conn.transaction():
+            async with (
+                asyncio.timeout(self.call_timeout),
+                self._connection() as conn,
+                conn.transaction(),
+            ):
                 result = await run_proc(conn, make())
+        except TimeoutError as exc:
+            raise failure("database write failed", exc) from exc
         except psycopg.Error as exc:
             raise write_failure(exc) from exc
         self.commits += 1
@@ -383,13 +485,33 @@ class PostgresStorage(SQLStorage):
             batch = self._push_queue[:PUSH_BATCH]
             del self._push_queue[:PUSH_BATCH]
             batch.sort(key=lambda item: item.group_id)
-            results: list[PushOutcome | StorageError]
+            results: list[PushOutcome | StorageError] = []
             try:
-                rows = await self._run_push_batch(batch)
+                async with asyncio.timeout(self.call_timeout):
+                    try:
+                        rows = await self._run_push_batch(batch)
+                    except psycopg.OperationalError as exc:
+                        if isinstance(exc, PoolTimeout | psycopg.errors.DiskFull):
+                            raise
+                        # The connection died under the batch (a restart): once more on
+                        # another. Safe: a push that did commit is found by its blob id.
+                        log.info("a push batch lost its connection (%s); retrying once", exc)
+                        rows = await self._run_push_batch(batch)
                 self.commits += 1
                 results = [item.outcome(row) for item, row in zip(batch, rows, strict=True)]
-            except psycopg.Error:
-                results = [await self._run_push_alone(item) for item in batch]
+            except (psycopg.Error, TimeoutError) as exc:
+                down = write_failure(exc) if isinstance(exc, psycopg.Error) else None
+                if down is None or isinstance(down, StorageUnavailableError):
+                    # The database is unreachable: so it is for every push waiting now.
+                    batch += self._push_queue
+                    self._push_queue.clear()
+                    results = [down or failure("database write failed", exc)] * len(batch)
+                else:
+                    for item in batch:
+                        results.append(await self._run_push_alone(item))
+                        if isinstance(results[-1], StorageUnavailableError):
+                            results += [results[-1]] * (len(batch) - len(results))
+                            break
             for item, result in zip(batch, results, strict=True):
                 if item.future.done():
                     continue
@@ -399,14 +521,14 @@ class PostgresStorage(SQLStorage):
                     item.future.set_result(result)
 
     async def _run_push_batch(self, batch: list[_BatchedPush]) -> list[Row | None]:
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             async with conn.pipeline():
                 cursors = [await conn.execute(_PUSH_SQL, item.params) for item in batch]
             return [await cur.fetchone() for cur in cursors]
 
     async def _run_push_alone(self, item: _BatchedPush) -> PushOutcome | StorageError:
         try:
-            async with self._pool.connection() as conn:
+            async with asyncio.timeout(self.call_timeout), self._connection() as conn:
                 try:
                     async with conn.transaction():
                         row = await (await conn.execute(_PUSH_SQL, item.params)).fetchone()
@@ -417,6 +539,8 @@ class PostgresStorage(SQLStorage):
                         row = await (await conn.execute(_PUSH_SQL, item.params)).fetchone()
                 self.commits += 1
                 return item.outcome(row)
+        except TimeoutError as exc:
+            return failure("database write failed", exc)
         except psycopg.Error as exc:
             return write_failure(exc)
 
@@ -437,12 +561,19 @@ class PostgresStorage(SQLStorage):
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(
-                    self.url, autocommit=True, application_name=LISTENER_NAME
+                    self.url,
+                    autocommit=True,
+                    application_name=LISTENER_NAME,
+                    connect_timeout=self.connect_timeout,
                 )
             except psycopg.Error as exc:
-                log.warning("cannot listen for other relays' events: %s; retrying", exc)
+                # Said once an outage, not every listen_retry.
+                self._listen_failures += 1
+                if self._listen_failures == 1:
+                    log.warning("cannot listen for other relays' events: %s; retrying", exc)
                 await asyncio.sleep(self.listen_retry)
                 continue
+            self._listen_failures = 0
             try:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
                 self._listening.set()
