@@ -52,5 +52,16 @@ def test_kinds_are_throttled_apart_and_tracebacks_go_after_the_first() -> None:
 def test_the_kinds_tracked_are_bounded() -> None:
     throttle = LogThrottle(interval=60, burst=1, clock=Clock())
     for i in range(MAX_KINDS + 50):
-        throttle.filter(_record(f"kind {i}"))
+        word = "".join(chr(97 + (i // 26**k) % 26) for k in range(3))  # aaa, baa, ...
+        throttle.filter(_record(f"kind {word}"))
     assert len(throttle._kinds) == MAX_KINDS + 1  # the overflow shares one kind
+
+
+def test_lines_that_differ_only_in_numbers_and_addresses_are_one_kind() -> None:
+    # asyncio formats object reprs into its messages: each line would be a kind of its own.
+    throttle = LogThrottle(interval=60, burst=2, clock=Clock())
+    lines = [
+        f"Exception in callback _start_serving(<Server sockets=(<socket fd={fd}>)> at 0x7f{fd:x})"
+        for fd in range(10, 30)
+    ]
+    assert sum(throttle.filter(_record(line)) for line in lines) == 2

@@ -11,6 +11,7 @@ traceback per bad request says nothing the first did not.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 INTERVAL = 60.0
 BURST = 10
 MAX_KINDS = 1000  # kinds tracked at once; more are throttled together
+_VARYING = re.compile(r"0x[0-9a-fA-F]+|\d+")
 # Loggers whose lines strangers can cause; the relay puts a LogThrottle on each.
 NOISY = ("asyncio", "aiohttp.server", "aiohttp.web", "aiohttp.access", "zerok.relay.connection")
 
@@ -44,7 +46,7 @@ class LogThrottle(logging.Filter):
         self._kinds: dict[tuple[str, str], _Kind] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, str(record.msg))
+        key = (record.name, _kind_of(str(record.msg)))
         if key not in self._kinds and len(self._kinds) >= MAX_KINDS:
             key = (record.name, "*")
         now = self.clock()
@@ -63,6 +65,13 @@ class LogThrottle(logging.Filter):
             record.exc_info = None
             record.exc_text = None
         return True
+
+
+def _kind_of(message: str) -> str:
+    """A message with what varies from one line of a kind to the next (addresses, file
+    descriptors, ports, object ids) taken out: asyncio formats these into its messages."""
+    first_line = message.split("\n", 1)[0]
+    return _VARYING.sub("#", first_line)[:120]
 
 
 def throttle_noisy_loggers(throttle: LogThrottle) -> Callable[[], None]:

@@ -56,9 +56,11 @@ def _raise_open_files_limit(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     if target < wanted:
         log.warning(
-            "open files are limited to %d, below max_connections=%d: raise the hard limit "
-            "(ulimit -n, LimitNOFILE=) to accept that many connections",
+            "open files are limited to %d, below the %d that max_connections=%d needs (a "
+            "file per connection, and 256 for the relay itself): raise the hard limit "
+            "(ulimit -n, LimitNOFILE=) or lower max_connections",
             target,
+            wanted,
             wanted - 256,
         )
 
