@@ -52,3 +52,23 @@ def test_health_answers_503_within_a_second_when_the_database_hangs(
     assert "database" in reply.json()["reason"]
     # /metrics still answers with the last counts it had.
     assert http("GET", relay.http_url + "/metrics", timeout=5).status == 200
+
+
+def test_health_probes_the_database_even_while_its_counts_are_cached(
+    launcher: RelayLauncher,
+) -> None:
+    relay = launcher.start()
+    assert http("GET", relay.http_url + "/health").status == 200  # counts now cached
+
+    async def hang(server: Relay) -> None:
+        async def never() -> None:
+            await asyncio.Event().wait()
+
+        server.storage.ping = never  # type: ignore[method-assign]
+        server.http._ping_cache = None
+
+    relay.call(hang)
+    started = time.monotonic()
+    reply = http("GET", relay.http_url + "/health", timeout=5)
+    assert time.monotonic() - started < 2
+    assert reply.status == 503 and reply.json()["status"] == "unavailable"

@@ -28,6 +28,7 @@ from zerok.version import __version__
 LOOKUP = re.compile(r"[A-Za-z0-9_-]{8,128}")
 STATS_TTL = 5.0  # seconds the counts of /health and /metrics are reused
 STATS_TIMEOUT = 1.0  # seconds /health waits for the database before answering 503
+PING_TTL = 0.5  # seconds a /health probe of the database is reused
 
 
 def client_addresses(config: RelayConfig) -> ClientAddresses:
@@ -62,6 +63,8 @@ class HttpApi:
         self.stats_ttl = STATS_TTL
         self._stats_cache: tuple[float, tuple[int, int]] | None = None
         self._stats_task: asyncio.Future[tuple[int, int]] | None = None
+        self._ping_cache: tuple[float, bool] | None = None
+        self._ping_task: asyncio.Future[None] | None = None
         self.invite_limit = RateLimiter(service.config.invites_per_minute)
 
     def routes(self) -> list[web.RouteDef]:
@@ -89,8 +92,24 @@ class HttpApi:
         self._stats_cache = (time.monotonic(), stats)
         return stats
 
+    async def _alive(self) -> bool:
+        """The database answers, asked at most once per PING_TTL (every /health request
+        would be a query a stranger can make us run)."""
+        now = time.monotonic()
+        if self._ping_cache is not None and now - self._ping_cache[0] < PING_TTL:
+            return self._ping_cache[1]
+        if self._ping_task is None or self._ping_task.done():
+            self._ping_task = asyncio.ensure_future(self.storage.ping())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ping_task), STATS_TIMEOUT)
+            alive = True
+        except (TimeoutError, StorageError):
+            alive = False
+        self._ping_cache = (time.monotonic(), alive)
+        return alive
+
     async def health(self, request: web.Request) -> web.Response:
-        stats = await self._stats()
+        stats = await self._stats() if await self._alive() else None
         if stats is None:
             unavailable = {
                 "status": "unavailable",

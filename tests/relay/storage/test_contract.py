@@ -92,8 +92,11 @@ def test_writes_and_reads_after_close_raise(backend: Backend) -> None:
     async def main() -> None:
         s = backend.make()
         await s.open()
+        await s.ping()  # an open database answers
         group = await new_group(s)
         await s.close()
+        with pytest.raises(StorageError):
+            await s.ping()
         with pytest.raises(StorageError):
             await push(s, group)
         with pytest.raises(StorageError):

@@ -336,6 +336,11 @@ class Storage(Protocol):
         """(number of groups, number of live blobs)."""
         ...
 
+    async def ping(self) -> None:
+        """Return once the database answered the cheapest query it can; StorageError (or
+        StorageUnavailableError) when it cannot. For health checks."""
+        ...
+
     async def usage(self) -> tuple[int, int]:
         """(ciphertext bytes of live blobs, number of live blobs), all groups together."""
         ...

@@ -595,6 +595,10 @@ def usage() -> Proc[tuple[int, int]]:
     return int(row[0]), int(row[1])
 
 
+def ping() -> Proc[None]:
+    yield from one("SELECT 1")
+
+
 def stats() -> Proc[tuple[int, int]]:
     row = yield from one("SELECT COUNT(*), COALESCE(SUM(blob_count), 0) FROM groups")
     assert row is not None
@@ -712,6 +716,9 @@ class SQLStorage(ABC):
 
     async def stats(self) -> tuple[int, int]:
         return await self._read_proc(stats())
+
+    async def ping(self) -> None:
+        await self._read_proc(ping())
 
     async def usage(self) -> tuple[int, int]:
         return await self._read_proc(usage())
