@@ -9,11 +9,13 @@ import sys
 from bench import abuse, client, foundation, relay, storage
 from bench.harness import print_table
 
+SECTIONS = ("foundation", "relay", "abuse", "client", "storage", "scaleout")
+
 
 def main() -> None:
     machine = platform.processor() or platform.machine()
     print(f"0k-Sync benchmarks on {machine}, {os.cpu_count()} cores")
-    sections = sys.argv[1:] or ["foundation", "relay", "abuse", "client", "storage", "scaleout"]
+    sections = sys.argv[1:] or list(SECTIONS)
     if "foundation" in sections:
         print_table(
             "Foundation (one process, no network; medians of 5 runs)", foundation.all_figures()

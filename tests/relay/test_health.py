@@ -5,9 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from tests.relay.support import RelayLauncher, http
 from zerok.relay.server import Relay
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> Iterator[RelayLauncher]:
+    """One backend is enough here: the database's answers are replaced by the tests."""
+    relays = RelayLauncher(tmp_path, "sqlite")
+    try:
+        yield relays
+    finally:
+        relays.close()
 
 
 def test_counts_are_taken_at_most_once_per_interval(launcher: RelayLauncher) -> None:
