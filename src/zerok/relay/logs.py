@@ -21,7 +21,14 @@ BURST = 10
 MAX_KINDS = 1000  # kinds tracked at once; more are throttled together
 _VARYING = re.compile(r"0x[0-9a-fA-F]+|\d+")
 # Loggers whose lines strangers can cause; the relay puts a LogThrottle on each.
-NOISY = ("asyncio", "aiohttp.server", "aiohttp.web", "aiohttp.access", "zerok.relay.connection")
+NOISY = (
+    "asyncio",
+    "aiohttp.server",
+    "aiohttp.web",
+    "aiohttp.access",
+    "zerok.relay.connection",
+    "zerok.relay.refusals",
+)
 
 
 @dataclass(slots=True)

@@ -68,6 +68,8 @@ from zerok.wire import (
 from zerok.wire.messages import MAX_DEVICES, PULL_RESPONSE_OVERHEAD
 
 log = logging.getLogger("zerok.relay")
+# Refusals are lines a stranger can cause: their own logger, which the relay throttles.
+refusals_log = logging.getLogger("zerok.relay.refusals")
 
 RESYNC_PAGE = 500  # blobs read per query when catching up on other relays' pushes
 HOUR = 3600.0
@@ -289,7 +291,7 @@ class RelayService:
         return False
 
     def _refuse(self, peer: Peer, device_id: DeviceId, code: ErrorCode, message: str) -> None:
-        log.info("refused device %s from %s: %s", device_id.short(), peer.remote, message)
+        refusals_log.info("refused device %s from %s: %s", device_id.short(), peer.remote, message)
         peer.close(code, message)
 
     def on_session_closed(self, peer: Peer, event: ConnectionClosed) -> None:
