@@ -181,7 +181,7 @@ def test_a_relay_answers_promptly_while_its_database_is_down_and_recovers(
         relay = launcher.start("--database", proxied.url)
         other = launcher.start("--database", proxied.direct)  # another relay, on the same db
         assert relay.server is not None
-        relay.server.http.stats_ttl = 0  # the counts /health shows are not reused
+        relay.server.http.counts.ttl = 0  # the counts /health shows are not reused
         assert http("GET", f"{relay.http_url}/health").status == 200
 
         async def scenario() -> None:

@@ -55,7 +55,7 @@ def test_health_answers_503_within_a_second_when_the_database_hangs(
             raise AssertionError("unreachable")
 
         server.storage.stats = never  # type: ignore[method-assign]
-        server.http._stats_cache = None
+        server.http.counts.forget()
 
     relay.call(hang)
     started = time.monotonic()
@@ -79,7 +79,7 @@ def test_health_probes_the_database_even_while_its_counts_are_cached(
             await asyncio.Event().wait()
 
         server.storage.ping = never  # type: ignore[method-assign]
-        server.http._ping_cache = None
+        server.http.alive.forget()
 
     relay.call(hang)
     started = time.monotonic()

@@ -45,7 +45,7 @@ def _health(relay: InProcessRelay) -> dict[str, object]:
 
 async def _uncached(server: Relay) -> None:
     """Counts taken afresh for every request (the relay reuses them for a few seconds)."""
-    server.http.stats_ttl = 0
+    server.http.counts.ttl = 0
 
 
 def test_health_reports_the_relay_state(launcher: RelayLauncher) -> None:

@@ -13,8 +13,8 @@ import binascii
 import json
 import re
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 from aiohttp import web
 
@@ -29,6 +29,7 @@ LOOKUP = re.compile(r"[A-Za-z0-9_-]{8,128}")
 STATS_TTL = 5.0  # seconds the counts of /health and /metrics are reused
 STATS_TIMEOUT = 1.0  # seconds /health waits for the database before answering 503
 PING_TTL = 0.5  # seconds a /health probe of the database is reused
+T = TypeVar("T")
 
 
 def client_addresses(config: RelayConfig) -> ClientAddresses:
@@ -41,6 +42,37 @@ def client_ip(request: web.Request, addresses: ClientAddresses) -> str:
     """The client's address: the socket's peer, or behind a trusted proxy the one it names
     (see zerok.relay.proxy)."""
     return addresses.of(request.remote, request.headers)
+
+
+class AskedOnce(Generic[T]):
+    """A question to the database shared by many requests: at most one asking at a time,
+    its answer reused for ``ttl`` seconds; None when it fails or takes over STATS_TIMEOUT
+    (reused too with ``keep_failures``)."""
+
+    def __init__(
+        self, ask: Callable[[], Awaitable[T]], *, ttl: float, keep_failures: bool = False
+    ) -> None:
+        self.ask = ask
+        self.ttl = ttl
+        self.keep_failures = keep_failures
+        self._answer: tuple[float, T | None] | None = None
+        self._asking: asyncio.Future[T] | None = None
+
+    def forget(self) -> None:
+        self._answer = None
+
+    async def get(self) -> T | None:
+        if self._answer is not None and time.monotonic() - self._answer[0] < self.ttl:
+            return self._answer[1]
+        if self._asking is None or self._asking.done():
+            self._asking = asyncio.ensure_future(self.ask())
+        try:
+            answer: T | None = await asyncio.wait_for(asyncio.shield(self._asking), STATS_TIMEOUT)
+        except (TimeoutError, StorageError):
+            answer = None
+        if answer is not None or self.keep_failures:
+            self._answer = (time.monotonic(), answer)
+        return answer
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:
@@ -60,11 +92,12 @@ class HttpApi:
         self.draining = draining
         self.started_at = time.monotonic()
         self.addresses = client_addresses(service.config)
-        self.stats_ttl = STATS_TTL
-        self._stats_cache: tuple[float, tuple[int, int]] | None = None
-        self._stats_task: asyncio.Future[tuple[int, int]] | None = None
-        self._ping_cache: tuple[float, bool] | None = None
-        self._ping_task: asyncio.Future[None] | None = None
+        # (groups, buffered blobs): counting reads every group row, so at most once per
+        # STATS_TTL however often /health and /metrics are asked.
+        self.counts = AskedOnce(self._count, ttl=STATS_TTL)
+        # Whether the database answers: a query a stranger can make us run, so at most once
+        # per PING_TTL; a failure is kept too.
+        self.alive = AskedOnce(self._ping, ttl=PING_TTL, keep_failures=True)
         self.invite_limit = RateLimiter(service.config.invites_per_minute)
 
     def routes(self) -> list[web.RouteDef]:
@@ -76,40 +109,15 @@ class HttpApi:
             web.delete("/v1/invites/{lookup}", self.cancel_invite),
         ]
 
-    async def _stats(self) -> tuple[int, int] | None:
-        """(groups, buffered blobs), counted at most once per STATS_TTL however often they
-        are asked for (counting reads every group row); None when the database does not
-        answer within STATS_TIMEOUT."""
-        now = time.monotonic()
-        if self._stats_cache is not None and now - self._stats_cache[0] < self.stats_ttl:
-            return self._stats_cache[1]
-        if self._stats_task is None or self._stats_task.done():
-            self._stats_task = asyncio.ensure_future(self.storage.stats())
-        try:
-            stats = await asyncio.wait_for(asyncio.shield(self._stats_task), STATS_TIMEOUT)
-        except (TimeoutError, StorageError):
-            return None
-        self._stats_cache = (time.monotonic(), stats)
-        return stats
+    async def _count(self) -> tuple[int, int]:
+        return await self.storage.stats()
 
-    async def _alive(self) -> bool:
-        """The database answers, asked at most once per PING_TTL (every /health request
-        would be a query a stranger can make us run)."""
-        now = time.monotonic()
-        if self._ping_cache is not None and now - self._ping_cache[0] < PING_TTL:
-            return self._ping_cache[1]
-        if self._ping_task is None or self._ping_task.done():
-            self._ping_task = asyncio.ensure_future(self.storage.ping())
-        try:
-            await asyncio.wait_for(asyncio.shield(self._ping_task), STATS_TIMEOUT)
-            alive = True
-        except (TimeoutError, StorageError):
-            alive = False
-        self._ping_cache = (time.monotonic(), alive)
-        return alive
+    async def _ping(self) -> bool:
+        await self.storage.ping()
+        return True
 
     async def health(self, request: web.Request) -> web.Response:
-        stats = await self._stats() if await self._alive() else None
+        stats = await self.counts.get() if await self.alive.get() else None
         if stats is None:
             unavailable = {
                 "status": "unavailable",
@@ -134,7 +142,7 @@ class HttpApi:
         return web.json_response(body, status=503 if draining else 200)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        stats = await self._stats()
+        stats = await self.counts.get()
         m = self.service.metrics
         if stats is not None:  # else the last counts stand
             m.groups.set(stats[0])
