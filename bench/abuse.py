@@ -24,7 +24,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.harness import QUICK, Figure, scaled
-from bench.processes import relay_process, rss_bytes
+from bench.processes import relay_process, rss_bytes, status_bytes
 from zerok.crypto import DeviceIdentity, GroupKeys
 from zerok.protocol import CLASSIC, ClientSession, ConnectionClosed, Welcomed
 from zerok.relay.config import RelayConfig
@@ -70,10 +70,7 @@ def _reset_peak(pid: int) -> bool:
 
 
 def _peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmHWM for process {pid}")
+    return status_bytes(pid, "VmHWM")
 
 
 # -- the attack ----------------------------------------------------------------------------

@@ -24,11 +24,16 @@ def free_port() -> int:
         return port
 
 
-def rss_bytes(pid: int) -> int:
+def status_bytes(pid: int, field: str) -> int:
+    """A size field of /proc/<pid>/status (VmRSS, VmHWM, ...), in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no RSS for process {pid}")
+    raise RuntimeError(f"no {field} for process {pid}")
+
+
+def rss_bytes(pid: int) -> int:
+    return status_bytes(pid, "VmRSS")
 
 
 def _wait_ready(proc: subprocess.Popen[str], marker: str, timeout: float = 20.0) -> None:

@@ -12,24 +12,30 @@ from zerok import SyncClient
 from zerok.testing import InProcessRelay, ManualClock, in_process_relay, relay
 
 
+def _sync_through(url: str, tmp_path: Path, data: bytes) -> bool:
+    """Two devices pair through the relay at ``url``; what one pushes, the other pulls."""
+
+    async def scenario() -> bytes:
+        a = SyncClient(tmp_path / "a")
+        await a.create_group([url])
+        b = SyncClient(tmp_path / "b")
+        await b.join((await a.create_invite()).url)
+        async with a, b:
+            await a.push(data)
+            await b.wait_connected(10)
+            page = await b.pull()
+        a.close_state()
+        b.close_state()
+        return page.blobs[0].data
+
+    return asyncio.run(asyncio.wait_for(scenario(), 60)) == data
+
+
 def test_relay_helper_runs_a_relay_two_clients_can_sync_through(tmp_path: Path) -> None:
     with relay(tmp_path / "relay") as r:
         assert r.running and r.url.startswith("ws://127.0.0.1:")
 
-        async def scenario() -> bytes:
-            a = SyncClient(tmp_path / "a")
-            await a.create_group([r.url])
-            b = SyncClient(tmp_path / "b")
-            await b.join((await a.create_invite()).url)
-            async with a, b:
-                await a.push(b"through the test relay")
-                await b.wait_connected(10)
-                page = await b.pull()
-            a.close_state()
-            b.close_state()
-            return page.blobs[0].data
-
-        assert asyncio.run(asyncio.wait_for(scenario(), 60)) == b"through the test relay"
+        assert _sync_through(r.url, tmp_path, b"through the test relay")
         pid = r.pid
     assert not r.running, f"relay {pid} still running after the block"
 
@@ -41,20 +47,7 @@ def test_in_process_relay_helper_runs_a_relay_two_clients_can_sync_through(
         assert r.running and r.url.startswith("ws://127.0.0.1:")
         assert r.address is not None and f"listening on ws://{r.address}" in r.stdout()
 
-        async def scenario() -> bytes:
-            a = SyncClient(tmp_path / "a")
-            await a.create_group([r.url])
-            b = SyncClient(tmp_path / "b")
-            await b.join((await a.create_invite()).url)
-            async with a, b:
-                await a.push(b"through the in-process relay")
-                await b.wait_connected(10)
-                page = await b.pull()
-            a.close_state()
-            b.close_state()
-            return page.blobs[0].data
-
-        assert asyncio.run(asyncio.wait_for(scenario(), 60)) == b"through the in-process relay"
+        assert _sync_through(r.url, tmp_path, b"through the in-process relay")
         assert (tmp_path / "relay" / "data" / "relay.db").exists()
     assert not r.running, "relay still running after the block"
     assert r.wait_exit(0) == 0

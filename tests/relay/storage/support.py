@@ -190,6 +190,8 @@ async def push(
     now: int = NOW,
     expires_at: int = NOW + DAY,
     quota: int = BIG,
+    blobs: int = 0,
+    overhead: int = 0,
 ) -> PushOutcome:
     return await s.push(
         group,
@@ -199,6 +201,8 @@ async def push(
         now=now,
         expires_at=expires_at,
         max_group_bytes=quota,
+        max_group_blobs=blobs,
+        blob_overhead=overhead,
     )
 
 

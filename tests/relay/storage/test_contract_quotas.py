@@ -4,35 +4,19 @@ every backend (issue 10, item 5: 0-byte blobs were free and uncounted)."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from tests.relay.storage.support import BIG, DAY, NOW, Backend, cursors, new_group
+from tests.relay.storage import support
+from tests.relay.storage.support import Backend, cursors, new_group
 from zerok.relay.storage import PushOutcome, Storage
 from zerok.wire import BlobId, DeviceId, GroupId
 
 OVERHEAD = 128
 
 
-async def push(
-    s: Storage,
-    group: GroupId,
-    data: bytes = b"",
-    *,
-    quota: int = BIG,
-    blobs: int = 0,
-    blob_id: BlobId | None = None,
-    sender: DeviceId | None = None,
-) -> PushOutcome:
-    return await s.push(
-        group,
-        blob_id or BlobId.random(),
-        sender or DeviceId.random(),
-        data,
-        now=NOW,
-        expires_at=NOW + DAY,
-        max_group_bytes=quota,
-        max_group_blobs=blobs,
-        blob_overhead=OVERHEAD,
-    )
+async def push(s: Storage, group: GroupId, data: bytes = b"", **options: Any) -> PushOutcome:
+    """Every push here counts the per-blob overhead (``options``: as support.push's)."""
+    return await support.push(s, group, data, overhead=OVERHEAD, **options)
 
 
 def test_empty_blobs_cost_their_overhead(backend: Backend) -> None:
