@@ -6,7 +6,11 @@ under its old name. The tree::
     SyncError
     ├── WireError                  bytes that are not a valid message
     ├── CryptoError                DecryptionError, HandshakeError, NonceExhaustedError,
-    │                              KeyFileError, InvalidProofError
+    │                              KeyFileError, InvalidProofError, RecoveryKeyError,
+    │                              EpochKeyError
+    ├── MembershipError            a log entry that cannot be accepted (``reason``)
+    │   ├── TicketError            an enrollment ticket used, expired, cancelled, unknown
+    │   └── LogForkError           two different entries at one position
     ├── ProtocolError
     │   ├── LocalProtocolError     this side's code broke a rule (our bug or misuse)
     │   │   └── FrameTooLargeError a frame we were asked to send is over a limit
@@ -60,6 +64,45 @@ class KeyFileError(CryptoError):
 
 class InvalidProofError(CryptoError):
     """A membership proof does not verify."""
+
+
+class RecoveryKeyError(CryptoError):
+    """A recovery key (its words or its QR text) is mistyped, incomplete or damaged."""
+
+
+# -- membership -----------------------------------------------------------------------------
+
+
+class MembershipError(SyncError):
+    """A membership log entry cannot be accepted. ``reason`` says why, in one word
+    (malformed, signature, chain, unauthorized, ticket, epoch, group, limit), and
+    ``seq`` names the entry's position when it is known."""
+
+    def __init__(self, reason: str, message: str, *, seq: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.seq = seq
+
+
+class TicketError(MembershipError):
+    """An enrollment ticket cannot be used: ``reason`` is used, expired, cancelled or
+    unknown."""
+
+    def __init__(self, reason: str, message: str, *, seq: int | None = None) -> None:
+        super().__init__(reason, message, seq=seq)
+
+
+class LogForkError(MembershipError):
+    """Two different entries were seen at one position of a group's log: a relay (or a
+    device) equivocated. ``seq`` is the position."""
+
+    def __init__(self, message: str, *, seq: int) -> None:
+        super().__init__("fork", message, seq=seq)
+
+
+class EpochKeyError(CryptoError):
+    """The key of a group epoch is missing (not wrapped for this device) or does not
+    unwrap."""
 
 
 # -- protocol -------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 import stat
@@ -11,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from zerok.crypto.identity import DeviceIdentity
+from zerok.crypto.xwing import XWingPrivateKey, encapsulate
 from zerok.errors import CryptoError, KeyFileError, SyncError
 from zerok.wire.ids import DeviceId
 
@@ -316,3 +320,68 @@ def test_load_or_create_refuses_an_unsafe_existing_file(key_path: Path) -> None:
     key_path.chmod(0o644)
     with pytest.raises(KeyFileError, match="chmod 600"):
         DeviceIdentity.load_or_create(key_path)
+
+
+# -- v2 keys derived from the X25519 key ------------------------------------------------------
+
+FIXED_X25519 = bytes(range(32))
+# Frozen once from FIXED_X25519, so the docs can carry them and a change shows up here.
+FIXED_SIGN_PUBLIC = "7f29d93d28a1ecdb540c620735031923f91c4b30c3523b7578d33c540830ba9c"
+FIXED_WRAP_PUBLIC_SHA256 = "6ab771fe4cb3974d1a6bcb17e805b39183a442d27c6c372c3b832da46b0607a1"
+
+
+def _hkdf_by_hand(ikm: bytes, info: bytes) -> bytes:
+    """RFC 5869 with an empty salt and one output block, apart from the code under test."""
+    prk = hmac.new(bytes(32), ikm, hashlib.sha256).digest()
+    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
+
+
+def test_v2_keys_fixed_vector() -> None:
+    identity = DeviceIdentity.from_private_bytes(FIXED_X25519)
+    assert identity.sign_public.hex() == FIXED_SIGN_PUBLIC
+    assert hashlib.sha256(identity.wrap_public).hexdigest() == FIXED_WRAP_PUBLIC_SHA256
+
+
+def test_v2_keys_follow_the_documented_derivation() -> None:
+    identity = DeviceIdentity.from_private_bytes(FIXED_X25519)
+    sign_seed = _hkdf_by_hand(FIXED_X25519, b"0k-sync/v2/device-sign")
+    expected = ed25519.Ed25519PrivateKey.from_private_bytes(sign_seed).public_key()
+    assert identity.sign_public == expected.public_bytes_raw()
+    wrap_seed = _hkdf_by_hand(FIXED_X25519, b"0k-sync/v2/device-wrap")
+    assert identity.wrap_key.seed_bytes() == wrap_seed
+    assert identity.wrap_public == XWingPrivateKey.from_seed(wrap_seed).public_bytes()
+
+
+def test_v2_keys_sizes_and_signature() -> None:
+    identity = DeviceIdentity.generate()
+    assert len(identity.sign_public) == 32
+    assert len(identity.wrap_public) == 1216
+    signature = identity.sign(b"entry")
+    assert len(signature) == 64
+    public = ed25519.Ed25519PublicKey.from_public_bytes(identity.sign_public)
+    public.verify(signature, b"entry")
+    with pytest.raises(InvalidSignature):
+        public.verify(signature, b"entrY")
+
+
+def test_v2_keys_survive_save_and_load(key_path: Path) -> None:
+    identity = DeviceIdentity.generate()
+    identity.save(key_path)
+    loaded = DeviceIdentity.load(key_path)
+    assert loaded.sign_public == identity.sign_public
+    assert loaded.wrap_public == identity.wrap_public
+    assert set(json.loads(key_path.read_text())) == {"version", "type", "private_key", "device_id"}
+
+
+def test_v2_keys_differ_between_devices_and_from_each_other() -> None:
+    a, b = DeviceIdentity.generate(), DeviceIdentity.generate()
+    assert a.sign_public != b.sign_public
+    assert a.wrap_public != b.wrap_public
+    assert a.wrap_key.seed_bytes() != a.sign_key.private_bytes_raw()
+    assert a.sign_public != bytes(a.device_id)
+
+
+def test_v2_wrap_key_decapsulates_for_its_public_key() -> None:
+    identity = DeviceIdentity.generate()
+    ss, ct = encapsulate(identity.wrap_public)
+    assert identity.wrap_key.decapsulate(ct) == ss

@@ -3,6 +3,10 @@
 The key file is JSON (format version, key type, base64 private key), written atomically
 with mode 0600; loading refuses a file that others can read, since it would let them
 impersonate the device.
+
+Protocol v2's keys (an Ed25519 signing key for the membership log, an X-Wing key that epoch
+keys are wrapped for) are derived from the X25519 private key with HKDF, so the key file
+stays as it is and a v1 device gains them without a migration.
 """
 
 from __future__ import annotations
@@ -12,14 +16,20 @@ import json
 import os
 import stat
 import tempfile
+from functools import cached_property
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
+from zerok.crypto.keys import hkdf_sha256
+from zerok.crypto.xwing import XWingPrivateKey
 from zerok.errors import KeyFileError
 from zerok.wire.ids import DeviceId
 
 KEY_FILE_VERSION = 1
+
+LABEL_DEVICE_SIGN = b"0k-sync/v2/device-sign"
+LABEL_DEVICE_WRAP = b"0k-sync/v2/device-wrap"
 
 
 class DeviceIdentity:
@@ -41,6 +51,30 @@ class DeviceIdentity:
 
     def private_bytes(self) -> bytes:
         return self.private_key.private_bytes_raw()
+
+    # Derived on first use: most v1 code paths never need them.
+    @cached_property
+    def sign_key(self) -> ed25519.Ed25519PrivateKey:
+        """The Ed25519 key this device signs membership log entries with."""
+        seed = hkdf_sha256(self.private_bytes(), LABEL_DEVICE_SIGN)
+        return ed25519.Ed25519PrivateKey.from_private_bytes(seed)
+
+    @cached_property
+    def sign_public(self) -> bytes:
+        return self.sign_key.public_key().public_bytes_raw()
+
+    @cached_property
+    def wrap_key(self) -> XWingPrivateKey:
+        """The X-Wing key that epoch keys are wrapped for."""
+        return XWingPrivateKey.from_seed(hkdf_sha256(self.private_bytes(), LABEL_DEVICE_WRAP))
+
+    @cached_property
+    def wrap_public(self) -> bytes:
+        return self.wrap_key.public_bytes()
+
+    def sign(self, message: bytes) -> bytes:
+        """A 64-byte Ed25519 signature of ``message`` by this device."""
+        return self.sign_key.sign(message)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the key file with mode 0600, atomically; never overwrites a different key."""
