@@ -107,21 +107,61 @@ class DeviceWasRevoked:
 
 
 @dataclass(frozen=True, slots=True)
+class LogAppended:
+    """Another relay appended to a group's membership log (shared databases only): the
+    log now ends at ``seq`` (several records may have come in one append)."""
+
+    group_id: GroupId
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class Resync:
     """Events from other relays may have been missed (the listener reconnected): the relay
     must catch up from the database."""
 
 
-StorageEvent = BlobStored | DeviceWasRevoked | Resync
+StorageEvent = BlobStored | DeviceWasRevoked | LogAppended | Resync
 
 
-def page_length(sizes: Sequence[int], limit: int, max_bytes: int) -> int:
-    """How many of the next blobs (ciphertext ``sizes``, ascending by cursor) one PULL page
-    takes: at most ``limit``, and beyond the first no more than ``max_bytes`` counting
-    STORED_BLOB_OVERHEAD per blob, so that the page fits a frame of that size."""
+LOG_HASH_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One entry of a group's membership log, as storage keeps it. The relay's protocol
+    layer has verified the entry (signatures, chain, authority) and computed its hash;
+    storage checks only the shape (``seq`` >= 0, a 32-byte ``hash``, bytes)."""
+
+    seq: int  # 0: the genesis, then 1, 2, ... without gaps
+    hash: bytes  # LOG_HASH_BYTES: the entry's hash
+    entry: bytes  # the entry exactly as received (opaque to storage)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConflict:
+    """A ``log_append`` that did not start right after the stored head (it lost a race to
+    another append, or the caller's view of the log is stale): nothing was stored.
+    ``head`` is the group's last record now (None: the group has no log)."""
+
+    head: LogRecord | None
+
+    @property
+    def next_seq(self) -> int:
+        """The seq an append must start at now."""
+        return 0 if self.head is None else self.head.seq + 1
+
+
+def page_length(
+    sizes: Sequence[int], limit: int, max_bytes: int, overhead: int = STORED_BLOB_OVERHEAD
+) -> int:
+    """How many of the next items (``sizes``, in order) one page takes: at most ``limit``,
+    and beyond the first no more than ``max_bytes`` counting ``overhead`` per item. For a
+    PULL page, blobs' ciphertext sizes with STORED_BLOB_OVERHEAD, so that the page fits a
+    frame of that size."""
     take, total = 0, 0
     for size in sizes[:limit]:
-        total += size + STORED_BLOB_OVERHEAD
+        total += size + overhead
         if take and total > max_bytes:
             break
         take += 1
@@ -166,6 +206,12 @@ class Storage(Protocol):
       a revoked device keeps no push token.
     * Invites are one-shot: open, then used, cancelled or expired (tombstones without the
       payload, remembered for a day past their expiry so that a late fetch learns why).
+    * Membership logs: a group's log holds records 0 (the genesis), 1, 2, ... without gaps,
+      and never two different records at one seq, however many appends (and relays) race:
+      an append lands only right after the head it found, atomically. The caller verified
+      every entry before; storage keeps them as given. Records are never changed, nor
+      deleted by cleanup or retention (the log is the group's membership); they go only
+      with their group.
     """
 
     async def open(self) -> None:
@@ -305,6 +351,41 @@ class Storage(Protocol):
         catches up, after a Resync, on what other relays stored."""
         ...
 
+    # membership logs
+    async def log_head(self, group_id: GroupId) -> LogRecord | None:
+        """The group's last log record, or None when the group has no log (also an unknown
+        group, or one only ``register_group`` created)."""
+        ...
+
+    async def log_append(
+        self, group_id: GroupId, records: Sequence[LogRecord], now: int
+    ) -> LogRecord | LogConflict:
+        """Append consecutive ``records`` atomically, all or nothing, if and only if the
+        first one's seq is the head's plus one (0 when the group has no log); return the
+        new head (the last record). Otherwise return LogConflict with the current head and
+        change nothing: of concurrent appends at one seq, on any relays, exactly one wins.
+        Appending seq 0 creates the group if it does not exist (as ``register_group`` would,
+        with an empty auth key and ``created_at`` ``now``). StorageError for misuse: no
+        records, seqs that are negative or not consecutive, a hash that is not 32 bytes,
+        fields that are not bytes. StorageFullError when the disk is full (nothing stored,
+        as for a push). Other relays on the same database get a LogAppended."""
+        ...
+
+    async def log_read(
+        self, group_id: GroupId, after: int, limit: int, max_bytes: int
+    ) -> list[LogRecord]:
+        """Records with seq above ``after``, ascending (``after`` -1: from the genesis): at
+        most ``limit`` of them and, beyond the first, no more than ``max_bytes`` of entries
+        in all, so that an answer fits a frame of that size (the caller leaves room in
+        ``max_bytes`` for its own per-record framing). An unknown group has none.
+        StorageError for ``after`` below -1, or a negative ``limit`` or ``max_bytes``."""
+        ...
+
+    async def log_size(self, group_id: GroupId) -> tuple[int, int]:
+        """(number of records, total bytes of their entries) of the group's log, (0, 0)
+        without one: for the relay's per-group log limits."""
+        ...
+
     # invites
     async def put_invite(self, lookup: bytes, payload: bytes, expires_at: int) -> bool:
         """Store an open invite; False (nothing stored) if the lookup key is taken, also by
@@ -348,7 +429,8 @@ class Storage(Protocol):
     def subscribe(self, handler: Callable[[StorageEvent], None]) -> None:
         """Call ``handler`` (on the event loop) with what other relays sharing the database
         do: BlobStored after their pushes commit, DeviceWasRevoked after their
-        revocations, and Resync when events may have been missed (the relay must then
-        catch up from the tables). Never called for this instance's own writes; a
+        revocations, LogAppended after their log appends, and Resync when events may have
+        been missed (the relay must then catch up from the tables: ``blobs_after``,
+        ``get_device``, ``log_head``). Never called for this instance's own writes; a
         single-relay backend never calls it. A handler that raises is logged and skipped."""
         ...

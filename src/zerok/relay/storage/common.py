@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 from zerok.errors import StorageError
 from zerok.relay.storage.base import (
+    LOG_HASH_BYTES,
     BlobStored,
     CleanupStats,
     DeleteOutcome,
     DeviceRecord,
     GroupRecord,
     InviteTake,
+    LogConflict,
+    LogRecord,
     PullPage,
     PushOutcome,
     page_length,
@@ -605,12 +608,136 @@ def stats() -> Proc[tuple[int, int]]:
     return int(row[0]), int(row[1])
 
 
+# -- membership logs ---------------------------------------------------------------------------
+
+LOG_COLUMNS = "seq, hash, entry"
+# Records per INSERT statement: 5 parameters each stays far below SQLite's 32766 and
+# PostgreSQL's 65535 bound parameters, whatever the size of one append.
+LOG_INSERT_BATCH = 256
+
+
+def log_record_from_row(r: Row) -> LogRecord:
+    return LogRecord(int(r[0]), bytes(r[1]), bytes(r[2]))
+
+
+def checked_log_records(records: Sequence[LogRecord]) -> tuple[LogRecord, ...]:
+    """``records`` as an append may store them, or StorageError naming the misuse. A copy:
+    the caller's list may change while the append waits for the database."""
+    if not records:
+        raise StorageError("a log append needs at least one record")
+    previous: int | None = None
+    for record in records:
+        if not isinstance(record, LogRecord):
+            raise StorageError(f"log records must be LogRecord, not {type(record).__name__}")
+        seq = record.seq
+        if type(seq) is not int or seq < 0:  # a bool is an int, but no seq
+            raise StorageError(f"a log record's seq must be an int >= 0, not {seq!r}")
+        if previous is not None and seq != previous + 1:
+            raise StorageError(f"log records must have consecutive seqs: {seq} follows {previous}")
+        previous = seq
+        if not isinstance(record.hash, bytes) or len(record.hash) != LOG_HASH_BYTES:
+            raise StorageError(
+                f"the hash of log record {seq} must be {LOG_HASH_BYTES} bytes,"
+                f" not {_described(record.hash)}"
+            )
+        if not isinstance(record.entry, bytes):
+            raise StorageError(
+                f"the entry of log record {seq} must be bytes, not {type(record.entry).__name__}"
+            )
+    return tuple(records)
+
+
+def _described(value: object) -> str:
+    return f"{len(value)} bytes" if isinstance(value, bytes) else type(value).__name__
+
+
+def check_log_read(after: int, limit: int, max_bytes: int) -> None:
+    if after < -1 or limit < 0 or max_bytes < 0:
+        raise StorageError(
+            f"log_read needs after >= -1, limit >= 0 and max_bytes >= 0, not after={after},"
+            f" limit={limit}, max_bytes={max_bytes}"
+        )
+
+
+def log_head(group_id: GroupId) -> Proc[LogRecord | None]:
+    row = yield from one(
+        f"SELECT {LOG_COLUMNS} FROM group_log WHERE group_id = ? ORDER BY seq DESC LIMIT 1",
+        group_id,
+    )
+    return log_record_from_row(row) if row else None
+
+
+def log_append(
+    group_id: GroupId, records: Sequence[LogRecord], now: int
+) -> Proc[LogRecord | LogConflict]:
+    """Compare and append: ``records`` (checked) go in only right after the stored head.
+
+    Appends to one group serialise on the group's row lock (PostgreSQL; SQLite has one
+    writer anyway), taken before the head is read: the head is then the latest committed,
+    and nobody can append between the read and the insert. Behind that, the primary key
+    (group_id, seq) refuses a second record at one seq whatever happens (as an error)."""
+    if records[0].seq == 0:  # a genesis brings its group into being
+        yield from execute(
+            "INSERT INTO groups (group_id, auth_key, created_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (group_id) DO NOTHING",
+            group_id,
+            b"",
+            now,
+        )
+    group = yield from one("SELECT 1 FROM groups WHERE group_id = ?", group_id, lock=True)
+    head = yield from log_head(group_id)
+    conflict = LogConflict(head)
+    if group is None or records[0].seq != conflict.next_seq:
+        return conflict
+    for start in range(0, len(records), LOG_INSERT_BATCH):
+        batch = records[start : start + LOG_INSERT_BATCH]
+        marks = ", ".join(["(?, ?, ?, ?, ?)"] * len(batch))
+        yield from execute(
+            f"INSERT INTO group_log (group_id, seq, hash, entry, created_at) VALUES {marks}",
+            *(value for r in batch for value in (group_id, r.seq, r.hash, r.entry, now)),
+        )
+    return records[-1]
+
+
+def log_read(group_id: GroupId, after: int, limit: int, max_bytes: int) -> Proc[list[LogRecord]]:
+    # Sizes first, as for a pull, so that a page never loads entries it will not send.
+    # Records are never changed or deleted, so the two reads agree without a transaction.
+    sizes = yield from rows(
+        "SELECT seq, length(entry) FROM group_log WHERE group_id = ? AND seq > ?"
+        " ORDER BY seq LIMIT ?",
+        group_id,
+        after,
+        limit,
+    )
+    take = page_length([int(size) for _, size in sizes], limit, max_bytes, overhead=0)
+    if not take:
+        return []
+    found = yield from rows(
+        f"SELECT {LOG_COLUMNS} FROM group_log WHERE group_id = ? AND seq > ? AND seq <= ?"
+        " ORDER BY seq",
+        group_id,
+        after,
+        sizes[take - 1][0],
+    )
+    return [log_record_from_row(r) for r in found]
+
+
+def log_size(group_id: GroupId) -> Proc[tuple[int, int]]:
+    row = yield from one(
+        "SELECT COUNT(*), COALESCE(SUM(length(entry)), 0) FROM group_log WHERE group_id = ?",
+        group_id,
+    )
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
 # -- the methods ------------------------------------------------------------------------------
 
 
 class SQLStorage(ABC):
     """The Storage methods both SQL backends share. A backend adds its I/O (the two
-    primitives below), ``open``, ``close``, ``push``, ``subscribe`` and ``maintain``."""
+    primitives below), ``open``, ``close``, ``push``, ``subscribe`` and ``maintain``, and
+    may wrap the log append (``_log_append_proc``)."""
 
     @abstractmethod
     async def _read_proc(self, proc: Proc[T]) -> T:
@@ -677,6 +804,31 @@ class SQLStorage(ABC):
 
     async def blobs_after(self, group_id: GroupId, after: int, limit: int) -> list[BlobStored]:
         return await self._read_proc(blobs_after(group_id, after, limit))
+
+    def _log_append_proc(
+        self, group_id: GroupId, records: Sequence[LogRecord], now: int
+    ) -> Proc[LogRecord | LogConflict]:
+        """The append's procedure: a backend wraps it to refuse it (a full disk) or to tell
+        other relays of it, in the same transaction."""
+        return log_append(group_id, records, now)
+
+    async def log_head(self, group_id: GroupId) -> LogRecord | None:
+        return await self._read_proc(log_head(group_id))
+
+    async def log_append(
+        self, group_id: GroupId, records: Sequence[LogRecord], now: int
+    ) -> LogRecord | LogConflict:
+        checked = checked_log_records(records)
+        return await self._write_proc(lambda: self._log_append_proc(group_id, checked, now))
+
+    async def log_read(
+        self, group_id: GroupId, after: int, limit: int, max_bytes: int
+    ) -> list[LogRecord]:
+        check_log_read(after, limit, max_bytes)
+        return await self._read_proc(log_read(group_id, after, limit, max_bytes))
+
+    async def log_size(self, group_id: GroupId) -> tuple[int, int]:
+        return await self._read_proc(log_size(group_id))
 
     async def put_invite(self, lookup: bytes, payload: bytes, expires_at: int) -> bool:
         return await self._write_proc(lambda: put_invite(lookup, payload, expires_at))

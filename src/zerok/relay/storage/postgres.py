@@ -34,7 +34,7 @@ import json
 import logging
 import os
 import select
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -50,6 +50,9 @@ from zerok.relay.storage.base import (
     BlobStored,
     DeviceRecord,
     DeviceWasRevoked,
+    LogAppended,
+    LogConflict,
+    LogRecord,
     PushOutcome,
     Resync,
     StorageEvent,
@@ -135,6 +138,18 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT group_id, blob_id, cursor, sender, created_at, expires_at FROM blobs
         WHERE ciphertext IS NULL;
     DELETE FROM blobs WHERE ciphertext IS NULL;
+    """,
+    # 3: each group's membership log (see storage/common.py, ``log_append``). The records
+    # go with their group, never with cleanup.
+    """
+    CREATE TABLE group_log (
+        group_id   BYTEA NOT NULL REFERENCES groups (group_id) ON DELETE CASCADE,
+        seq        BIGINT NOT NULL,
+        hash       BYTEA NOT NULL,
+        entry      BYTEA NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (group_id, seq)
+    );
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -438,6 +453,15 @@ class PostgresStorage(SQLStorage):
         yield from common.execute("SELECT pg_notify(?, ?)", CHANNEL, json.dumps(note))
         return record
 
+    def _log_append_proc(
+        self, group_id: GroupId, records: Sequence[LogRecord], now: int
+    ) -> Proc[LogRecord | LogConflict]:
+        appended = yield from common.log_append(group_id, records, now)
+        if isinstance(appended, LogRecord):  # a conflict stored nothing: nothing to tell
+            note = {"k": "log", "g": bytes(group_id).hex(), "s": appended.seq, "o": self.origin}
+            yield from common.execute("SELECT pg_notify(?, ?)", CHANNEL, json.dumps(note))
+        return appended
+
     # -- pushes: group commit -------------------------------------------------------------
 
     async def push(
@@ -617,5 +641,7 @@ class PostgresStorage(SQLStorage):
                         str(doc["r"]),
                     )
                 )
+            elif doc["k"] == "log":
+                self._dispatch(LogAppended(group_id, int(doc["s"])))
         except (ValueError, KeyError, TypeError, WireError) as exc:
             log.warning("ignoring a malformed event from another relay: %s", exc)

@@ -89,6 +89,20 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE ciphertext IS NULL;
     DELETE FROM blobs WHERE ciphertext IS NULL;
     """,
+    # 4: each group's membership log, verified by the relay before it is stored. A rowid
+    # table, not WITHOUT ROWID: entries (a rotation wraps a key for every member) can be
+    # many kilobytes, and WITHOUT ROWID suits only rows far smaller than a page. The
+    # records go with their group, never with cleanup.
+    """
+    CREATE TABLE group_log (
+        group_id   BLOB NOT NULL REFERENCES groups (group_id) ON DELETE CASCADE,
+        seq        INTEGER NOT NULL,
+        hash       BLOB NOT NULL,
+        entry      BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (group_id, seq)
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

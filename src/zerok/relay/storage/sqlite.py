@@ -24,15 +24,15 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from zerok.errors import StorageError, StorageFullError
-from zerok.relay.storage.base import PushOutcome, StorageEvent
-from zerok.relay.storage.common import Fetch, Proc, SQLStorage, push_outcome
+from zerok.relay.storage.base import LogConflict, LogRecord, PushOutcome, StorageEvent
+from zerok.relay.storage.common import Fetch, Proc, SQLStorage, log_append, push_outcome
 from zerok.relay.storage.schema import migrate
 from zerok.wire import BlobId, DeviceId, GroupId
 
@@ -491,6 +491,15 @@ class SQLiteStorage(SQLStorage):
         # A fresh procedure on every run: the writer runs an operation again when a full
         # disk rolled back the transaction it shared with the one that failed.
         return await self._write(lambda c: run_proc(c, make()))
+
+    def _log_append_proc(
+        self, group_id: GroupId, records: Sequence[LogRecord], now: int
+    ) -> Proc[LogRecord | LogConflict]:
+        # Checked when the writer runs it, as a push is: the room left on a full disk is
+        # for acks and cleanup, which make more.
+        if self._full is not None:
+            raise StorageFullError(f"database write refused: {self._full}")
+        return (yield from log_append(group_id, records, now))
 
     async def push(
         self,
