@@ -16,24 +16,26 @@ import json
 import os
 import stat
 import tempfile
-from functools import cached_property
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from cryptography.hazmat.primitives.asymmetric import x25519
 
-from zerok.crypto.keys import hkdf_sha256
-from zerok.crypto.xwing import XWingPrivateKey
+from zerok.crypto.member_keys import MemberKeys
 from zerok.errors import KeyFileError
 from zerok.wire.ids import DeviceId
 
 KEY_FILE_VERSION = 1
 
+
 LABEL_DEVICE_SIGN = b"0k-sync/v2/device-sign"
 LABEL_DEVICE_WRAP = b"0k-sync/v2/device-wrap"
 
 
-class DeviceIdentity:
+class DeviceIdentity(MemberKeys):
     """A device's static key pair (its Noise static key and its id)."""
+
+    SIGN_LABEL = LABEL_DEVICE_SIGN
+    WRAP_LABEL = LABEL_DEVICE_WRAP
 
     def __init__(self, private_key: x25519.X25519PrivateKey) -> None:
         self.private_key = private_key
@@ -52,29 +54,8 @@ class DeviceIdentity:
     def private_bytes(self) -> bytes:
         return self.private_key.private_bytes_raw()
 
-    # Derived on first use: most v1 code paths never need them.
-    @cached_property
-    def sign_key(self) -> ed25519.Ed25519PrivateKey:
-        """The Ed25519 key this device signs membership log entries with."""
-        seed = hkdf_sha256(self.private_bytes(), LABEL_DEVICE_SIGN)
-        return ed25519.Ed25519PrivateKey.from_private_bytes(seed)
-
-    @cached_property
-    def sign_public(self) -> bytes:
-        return self.sign_key.public_key().public_bytes_raw()
-
-    @cached_property
-    def wrap_key(self) -> XWingPrivateKey:
-        """The X-Wing key that epoch keys are wrapped for."""
-        return XWingPrivateKey.from_seed(hkdf_sha256(self.private_bytes(), LABEL_DEVICE_WRAP))
-
-    @cached_property
-    def wrap_public(self) -> bytes:
-        return self.wrap_key.public_bytes()
-
-    def sign(self, message: bytes) -> bytes:
-        """A 64-byte Ed25519 signature of ``message`` by this device."""
-        return self.sign_key.sign(message)
+    def member_secret(self) -> bytes:
+        return self.private_bytes()
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the key file with mode 0600, atomically; never overwrites a different key."""

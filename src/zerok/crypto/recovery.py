@@ -15,21 +15,17 @@ import io
 import os
 import re
 import unicodedata
-from functools import cache, cached_property
+from functools import cache
 
 import segno
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from mnemonic import Mnemonic
 
-from zerok.crypto.keys import hkdf_sha256
-from zerok.crypto.xwing import XWingPrivateKey
+from zerok.crypto.member_keys import MemberKeys
 from zerok.errors import RecoveryKeyError
 
 SECRET_BYTES = 32
 WORD_COUNT = 24
 QR_PREFIX = "ZEROK-RECOVERY:"
-LABEL_RECOVERY_SIGN = b"0k-sync/v2/recovery-sign"
-LABEL_RECOVERY_WRAP = b"0k-sync/v2/recovery-wrap"
 
 _SEPARATORS = re.compile(r"[\s,;\-]+")
 _NUMBERING = re.compile(r"\d+[.):]?")
@@ -42,8 +38,15 @@ def _bip39() -> Mnemonic:
     return Mnemonic("english")
 
 
-class RecoveryKey:
+LABEL_RECOVERY_SIGN = b"0k-sync/v2/recovery-sign"
+LABEL_RECOVERY_WRAP = b"0k-sync/v2/recovery-wrap"
+
+
+class RecoveryKey(MemberKeys):
     """A group's recovery key. ``secret`` is the whole key; keep it off disk."""
+
+    SIGN_LABEL = LABEL_RECOVERY_SIGN
+    WRAP_LABEL = LABEL_RECOVERY_WRAP
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) != SECRET_BYTES:
@@ -86,25 +89,8 @@ class RecoveryKey:
         segno.make(self.qr_text(), error="m").terminal(out=out, compact=True, border=2)
         return out.getvalue()
 
-    @cached_property
-    def sign_key(self) -> ed25519.Ed25519PrivateKey:
-        seed = hkdf_sha256(self.secret, LABEL_RECOVERY_SIGN)
-        return ed25519.Ed25519PrivateKey.from_private_bytes(seed)
-
-    @cached_property
-    def sign_public(self) -> bytes:
-        return self.sign_key.public_key().public_bytes_raw()
-
-    @cached_property
-    def wrap_key(self) -> XWingPrivateKey:
-        return XWingPrivateKey.from_seed(hkdf_sha256(self.secret, LABEL_RECOVERY_WRAP))
-
-    @cached_property
-    def wrap_public(self) -> bytes:
-        return self.wrap_key.public_bytes()
-
-    def sign(self, message: bytes) -> bytes:
-        return self.sign_key.sign(message)
+    def member_secret(self) -> bytes:
+        return self.secret
 
     def __repr__(self) -> str:
         return f"RecoveryKey(sign_public={self.sign_public.hex()[:16]}…)"

@@ -114,10 +114,17 @@ def enroll(log: GroupLog, member: Member, author: Signer, ticket: TicketKey, *, 
     return _sealed(body, author, ticket=ticket.sign)
 
 
-def _recipients(log: GroupLog, without: Iterable[bytes] = ()) -> list[tuple[bytes, bytes]]:
+def _next_epoch(
+    log: GroupLog, new_key: bytes, old_key: bytes, without: Iterable[bytes] = ()
+) -> tuple[int, list[Wrap], bytes]:
+    """The next epoch's number, its key wrapped for everyone who stays (every active
+    device but ``without``, and the recovery key), and the previous key sealed under it."""
+    epoch = log.epoch + 1
     keys = log.recipients(without=without)
     wraps = {m.sign: m.wrap for m in log.members.values()} | {log.recovery_sign: log.recovery_wrap}
-    return [(k, wraps[k]) for k in keys]
+    recipients = [(k, wraps[k]) for k in keys]
+    prev_key = seal_previous(old_key, new_key=new_key, epoch=epoch)
+    return epoch, wraps_for(new_key, epoch, recipients), prev_key
 
 
 def revoke(
@@ -132,7 +139,7 @@ def revoke(
     now: int,
 ) -> bytes:
     group, seq, prev = _next(log)
-    epoch = log.epoch + 1
+    epoch, wraps, prev_key = _next_epoch(log, new_key, old_key, devices)
     body = Revoke(
         group=group,
         seq=seq,
@@ -142,8 +149,8 @@ def revoke(
         devices=list(devices),
         reason=reason,
         epoch=epoch,
-        wraps=wraps_for(new_key, epoch, _recipients(log, devices)),
-        prev_key=seal_previous(old_key, new_key=new_key, epoch=epoch),
+        wraps=wraps,
+        prev_key=prev_key,
     )
     return _sealed(body, author)
 
@@ -159,7 +166,7 @@ def rotate(
     now: int,
 ) -> bytes:
     group, seq, prev = _next(log)
-    epoch = log.epoch + 1
+    epoch, wraps, prev_key = _next_epoch(log, new_key, old_key)
     body = Rotate(
         group=group,
         seq=seq,
@@ -168,8 +175,8 @@ def rotate(
         author=author_sign,
         reason=reason,
         epoch=epoch,
-        wraps=wraps_for(new_key, epoch, _recipients(log)),
-        prev_key=seal_previous(old_key, new_key=new_key, epoch=epoch),
+        wraps=wraps,
+        prev_key=prev_key,
     )
     return _sealed(body, author)
 
