@@ -6,10 +6,10 @@ import os
 import platform
 import sys
 
-from bench import abuse, client, foundation, relay, storage
+from bench import abuse, client, foundation, membership, relay, storage
 from bench.harness import print_table
 
-SECTIONS = ("foundation", "relay", "abuse", "client", "storage", "scaleout")
+SECTIONS = ("foundation", "relay", "abuse", "client", "storage", "scaleout", "membership")
 
 
 def main() -> None:
@@ -24,6 +24,7 @@ def main() -> None:
         print_table(
             "Relay (a relay process driven over loopback from this process)",
             relay.all_figures(),
+            [relay.IDLE_NOTE],
         )
     if "abuse" in sections:
         print_table(
@@ -44,6 +45,11 @@ def main() -> None:
         print_table(
             "Scale-out (two relay processes sharing one PostgreSQL, clients over loopback)",
             relay.scaleout_figures(),
+        )
+    if "membership" in sections:
+        print_table(
+            "Membership (protocol v2: revocation through a relay process, blob header, log)",
+            *membership.all_figures(),
         )
 
 

@@ -2,17 +2,18 @@
 ask for full PULL pages and never read the answers, next to its RSS with as many ordinary
 idle clients, measured on the same relay in the same run.
 
-The attackers: ATTACKERS sockets from 127.0.0.1, each a real device of the group (Noise
-handshake, HELLO, WELCOME) that then pipelines ``Pull(after=0)`` requests, each answered
+The attackers: ATTACKERS sockets from 127.0.0.1, each a real, enrolled device of the group
+(Noise handshake, HELLO, WELCOME) that then pipelines ``Pull(after=0)`` requests, each answered
 with a full page (one max_blob_size blob: two do not fit in a frame), and reads nothing
 (aiohttp stops reading a socket once 64 KiB wait in its queue, so the relay's writes back
 up). A socket the relay cuts is opened again at once, for ATTACK_SECONDS. The peak is the
 relay's VmHWM, reset just before the attack and read once the relay has wound down after
 it; the figure is the median of RUNS runs, each on a fresh relay.
 
-To measure older code, run this module with PYTHONPATH at that tree's ``src``: the relay
-process and the clients then both come from it (``bench.processes`` leaves out the relay
-options it does not know), and a relay without a send budget is reported as such.
+To measure older code of protocol version 2, run this module with PYTHONPATH at that
+tree's ``src``: the relay process and the clients then both come from it
+(``bench.processes`` leaves out the relay options it does not know), and a relay without a
+send budget is reported as such.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.groups import connect, new_group, register
 from bench.harness import QUICK, Figure, scaled
 from bench.processes import relay_process, rss_bytes, status_bytes
-from zerok.crypto import DeviceIdentity, GroupKeys
+from zerok.crypto.identity import DeviceIdentity
 from zerok.protocol import CLASSIC, ClientSession, ConnectionClosed, Welcomed
 from zerok.relay.config import RelayConfig
-from zerok.transport import RelayConnection
+from zerok.testing import TestGroup
 from zerok.wire import BlobId, Pull, Push, PushAck
 
 MIB = 2**20
@@ -84,12 +86,14 @@ class _NonReader:
         self.session = session
 
     @classmethod
-    async def open(cls, http: aiohttp.ClientSession, url: str, keys: GroupKeys) -> _NonReader:
+    async def open(
+        cls, http: aiohttp.ClientSession, url: str, group: TestGroup, identity: DeviceIdentity
+    ) -> _NonReader:
         loop = asyncio.get_running_loop()
         ws = await http.ws_connect(url, protocols=[CLASSIC.subprotocol], compress=0)
         session = ClientSession(
-            DeviceIdentity.generate(),
-            keys,
+            identity,
+            group.group_id,
             now=loop.time(),
             variant=CLASSIC,
             client="zerok-bench",
@@ -129,15 +133,15 @@ class _Attack:
     held: int | None = None  # the most the relay's send budget held (sampled), if it has one
 
 
-async def _attacker(url: str, keys: GroupKeys, attack: _Attack) -> None:
-    """One attacker slot, until cancelled: a non-reading socket, opened again whenever the
-    relay cuts it."""
+async def _attacker(url: str, group: TestGroup, identity: DeviceIdentity, attack: _Attack) -> None:
+    """One attacker slot (one enrolled device), until cancelled: a non-reading socket,
+    opened again whenever the relay cuts it."""
     # Closing the ClientSession closes its sockets without a closing handshake (which a
     # client that does not read could not finish).
     async with _http() as http:
         while True:
             try:
-                peer = await _NonReader.open(http, url, keys)
+                peer = await _NonReader.open(http, url, group, identity)
                 attack.sockets += 1
                 while True:
                     await peer.pulls(PULL_BATCH)
@@ -162,25 +166,26 @@ async def _sample_held(url: str, attack: _Attack) -> None:
             await asyncio.sleep(HELD_EVERY)
 
 
-async def _seed(url: str, keys: GroupKeys, http: aiohttp.ClientSession) -> None:
-    seeder = await RelayConnection.open(
-        url, DeviceIdentity.generate(), keys, variants=(CLASSIC,), heartbeat=None, http=http
-    )
+async def _seed(url: str, group: TestGroup, http: aiohttp.ClientSession) -> None:
+    """The group's log and SEED_BLOBS full-size blobs, pushed by its creator."""
+    seeder = await register(url, group, http)
     blob = bytes(BLOB_SIZE)  # the relay stores ciphertext: its content does not matter
     for _ in range(SEED_BLOBS):
-        ack = await seeder.request(Push(blob_id=BlobId.random(), ciphertext=blob))
+        push = Push(blob_id=BlobId.random(), ciphertext=blob, epoch=group.epoch)
+        ack = await seeder.request(push)
         assert isinstance(ack, PushAck), ack
     await seeder.close()
 
 
-async def _idle_rss(url: str, pid: int, keys: GroupKeys, http: aiohttp.ClientSession) -> int:
+async def _idle_rss(
+    url: str,
+    pid: int,
+    group: TestGroup,
+    devices: list[DeviceIdentity],
+    http: aiohttp.ClientSession,
+) -> int:
     """The relay's RSS with ATTACKERS ordinary devices connected and idle."""
-    conns = [
-        await RelayConnection.open(
-            url, DeviceIdentity.generate(), keys, variants=(CLASSIC,), heartbeat=None, http=http
-        )
-        for _ in range(ATTACKERS)
-    ]
+    conns = [await connect(url, group, device, http) for device in devices]
     await asyncio.sleep(SETTLE)  # let the relay settle after the handshakes
     idle = rss_bytes(pid)
     for conn in conns:
@@ -197,17 +202,19 @@ class Measured:
 
 
 async def non_reading_peers(url: str, pid: int) -> Measured:
-    keys = GroupKeys.generate()
+    # The idle clients and the attackers are distinct devices, as they would be.
+    group, devices = new_group(2 * ATTACKERS)
+    idlers, attackers = devices[:ATTACKERS], devices[ATTACKERS:]
     async with _http() as http, asyncio.timeout(SETUP_TIMEOUT):
-        await _seed(url, keys, http)
-        idle = await _idle_rss(url, pid, keys, http)
+        await _seed(url, group, http)
+        idle = await _idle_rss(url, pid, group, idlers, http)
     await asyncio.sleep(0.2)
     reset = _reset_peak(pid)
     loop = asyncio.get_running_loop()
     attack = _Attack()
     peak = rss_bytes(pid)
     stop = loop.time() + ATTACK_SECONDS
-    tasks = [asyncio.create_task(_attacker(url, keys, attack)) for _ in range(ATTACKERS)]
+    tasks = [asyncio.create_task(_attacker(url, group, a, attack)) for a in attackers]
     held = asyncio.create_task(_sample_held(url, attack))
     try:
         while loop.time() < stop and not any(t.done() for t in tasks):

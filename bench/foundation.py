@@ -12,11 +12,24 @@ from nacl.bindings import (
 from noise.connection import Keypair, NoiseConnection
 
 from bench.harness import Figure, rate, scaled
-from zerok.crypto import BlobCipher, DeviceIdentity, GroupKeys
+from zerok.crypto.blob import KIND_DATA, NO_LINK, BlobHeader, open_blob, seal_blob
+from zerok.crypto.epoch import blob_key, new_epoch_key
 from zerok.crypto.noise import HandshakeState, NoiseTransport
 from zerok.protocol import CLASSIC, HYBRID, ClientSession, RelaySession, Variant
 from zerok.protocol.events import HelloReceived, RequestReceived, ResponseReceived
-from zerok.wire import BlobId, DeviceId, Limits, Push, PushAck, Welcome, decode_frame, encode
+from zerok.testing import TestGroup
+from zerok.wire import (
+    PROTOCOL_VERSION,
+    BlobId,
+    DeviceId,
+    GroupId,
+    Limits,
+    Push,
+    PushAck,
+    Welcome,
+    decode_frame,
+    encode,
+)
 
 KIB = b"\xa5" * 1024
 CLASSIC_NAME = "Noise_XX_25519_ChaChaPoly_BLAKE2s"
@@ -100,13 +113,13 @@ def transport_figures() -> list[Figure]:
 
 def wire_figures() -> list[Figure]:
     n = scaled(100_000, 20)
-    push = Push(blob_id=BlobId(bytes(16)), ciphertext=KIB, ttl=0)
+    push = Push(blob_id=BlobId(bytes(16)), ciphertext=KIB, epoch=3)
 
     def ours() -> None:
         for _ in range(n):
             decode_frame(encode(push, request_id=7))
 
-    untyped = [1, 0x10, 7, {"blob_id": bytes(16), "ciphertext": KIB}]
+    untyped = [PROTOCOL_VERSION, 0x10, 7, {"blob_id": bytes(16), "ciphertext": KIB, "epoch": 3}]
     enc, dec = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()
 
     def raw() -> None:
@@ -126,17 +139,18 @@ def wire_figures() -> list[Figure]:
 
 def blob_figures() -> list[Figure]:
     n = scaled(20_000, 20)
-    keys = GroupKeys.generate()
-    cipher = BlobCipher(keys.blob_key, keys.group_id)
-    blob_id, sender = BlobId(bytes(16)), DeviceId(bytes(32))
+    key = blob_key(new_epoch_key())
+    group_id, blob_id, sender = GroupId(bytes(32)), BlobId(bytes(16)), DeviceId(bytes(32))
+    header = BlobHeader(epoch=0, kind=KIND_DATA, seq=1, link=NO_LINK)
 
     def ours() -> None:
         for _ in range(n):
-            cipher.open(
-                cipher.seal(KIB, blob_id=blob_id, sender=sender), blob_id=blob_id, sender=sender
+            sealed = seal_blob(
+                KIB, key=key, group_id=group_id, blob_id=blob_id, sender=sender, header=header
             )
+            open_blob(sealed, key=key, group_id=group_id, blob_id=blob_id, sender=sender)
 
-    key, nonce, ad = bytes(32), bytes(24), bytes(80)
+    nonce, ad = bytes(24), bytes(85)  # v2's associated data: format, epoch and three ids
 
     def raw() -> None:
         for _ in range(n):
@@ -146,7 +160,7 @@ def blob_figures() -> list[Figure]:
 
     return [
         Figure(
-            "blob seal+open 1 KiB",
+            "blob seal+open 1 KiB (format 2)",
             "/s",
             rate(ours, ops=n),
             "raw libsodium XChaCha20 enc+dec",
@@ -156,7 +170,10 @@ def blob_figures() -> list[Figure]:
 
 
 def _open_pair(variant: Variant) -> tuple[ClientSession, RelaySession]:
-    client = ClientSession(DeviceIdentity.generate(), GroupKeys.generate(), now=0, variant=variant)
+    group = TestGroup()
+    client = ClientSession(
+        group.creator, group.group_id, now=0, entries=group.entries, variant=variant
+    )
     relay_key = x25519.X25519PrivateKey.generate()
     relay = RelaySession(relay_key, now=0, variant=variant)
     relay_id = relay_key.public_key().public_bytes_raw()
@@ -172,7 +189,16 @@ def _open_pair(variant: Variant) -> tuple[ClientSession, RelaySession]:
         for m in client.data_to_send():
             for ev in relay.receive(m, 0):
                 if isinstance(ev, HelloReceived):
-                    relay.accept(Welcome(relay_id=relay_id, max_cursor=0, pending=0, limits=limits))
+                    welcome = Welcome(
+                        relay_id=relay_id,
+                        max_cursor=0,
+                        pending=0,
+                        limits=limits,
+                        log_seq=group.log.head_seq,
+                        log_hash=group.log.head_hash,
+                        epoch=group.epoch,
+                    )
+                    relay.accept(welcome)
         for m in relay.data_to_send():
             client.receive(m, 0)
     return client, relay

@@ -12,9 +12,10 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
+from bench.groups import connect, connect_all, new_group, register
 from bench.harness import QUICK, Figure, scaled
 from bench.processes import bare_relay_process, postgres_database, relay_process, rss_bytes
-from zerok.crypto import DeviceIdentity, GroupKeys
+from zerok.crypto.identity import DeviceIdentity
 from zerok.protocol import CLASSIC, HYBRID, MessageReceived, Variant
 from zerok.transport import RelayConnection
 from zerok.wire import BlobId, Notify, Pull, PullResponse, Push
@@ -25,6 +26,11 @@ PUSH_SECONDS = 0.3 if QUICK else 5.0
 LATENCY_RATE, LATENCY_SECONDS = 100, 0.2 if QUICK else 5.0
 HANDSHAKES = scaled(300, 10)
 IDLE_COUNTS = (5, 10) if QUICK else (1000, 5000, 10_000)
+IDLE_GROUP = 100  # idle devices per group (a group holds at most 256 devices)
+IDLE_NOTE = (
+    f"idle connections: enrolled devices of groups of {IDLE_GROUP} (their logs cached "
+    "by the relay), each connected once; the bare relay's hold no state"
+)
 
 
 def _raise_fd_limit() -> None:
@@ -50,18 +56,12 @@ async def _timed_window(worker: Callable[[], Awaitable[None]], seconds: float) -
 
 async def zerok_push_rate(*urls: str) -> float:
     """Durable pushes/s from SENDERS devices of one group, spread over ``urls``."""
-    keys = GroupKeys.generate()
+    group, devices = new_group(SENDERS)
     async with _http() as http:
+        await (await register(urls[0], group, http)).close()
         conns = [
-            await RelayConnection.open(
-                urls[i % len(urls)],
-                DeviceIdentity.generate(),
-                keys,
-                variants=(CLASSIC,),
-                heartbeat=None,
-                http=http,
-            )
-            for i in range(SENDERS)
+            await connect(urls[i % len(urls)], group, device, http)
+            for i, device in enumerate(devices)
         ]
         drains = [asyncio.create_task(_drain(c)) for c in conns]
         loop = asyncio.get_running_loop()
@@ -75,7 +75,9 @@ async def zerok_push_rate(*urls: str) -> float:
             async def one() -> None:
                 nonlocal counted
                 while (now := loop.time()) < stop:
-                    await conn.request(Push(blob_id=BlobId.random(), ciphertext=KIB))
+                    await conn.request(
+                        Push(blob_id=BlobId.random(), ciphertext=KIB, epoch=group.epoch)
+                    )
                     if now >= start:
                         counted += 1
 
@@ -152,19 +154,11 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
 
 async def zerok_latency(url: str, receiver_url: str | None = None) -> tuple[float, float]:
     """push→NOTIFY→PULL latency; the receiver may sit on another relay."""
-    keys = GroupKeys.generate()
+    group, (one, two) = new_group(2)
     async with _http() as http:
-        sender = await RelayConnection.open(
-            url, DeviceIdentity.generate(), keys, variants=(CLASSIC,), heartbeat=None, http=http
-        )
-        receiver = await RelayConnection.open(
-            receiver_url or url,
-            DeviceIdentity.generate(),
-            keys,
-            variants=(CLASSIC,),
-            heartbeat=None,
-            http=http,
-        )
+        await (await register(url, group, http)).close()
+        sender = await connect(url, group, one, http)
+        receiver = await connect(receiver_url or url, group, two, http)
         sent_at: dict[BlobId, float] = {}
         samples: list[float] = []
         loop = asyncio.get_running_loop()
@@ -191,7 +185,7 @@ async def zerok_latency(url: str, receiver_url: str | None = None) -> tuple[floa
                 await asyncio.sleep(max(0.0, begin + i / LATENCY_RATE - loop.time()))
                 blob_id = BlobId.random()
                 sent_at[blob_id] = loop.time()
-                await sender.request(Push(blob_id=blob_id, ciphertext=KIB))
+                await sender.request(Push(blob_id=blob_id, ciphertext=KIB, epoch=group.epoch))
 
         await asyncio.gather(receive(), send())
         await sender.close()
@@ -233,23 +227,19 @@ async def bare_latency(url: str) -> tuple[float, float]:
 
 
 async def zerok_handshake_rate(url: str, variant: Variant) -> float:
-    keys = GroupKeys.generate()
-    identities = [DeviceIdentity.generate() for _ in range(8)]
+    group, identities = new_group(8)
     done = 0
     async with _http() as http:
+        await (await register(url, group, http)).close()
 
         async def worker(identity: DeviceIdentity) -> None:
             nonlocal done
             while done < HANDSHAKES:
                 done += 1
-                conn = await RelayConnection.open(
-                    url, identity, keys, variants=(variant,), heartbeat=None, http=http
-                )
+                conn = await connect(url, group, identity, http, variant=variant)
                 await conn.close()
 
-        warm = await RelayConnection.open(
-            url, identities[0], keys, variants=(variant,), heartbeat=None, http=http
-        )
+        warm = await connect(url, group, identities[0], http, variant=variant)
         await warm.close()
         started = time.perf_counter()
         await asyncio.gather(*(worker(i) for i in identities))
@@ -287,23 +277,25 @@ async def _open_many(count: int, opener: Callable[[], Awaitable[object]]) -> lis
     return out
 
 
+async def _idle_devices(url: str, count: int, http: aiohttp.ClientSession) -> list[RelayConnection]:
+    """``count`` more enrolled devices connected, in new groups of IDLE_GROUP."""
+    conns: list[RelayConnection] = []
+    while len(conns) < count:
+        group, devices = new_group(min(IDLE_GROUP, count - len(conns)))
+        await (await register(url, group, http)).close()
+        conns += await connect_all(url, group, devices, http)
+    return conns
+
+
 async def zerok_idle_rss(url: str, pid: int) -> dict[int, int]:
-    keys = GroupKeys.generate()
     result: dict[int, int] = {}
-    conns: list[object] = []
+    conns: list[RelayConnection] = []
     async with _http() as http:
-
-        async def opener() -> RelayConnection:
-            return await RelayConnection.open(
-                url, DeviceIdentity.generate(), keys, variants=(CLASSIC,), heartbeat=None, http=http
-            )
-
         for target in IDLE_COUNTS:
-            conns += await _open_many(target - len(conns), opener)
+            conns += await _idle_devices(url, target - len(conns), http)
             await asyncio.sleep(0.5)  # let the relay settle after the burst of handshakes
             result[target] = rss_bytes(pid)
         for c in conns:
-            assert isinstance(c, RelayConnection)
             await c.close()
     return result
 

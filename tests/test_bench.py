@@ -18,7 +18,8 @@ from bench.__main__ import SECTIONS
 ROOT = Path(__file__).resolve().parent.parent
 FIGURE = re.compile(r"^(?P<name>.+?)\s{2,}[\d,.]+ \S+\s+.+?\s{2,}[\d,.]+ \S+\s+(?P<ratio>[\d.]+)x$")
 # Every section of ``python -m bench``, in two halves of about the same running time.
-HALVES = (("foundation", "relay", "storage"), ("abuse", "client", "scaleout"))
+HALVES = (("foundation", "relay", "storage", "membership"), ("abuse", "client", "scaleout"))
+TITLES = ("Foundation", "Relay", "Abuse", "Client", "Storage", "Scale-out", "Membership")
 
 
 def test_every_benchmark_runs_and_prints_a_ratio() -> None:
@@ -47,9 +48,11 @@ def test_every_benchmark_runs_and_prints_a_ratio() -> None:
             if run.poll() is None:
                 run.kill()
                 run.wait(5)
-    for section in ("Foundation", "Relay", "Abuse", "Client", "Storage", "Scale-out"):
+    for section in TITLES:
         assert section in stdout
-    figures = [m for line in stdout.splitlines() if (m := FIGURE.match(line))]
-    # 6 foundation, 7 relay, 2 abuse, 2 client, 6 storage, 3 scale-out
-    assert len(figures) >= 26, stdout
-    assert all(float(m["ratio"]) > 0 for m in figures)
+    figures = {m["name"].strip(): m for line in stdout.splitlines() if (m := FIGURE.match(line))}
+    # 6 foundation, 7 relay, 2 abuse, 2 client, 6 storage, 3 scale-out, 13 membership
+    assert len(figures) >= 39, stdout
+    assert all(float(m["ratio"]) > 0 for m in figures.values())
+    # Issue 12's goal for the version-2 blob header: at most 64 bytes more than version 1.
+    assert float(figures["v2 header: bytes added to every blob"]["ratio"]) <= 1.0, stdout

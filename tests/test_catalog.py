@@ -2,7 +2,7 @@
 
 Adding a message type means: its class in zerok/wire/messages.py (listed in ALL_MESSAGES),
 its Spec in zerok/protocol/catalog.py, a relay handler if it is a request, its section and
-summary row in docs/protocol.md §6, its test vector in §11, and the client API that sends
+summary row in docs/protocol.md §6, its test vector in §13, and the client API that sends
 it. Each test here fails, naming what is missing, when one of these is forgotten.
 """
 
@@ -124,7 +124,7 @@ def test_every_message_has_a_doc_section(spec: Spec) -> None:
 def test_every_message_has_a_vector(spec: Spec) -> None:
     heading = rf"^### Vector \d+: Frame {_name(spec)}$"
     assert re.search(heading, DOC, re.MULTILINE), (
-        f"docs/protocol.md §11 has no '### Vector N: Frame {_name(spec)}'"
+        f"docs/protocol.md §13 has no '### Vector N: Frame {_name(spec)}'"
     )
 
 

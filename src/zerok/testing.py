@@ -60,9 +60,16 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, NoReturn, Protocol, Self, TypeVar
 
+from zerok.crypto.entry import TicketKey
+from zerok.crypto.epoch import new_epoch_key
+from zerok.crypto.identity import DeviceIdentity
+from zerok.crypto.recovery import RecoveryKey
 from zerok.errors import ConfigError, SyncError
+from zerok.protocol import entries as membership_entries
+from zerok.protocol.membership import GroupLog
 from zerok.relay.config import OPTIONS, RelayConfig, load_config
 from zerok.relay.storage.registry import PATH_SCHEME, default_key_path, url_scheme
+from zerok.wire.log import Member, Role
 
 if TYPE_CHECKING:
     from zerok.relay.push import PushSender
@@ -646,3 +653,98 @@ class PostgresDatabases:
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
                 )
         self.names.clear()
+
+
+# -- groups for tests -----------------------------------------------------------------------
+
+
+class TestGroup:
+    """A group made the way a client makes one (a genesis with a recovery key and epoch 0),
+    whose creator enrolls any device a test connects: ``enroll`` appends an invite and the
+    device's enrollment to the log. A HELLO carrying ``entries`` brings the relay whatever
+    of the log it lacks, so a test can connect any device of the group to any relay."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, creator: DeviceIdentity | None = None, *, now: int | None = None) -> None:
+        self.creator = creator or DeviceIdentity.generate()
+        self.recovery = RecoveryKey.generate()
+        self.epoch_key = new_epoch_key()
+        self.keys = {0: self.epoch_key}
+        self.now = now or int(time.time() * 1000)
+        genesis = membership_entries.genesis(
+            member_of(self.creator),
+            self.creator.sign,
+            recovery_sign=self.recovery.sign_public,
+            recovery_wrap=self.recovery.wrap_public,
+            epoch_key=self.epoch_key,
+            now=self.now,
+        )
+        self.log = GroupLog.from_genesis(genesis)
+        self.entries = [genesis]
+        self.group_id = self.log.group_id
+
+    @property
+    def epoch(self) -> int:
+        return self.log.epoch
+
+    def append(self, entry: bytes) -> bytes:
+        self.log.apply(entry)
+        self.entries.append(entry)
+        return entry
+
+    def enroll(self, identity: DeviceIdentity, *, role: Role = Role.MEMBER) -> None:
+        """Make ``identity`` a member (nothing to do if it is one, or was revoked)."""
+        if self.log.member(identity.device_id) is not None:
+            return
+        ticket = self.ticket(role=role)
+        self.append(
+            membership_entries.enroll(
+                self.log, member_of(identity), identity.sign, ticket, now=self.now
+            )
+        )
+
+    def ticket(self, *, role: Role = Role.MEMBER, ttl_ms: int = 600_000) -> TicketKey:
+        """Open a ticket (an Invite entry by the creator) and return its key."""
+        ticket = TicketKey(os.urandom(32))
+        self.append(
+            membership_entries.invite(
+                self.log,
+                self.creator.sign_public,
+                self.creator.sign,
+                ticket.public,
+                role=role,
+                expires_at=self.now + ttl_ms,
+                now=self.now,
+            )
+        )
+        return ticket
+
+    def revoke(self, *identities: DeviceIdentity, by: DeviceIdentity | None = None) -> bytes:
+        """Revoke devices (by the creator unless ``by``), starting a new epoch."""
+        author = by or self.creator
+        new_key = new_epoch_key()
+        entry = membership_entries.revoke(
+            self.log,
+            author.sign_public,
+            author.sign,
+            [bytes(i.device_id) for i in identities],
+            old_key=self.epoch_key,
+            new_key=new_key,
+            reason="lost",
+            now=self.now,
+        )
+        self.append(entry)
+        self.epoch_key = new_key
+        self.keys[self.log.epoch] = new_key
+        return entry
+
+
+def member_of(identity: DeviceIdentity, name: str = "") -> Member:
+    """The log's record of a device: its id and public keys."""
+    return Member(
+        device=bytes(identity.device_id),
+        sign=identity.sign_public,
+        wrap=identity.wrap_public,
+        name=name,
+    )

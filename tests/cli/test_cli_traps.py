@@ -1,23 +1,25 @@
 """The traps a fresh user fell into (issue 11, item 6), each closed: a mistyped relay URL,
 revoking by a one-letter prefix, a lost state file, read-only commands that created an
 identity, numbers taken as they came, aiohttp's words, and text from other members
-printed as terminal commands. ``zerok doctor`` and ``zerok relays`` too."""
+printed as terminal commands. ``zerok relays`` too."""
 
 from __future__ import annotations
 
-import json
 import socket
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.cli.test_client_cli import (
+from tests.cli.support import (
     RELAY_ARGS,
+    devices,
     init,
+    join,
     json_lines,
     ok,
     ok_json,
+    start,
     usage_error,
     user_error,
     zerok,
@@ -28,11 +30,6 @@ from zerok.testing import InProcessRelay
 REFUSED_HINT = "connection refused — is the relay running? (zerok relay)"
 
 
-@pytest.fixture(scope="module")
-def relay(module_launcher: RelayLauncher) -> InProcessRelay:
-    return module_launcher.start(*RELAY_ARGS)
-
-
 def closed_url() -> str:
     """A ws:// URL on which nothing listens (a port just freed)."""
     with socket.socket() as sock:
@@ -41,39 +38,34 @@ def closed_url() -> str:
     return f"ws://127.0.0.1:{port}"
 
 
-def group(home: Path, name: str, relay: InProcessRelay) -> str:
-    init(home, name)
-    invite = ok_json(zerok(home, "pair", "create", "--relay", relay.url, "--json"))
-    return str(invite["short_code"])
-
-
 # -- relays ---------------------------------------------------------------------------------
 
 
-def test_pair_create_needs_an_answering_relay_and_keeps_every_relay(
+def test_a_group_starts_only_once_every_relay_answers_and_keeps_them_all(
     relay: InProcessRelay, tmp_path: Path
 ) -> None:
     home = tmp_path / "home"
-    init(home, "laptop")
     typo = closed_url()
-    user_error(zerok(home, "pair", "create", "--relay", typo), f"cannot reach {typo}", REFUSED_HINT)
-    user_error(zerok(home, "pair", "create", "--relay", "http//oops"), "not a relay URL")
+    user_error(zerok(home, "init", "--relay", typo), f"cannot reach {typo}", REFUSED_HINT)
+    assert not home.exists()  # not even a device key
+    init(home, "laptop")
+    user_error(zerok(home, "init", "--relay", typo), f"cannot reach {typo}", REFUSED_HINT)
+    user_error(zerok(home, "init", "--relay", relay.url, "--relay", typo), REFUSED_HINT)
+    user_error(zerok(home, "init", "--relay", "http//oops"), "not a relay URL")
     assert ok_json(zerok(home, "status", "--json"))["group_id"] is None  # nothing was saved
 
     # Several relays: all kept, in order (the same relay under two spellings here).
     second = relay.url.rstrip("/")
     assert second != relay.url
-    invite = ok_json(
-        zerok(home, "pair", "create", "--relay", relay.url, "--relay", second, "--json")
-    )
-    assert invite["relay"] == relay.url
+    doc = ok_json(zerok(home, "init", "--relay", relay.url, "--relay", second, "--json"))
+    assert doc["relays"] == [relay.url, second]
     assert ok_json(zerok(home, "relays", "--json")) == {"relays": [relay.url, second]}
 
 
 def test_relays_list_add_remove(relay: InProcessRelay, tmp_path: Path) -> None:
     home = tmp_path / "home"
     user_error(zerok(home, "relays"), "zerok init")
-    group(home, "laptop", relay)
+    start(home, "laptop", relay)
     assert ok(zerok(home, "relays", "list")) == f"1. {relay.url}\n"
 
     down = closed_url()
@@ -100,27 +92,24 @@ def test_revoke_asks_for_a_real_prefix_names_the_device_and_spares_this_one(
     relay: InProcessRelay, tmp_path: Path
 ) -> None:
     laptop_home, phone_home = tmp_path / "laptop", tmp_path / "phone"
-    code = group(laptop_home, "laptop", relay)
-    laptop = ok_json(zerok(laptop_home, "status", "--json"))["device_id"]
-    phone = init(phone_home, "phone")
-    ok(zerok(phone_home, "pair", "join", code, "--relay", relay.url))
-    ok(zerok(phone_home, "pull"))  # the relay knows a device once it has connected
+    laptop = start(laptop_home, "laptop", relay)["device_id"]
+    phone = join(laptop_home, phone_home, "phone")
 
     for short in ("s", laptop[:3]):
         user_error(zerok(laptop_home, "devices", "revoke", short, "--yes"), "at least 4")
+        user_error(zerok(laptop_home, "devices", "role", short, "admin"), "at least 4")
     user_error(zerok(laptop_home, "devices", "revoke", "zzzz9", "--yes"), "no device")
     user_error(
         zerok(laptop_home, "devices", "revoke", laptop[:4], "--yes"), "this device", "--self"
     )
     # No terminal to ask on and no --yes: refused, naming what it would have revoked.
     user_error(zerok(laptop_home, "devices", "revoke", phone[:4]), "--yes", f"phone ({phone})")
-    devices = json_lines(zerok(laptop_home, "devices", "--json"))
-    assert not any(d["revoked"] for d in devices)
+    assert all(d["active"] for d in devices(laptop_home).values())
 
     done = ok_json(zerok(laptop_home, "devices", "revoke", phone[:4], "--yes", "--json"))
-    assert done == {"revoked": phone, "name": "phone", "reason": "lost"}
+    assert done == {"revoked": phone, "name": "phone", "reason": "lost", "epoch": 1}
     user_error(zerok(laptop_home, "devices", "revoke", phone[:4], "--yes"), "revoked already")
-    # This very device, on purpose.
+    # This very device, on purpose (the last one: no active device is left without admin).
     ok(zerok(laptop_home, "devices", "revoke", laptop[:6], "--self", "--yes"))
     assert ok_json(zerok(laptop_home, "status", "--json"))["connection"] == "revoked"
 
@@ -128,7 +117,7 @@ def test_revoke_asks_for_a_real_prefix_names_the_device_and_spares_this_one(
 def test_revoke_confirmation_on_a_terminal(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from zerok.cli import device  # noqa: PLC0415
+    from zerok.cli import devices as listing  # noqa: PLC0415
 
     class Terminal:
         def __init__(self, answer: str) -> None:
@@ -142,7 +131,7 @@ def test_revoke_confirmation_on_a_terminal(
 
     for answer, expected in (("y\n", True), ("yes\n", True), ("\n", False), ("n\n", False)):
         monkeypatch.setattr(sys, "stdin", Terminal(answer))
-        assert device._confirm("Revoke [b]phone\x1b?", "no terminal") is expected
+        assert listing.confirm("Revoke [b]phone\x1b?", "no terminal") is expected
         assert capsys.readouterr().err == "Revoke [b]phone\\x1b? [y/N] "
 
 
@@ -154,7 +143,7 @@ def test_a_lost_state_next_to_a_device_key_stops_everything(
     relay: InProcessRelay, tmp_path: Path, damage: str
 ) -> None:
     home = tmp_path / "home"
-    group(home, "laptop", relay)
+    start(home, "laptop", relay)
     state = home / "state.db"
     for extra in home.glob("state.db-*"):  # SQLite's WAL files: the state is all gone
         extra.unlink()
@@ -172,9 +161,12 @@ def test_a_lost_state_next_to_a_device_key_stops_everything(
         ("push", "--text", "x"),
         ("devices",),
         ("init",),
-        ("pair", "create", "--relay", relay.url),
+        ("init", "--relay", relay.url),
+        ("pair", "create"),
         ("pair", "join", "ABCD-EFGH-JKMN-PQRS", "--relay", relay.url),
         ("relays",),
+        ("group", "rotate"),
+        ("group", "recover"),
     ):
         user_error(zerok(home, *command), words, "restore", "zerok init")
         assert (state.read_bytes() if state.exists() else None) == before, command
@@ -182,7 +174,7 @@ def test_a_lost_state_next_to_a_device_key_stops_everything(
 
 def test_read_only_commands_create_nothing(relay: InProcessRelay, tmp_path: Path) -> None:
     home = tmp_path / "nowhere"
-    for command in (("status",), ("devices",), ("pull",), ("relays",)):
+    for command in (("status",), ("devices",), ("pull",), ("relays",), ("group", "recover")):
         user_error(zerok(home, *command), "zerok init")
     doctor = zerok(home, "doctor")
     assert doctor.returncode == 1
@@ -204,8 +196,12 @@ def test_numbers_are_checked_before_anything_happens(tmp_path: Path) -> None:
         usage_error(zerok(home, "devices", "--timeout", bad))
         usage_error(zerok(home, "doctor", "--timeout", bad))
         usage_error(zerok(home, "pair", "create", "--timeout", bad))
+        usage_error(zerok(home, "init", "--relay", "ws://127.0.0.1:1", "--timeout", bad))
+        usage_error(zerok(home, "group", "rotate", "--timeout", bad))
+        usage_error(zerok(home, "group", "recover", "--timeout", bad))
+        usage_error(zerok(home, "devices", "role", "abcd", "admin", "--timeout", bad))
     for bad in ("1e-9", "0", "601", "1.5", "-5", "nan"):
-        usage_error(zerok(home, "pair", "create", "--relay", "ws://127.0.0.1:1", "--ttl", bad))
+        usage_error(zerok(home, "pair", "create", "--ttl", bad))
     result = zerok(home, "pull", "--after", str(2**63))
     assert f"0..{2**63 - 1}" in result.stderr.decode()
     assert not home.exists()
@@ -213,7 +209,7 @@ def test_numbers_are_checked_before_anything_happens(tmp_path: Path) -> None:
 
 def test_a_big_cursor_is_fine(relay: InProcessRelay, tmp_path: Path) -> None:
     home = tmp_path / "home"
-    group(home, "laptop", relay)
+    start(home, "laptop", relay)
     assert json_lines(zerok(home, "pull", "--after", str(2**63 - 1), "--json")) == []
 
 
@@ -223,19 +219,26 @@ def test_a_big_cursor_is_fine(relay: InProcessRelay, tmp_path: Path) -> None:
 def test_relay_down_says_so_in_words(launcher: RelayLauncher, tmp_path: Path) -> None:
     relay = launcher.start(*RELAY_ARGS)
     home = tmp_path / "home"
-    group(home, "laptop", relay)
+    words = " ".join(start(home, "laptop", relay)["recovery_words"]).encode()
     relay.stop()
-    for command in (("devices",), ("devices", "revoke", "abcd", "--yes"), ("pull",)):
-        result = zerok(home, *command, "--timeout", "1")
+    for command in (
+        ("devices",),
+        ("devices", "revoke", "abcd", "--yes"),
+        ("devices", "role", "abcd", "admin"),
+        ("group", "rotate"),
+        ("pull",),
+    ):
+        result = zerok(home, *command, "--timeout", "0.3")
         stderr = result.stderr.decode()
         assert result.returncode == 1, (command, stderr)
         *notes, error = stderr.splitlines()
-        assert error.startswith("zerok: no relay reachable within 1 s"), stderr
+        assert error.startswith("zerok: no relay reachable within 0.3 s"), stderr
         assert error.endswith(REFUSED_HINT), stderr
         assert notes, "no progress while connecting"
         for internal in ("ssl:", "Connect call failed", "Traceback", "aiohttp"):
             assert internal not in stderr, stderr
     user_error(zerok(home, "pair", "create", "--timeout", "2"), REFUSED_HINT)
+    user_error(zerok(home, "group", "recover", "--timeout", "2", stdin=words), REFUSED_HINT)
 
 
 # -- text from other members ----------------------------------------------------------------
@@ -245,9 +248,10 @@ HOSTILE = "ev\x1b]0;pwned\x07il \x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\ [bold r
 
 def test_peer_text_is_shown_not_obeyed(relay: InProcessRelay, tmp_path: Path) -> None:
     laptop_home, phone_home = tmp_path / "laptop", tmp_path / "phone"
-    code = group(laptop_home, "laptop", relay)
+    start(laptop_home, "laptop", relay)
     init(phone_home, "x")
-    ok(zerok(phone_home, "pair", "join", code, "--relay", relay.url, "--name", HOSTILE))
+    url = ok_json(zerok(laptop_home, "pair", "create", "--json"))["url"]
+    ok(zerok(phone_home, "pair", "join", url, "--name", HOSTILE))
     ok(zerok(phone_home, "push", "--text", f"hi {HOSTILE}\nsecond line"))
 
     table = zerok(laptop_home, "devices")
@@ -259,58 +263,26 @@ def test_peer_text_is_shown_not_obeyed(relay: InProcessRelay, tmp_path: Path) ->
         assert "[bold red]x[/]" in text.replace("\n", "").replace("│", ""), text
     assert "\\x1b]0;pwned\\x07il" in ok(pulled)
     assert "\nsecond line" in ok(pulled)  # newlines in a blob are kept
-    devices = json_lines(zerok(laptop_home, "devices", "--json"))
-    assert HOSTILE in {d["name"] for d in devices}  # --json gives the bytes as they are
+    assert HOSTILE in devices(laptop_home)  # --json gives the text as it is
 
 
-# -- doctor ---------------------------------------------------------------------------------
-
-
-def test_doctor(launcher: RelayLauncher, tmp_path: Path) -> None:
-    relay = launcher.start(*RELAY_ARGS)
-    home = tmp_path / "home"
-    group(home, "laptop", relay)
-
-    healthy = zerok(home, "doctor", "--json")
-    report = ok_json(healthy)
-    assert report["ok"] is True
-    checks = {c["check"].strip(): c for c in report["checks"]}
-    expected = {"data directory", "device key", "state", f"relay {relay.url}", "handshake", "clock"}
-    assert expected <= set(checks), checks
-    assert all(c["ok"] for c in report["checks"])
-    assert "WELCOME" in checks["handshake"]["detail"]
-    assert "all is well" in ok(zerok(home, "doctor"))
-
-    (home / "device.key").chmod(0o644)
-    home.chmod(0o755)
-    relay.stop()
-    sick = zerok(home, "doctor", "--json", "--timeout", "2")
-    assert sick.returncode == 1
-    report = json.loads(sick.stdout)
-    assert report["ok"] is False
-    failed = {c["check"].strip(): c for c in report["checks"] if not c["ok"]}
-    assert failed["device key"]["fix"] == f"chmod 600 {home / 'device.key'}"
-    assert failed["data directory"]["fix"] == f"chmod 700 {home}"
-    assert REFUSED_HINT in failed[f"relay {relay.url}"]["detail"]
-    text = zerok(home, "doctor", "--timeout", "2")
-    assert text.returncode == 1
-    assert "fix: chmod 600" in text.stdout.decode()
+# -- names --------------------------------------------------------------------------------
 
 
 def test_a_prefix_matching_several_devices_names_them() -> None:
-    from zerok.cli import device  # noqa: PLC0415
+    from zerok.cli.devices import match  # noqa: PLC0415
+    from zerok.client import Device, Role  # noqa: PLC0415
     from zerok.errors import SyncError  # noqa: PLC0415
     from zerok.wire import DeviceId  # noqa: PLC0415
-    from zerok.wire.messages import DeviceInfo  # noqa: PLC0415
 
     twins = [
-        DeviceInfo(device_id=DeviceId(b"\x00" * 31 + bytes([i])), name=n)
+        Device(DeviceId(b"\x00" * 31 + bytes([i])), n, Role.MEMBER, active=True, enrolled_at=i)
         for i, n in ((1, "laptop"), (2, "ph\x1bone"))
     ]
     with pytest.raises(SyncError, match="matches 2 devices") as caught:
-        device._match(twins, "aaaa")
+        match(twins, "aaaa")
     assert "laptop" in str(caught.value) and "ph\\x1bone" in str(caught.value)
-    assert device._match(twins, str(twins[1].device_id)).name == "ph\x1bone"
+    assert match(twins, str(twins[1].device_id)).name == "ph\x1bone"
 
 
 def test_visible_and_friendly() -> None:

@@ -1,123 +1,126 @@
-"""The client commands of ``zerok`` as a user runs them, with SYNC_HOME set, against real
-relays (started by ``tests.relay.support.RelayLauncher``, in this process).
-
-The commands run in this process (``zerok.cli.main.main`` with its own standard input,
-output and error, see ``run_main``), which is what ``python -m zerok`` runs; test_relay_down
-runs one as a subprocess, to cover the entry point and its exit code end to end (test_main
-does too).
-"""
+"""The client commands of ``zerok`` as a user runs them, against a real relay (in this
+process): a group started with its recovery key, invites by URL and short code, push,
+pull, status, cancelling invites, and errors that say what to do next. test_relay_down
+runs one command as a child process, to cover the entry point and its exit code end to
+end (test_main does too)."""
 
 from __future__ import annotations
 
 import base64
-import json
 import os
 import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.relay.support import RelayLauncher, run, run_main
-from zerok.client import SyncClient, pairing
-from zerok.testing import InProcessRelay, clean_env
+from tests.cli.support import (
+    init,
+    invite,
+    join,
+    json_lines,
+    ok,
+    ok_json,
+    start,
+    usage_error,
+    user_error,
+    zerok,
+    zerok_process,
+)
+from tests.relay.support import RelayLauncher
+from zerok.client import RecoveryKey, pairing
+from zerok.testing import InProcessRelay
 
-RELAY_ARGS = ("--invites-per-minute", "0")
-
-
-@pytest.fixture(scope="module")
-def relay(module_launcher: RelayLauncher) -> InProcessRelay:
-    return module_launcher.start(*RELAY_ARGS)
-
-
-def zerok(home: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    """``zerok ARGS`` with SYNC_HOME=home and no other SYNC_* setting, in this process."""
-    return run_main(*args, env={"SYNC_HOME": str(home)}, stdin=stdin or b"")
-
-
-def zerok_process(
-    home: Path, *args: str, stdin: bytes | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[bytes]:
-    """The same as a child process: ``python -m zerok ARGS``."""
-    return subprocess.run(
-        [sys.executable, "-m", "zerok", *args],
-        input=stdin if stdin is not None else b"",
-        capture_output=True,
-        env=clean_env({"SYNC_HOME": str(home)}),
-        timeout=timeout,
-        check=False,
-    )
+# -- starting a group -------------------------------------------------------------------------
 
 
-def ok(result: subprocess.CompletedProcess[bytes]) -> str:
-    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
-    return result.stdout.decode()
+def test_init_starts_a_group_and_shows_the_recovery_key_once(
+    relay: InProcessRelay, tmp_path: Path
+) -> None:
+    home = tmp_path / "laptop"
+    text = ok(zerok(home, "init", "--name", "laptop", "--relay", relay.url))
+    lines = text.splitlines()
+    assert lines[0] == f"Device initialised in {home}"
+    assert "this device is its admin" in text
+    # The 24 words, numbered in order, four to a row; then the QR code of the same key.
+    numbered = [line.split() for line in lines if line.strip().startswith("1. ")]
+    assert len(numbered) == 1
+    start_row = lines.index(next(line for line in lines if line.strip().startswith("1. ")))
+    cells = " ".join(lines[start_row : start_row + 6]).split()
+    assert cells[0::2] == [f"{i}." for i in range(1, 25)]
+    words = cells[1::2]
+    key = RecoveryKey.from_words(" ".join(words))  # a valid key: its checksum holds
+    assert "█" in text  # the QR code
+    assert "write these 24 words down" in text
+    assert "only way to take the group back" in text
+    assert "shown this once and never stored on this device" in text
+    group_id = ok_json(zerok(home, "status", "--json"))["group_id"]
+    assert f"Keep the group id with them: {group_id}" in text
+
+    # Never stored: neither the words nor the key are anywhere in the data directory.
+    for path in home.rglob("*"):
+        data = path.read_bytes()
+        assert key.secret not in data, path
+        assert " ".join(words).encode() not in data and words[0].encode() + b" " not in data
+
+    # One group per data directory; a second init only says who the device is.
+    user_error(zerok(home, "init", "--relay", relay.url), "already belongs to group")
+    again = ok(zerok(home, "init"))
+    assert "already initialised" in again and "RECOVERY" not in again
 
 
-def ok_json(result: subprocess.CompletedProcess[bytes]) -> Any:
-    lines = ok(result).splitlines()
-    assert len(lines) == 1, lines
-    return json.loads(lines[0])
+def test_init_json_gives_the_words_to_the_script(relay: InProcessRelay, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    doc = start(home, "laptop", relay)
+    keys = {"device_id", "home", "created", "group_id", "relays", "registered", "recovery_words"}
+    assert set(doc) == keys
+    assert doc["relays"] == [relay.url] and doc["created"] is True and doc["registered"] is True
+    assert len(doc["recovery_words"]) == 24
+    RecoveryKey.from_words(" ".join(doc["recovery_words"]))
+    status = ok_json(zerok(home, "status", "--json"))
+    assert (status["group_id"], status["epoch"], status["log_seq"]) == (doc["group_id"], 0, 0)
 
 
-def json_lines(result: subprocess.CompletedProcess[bytes]) -> list[Any]:
-    return [json.loads(line) for line in ok(result).splitlines()]
+def test_passphrase_options_are_gone_with_a_reason(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    for command in (
+        ("init", "--passphrase", "hunter2"),
+        ("init", "--relay", "ws://127.0.0.1:1", "--passphrase"),
+        ("pair", "create", "--passphrase", "hunter2"),
+        ("pair", "join", "ABCD", "--passphrase", "x"),
+    ):
+        usage_error(zerok(home, *command), "--passphrase: passphrase groups are gone", "init")
+    usage_error(zerok(home, "pair", "create", "--relay", "ws://x"), "zerok init --relay URL")
+    assert not home.exists()
 
 
-def user_error(result: subprocess.CompletedProcess[bytes], *words: str) -> str:
-    """Exit code 1, one line on stderr, no traceback; the line, which names ``words``."""
-    stderr = result.stderr.decode()
-    assert result.returncode == 1, (result.returncode, result.stdout, stderr)
-    assert "Traceback" not in stderr
-    assert stderr.endswith("\n") and stderr.count("\n") == 1, repr(stderr)
-    assert stderr.startswith("zerok: "), repr(stderr)
-    for word in words:
-        assert word in stderr, (word, stderr)
-    return stderr
+# -- the whole tour -------------------------------------------------------------------------------
 
 
-def usage_error(result: subprocess.CompletedProcess[bytes]) -> None:
-    stderr = result.stderr.decode()
-    assert result.returncode == 2, (result.returncode, result.stdout, stderr)
-    assert "Traceback" not in stderr
-    assert "usage:" in stderr or "usage:" in result.stdout.decode()
-
-
-def init(home: Path, name: str) -> str:
-    doc = ok_json(zerok(home, "init", "--name", name, "--json"))
-    assert doc == {"device_id": doc["device_id"], "home": str(home), "created": True}
-    assert (home / "device.key").exists()
-    device_id: str = doc["device_id"]
-    return device_id
-
-
-def test_pair_push_pull_status_devices_revoke(relay: InProcessRelay, tmp_path: Path) -> None:
+def test_pair_push_pull_status(relay: InProcessRelay, tmp_path: Path) -> None:
     laptop_home, phone_home = tmp_path / "laptop", tmp_path / "phone"
-    laptop = init(laptop_home, "laptop")
-    again = ok_json(zerok(laptop_home, "init", "--json"))
-    assert again == {"device_id": laptop, "home": str(laptop_home), "created": False}
+    group = start(laptop_home, "laptop", relay)
+    laptop = group["device_id"]
     phone = init(phone_home, "phone")
 
-    invite = ok_json(zerok(laptop_home, "pair", "create", "--relay", relay.url, "--json"))
-    assert set(invite) == {"short_code", "url", "expires_at", "relay", "group_id"}
-    assert pairing.normalize_code(invite["short_code"])  # a well-formed code
-    assert invite["url"].startswith(pairing.URL_PREFIX)
-    assert invite["relay"] == relay.url
-    assert isinstance(invite["expires_at"], float)
-
-    joined = ok_json(
-        zerok(phone_home, "pair", "join", invite["short_code"], "--relay", relay.url, "--json")
+    made = invite(laptop_home)
+    assert set(made) == {"short_code", "url", "expires_at", "relay", "role", "group_id"}
+    assert pairing.normalize_code(made["short_code"])  # a well-formed code
+    assert made["url"].startswith(pairing.URL_PREFIX)
+    assert (made["relay"], made["role"], made["group_id"]) == (
+        relay.url,
+        "member",
+        group["group_id"],
     )
-    assert joined == {"group_id": invite["group_id"], "relays": [relay.url]}
+    assert isinstance(made["expires_at"], float)
+
+    joined = ok_json(zerok(phone_home, "pair", "join", made["url"], "--json"))
+    assert joined == {"group_id": group["group_id"], "relays": [relay.url], "epoch": 0}
 
     pushed = ok_json(zerok(laptop_home, "push", "--text", "hello", "--json"))
     assert pushed["status"] == "pushed" and pushed["cursor"] == 1
     assert len(pushed["blob_id"]) == 26  # base32 of 16 bytes
 
-    blobs = json_lines(zerok(phone_home, "pull", "--json"))
-    assert len(blobs) == 1
-    blob = blobs[0]
+    [blob] = json_lines(zerok(phone_home, "pull", "--json"))
     assert set(blob) == {"cursor", "blob_id", "sender", "timestamp", "data"}
     assert (blob["cursor"], blob["blob_id"], blob["sender"]) == (1, pushed["blob_id"], laptop)
     assert base64.b64decode(blob["data"]) == b"hello"
@@ -135,70 +138,71 @@ def test_pair_push_pull_status_devices_revoke(relay: InProcessRelay, tmp_path: P
     assert (out / f"{2:010d}-{from_stdin['blob_id']}").read_bytes() == data
 
     status = ok_json(zerok(phone_home, "status", "--json"))
-    assert status["device_id"] == phone
-    assert status["device_name"] == "phone"
-    assert status["group_id"] == invite["group_id"]
-    assert status["relays"] == [relay.url]
-    assert status["connection"] == "online"
-    assert status["last_cursor"] == 2
-    assert status["pending"] == 0
-
-    devices = {d["device_id"]: d for d in json_lines(zerok(laptop_home, "devices", "--json"))}
-    assert set(devices) == {laptop, phone}
-    assert devices[laptop]["name"] == "laptop" and devices[laptop]["this_device"]
-    assert devices[phone]["name"] == "phone" and not devices[phone]["this_device"]
-    assert not devices[phone]["revoked"]
-
-    revoked = ok(zerok(laptop_home, "devices", "revoke", phone[:10], "--reason", "lost", "--yes"))
-    assert revoked.startswith(f"Revoked phone ({phone}) (lost)")
-    devices = {d["device_id"]: d for d in json_lines(zerok(laptop_home, "devices", "--json"))}
-    assert devices[phone]["revoked"] and not devices[laptop]["revoked"]
-    user_error(zerok(phone_home, "push", "--text", "still here?", "--timeout", "10"), "revoked")
+    assert status == {
+        "device_id": phone,
+        "device_name": "phone",
+        "group_id": group["group_id"],
+        "relays": [relay.url],
+        "connection": "online",
+        "epoch": 0,
+        "log_seq": 2,  # genesis, invite, enrollment
+        "last_cursor": 2,
+        "pending": 0,
+    }
+    text = ok(zerok(phone_home, "status"))
+    assert "epoch        0" in text and "connection   online" in text
 
 
-def test_status_of_a_revoked_device(relay: InProcessRelay, tmp_path: Path) -> None:
-    laptop_home, phone_home = tmp_path / "laptop", tmp_path / "phone"
-
-    async def revoke_phone() -> str:
-        laptop, phone = SyncClient(laptop_home), SyncClient(phone_home)
-        try:
-            await laptop.create_group([relay.url])
-            await phone.join((await laptop.create_invite()).url)
-            for client in (laptop, phone):
-                await client.connect()
-                await client.wait_connected(10)
-            await laptop.revoke_device(phone.device_id, "lost")
-            return str(phone.device_id)
-        finally:
-            for client in (laptop, phone):
-                await client.close()
-                client.close_state()
-
-    phone = run(revoke_phone())
-    status = ok_json(zerok(phone_home, "status", "--timeout", "5", "--json"))
-    assert (status["device_id"], status["connection"]) == (phone, "revoked")
+def test_join_by_short_code_and_as_admin(relay: InProcessRelay, tmp_path: Path) -> None:
+    laptop_home, tablet_home = tmp_path / "laptop", tmp_path / "tablet"
+    start(laptop_home, "laptop", relay)
+    text = ok(zerok(laptop_home, "pair", "create", "--role", "admin"))
+    code = next(line.split()[2] for line in text.splitlines() if line.startswith("Short code"))
+    assert "joins as admin" in text
+    assert f"zerok pair join {code} --relay {relay.url}" in text
+    init(tablet_home, "tablet")
+    joined = ok(zerok(tablet_home, "pair", "join", code.lower(), "--relay", relay.url))
+    assert joined.startswith("Joined group ")
+    # The tablet is an admin: it may invite in turn.
+    assert invite(tablet_home)["role"] == "member"
 
 
-def test_pair_cancel(relay: InProcessRelay, tmp_path: Path) -> None:
+def test_pair_cancel_withdraws_the_code_the_url_and_the_qr_code(
+    relay: InProcessRelay, tmp_path: Path
+) -> None:
     creator, joiner = tmp_path / "creator", tmp_path / "joiner"
     init(creator, "creator")
-    user_error(zerok(creator, "pair", "cancel"), "no group")
-    first = ok_json(zerok(creator, "pair", "create", "--relay", relay.url, "--json"))
-    second = ok_json(zerok(creator, "pair", "create", "--json"))  # the group exists already
-    assert second["group_id"] == first["group_id"]
+    user_error(zerok(creator, "pair", "cancel"), "no group", "zerok init --relay URL")
+    ok(zerok(creator, "init", "--relay", relay.url, "--json"))
+    first, second = invite(creator), invite(creator)
     assert second["short_code"] != first["short_code"]
     cancelled = ok_json(zerok(creator, "pair", "cancel", "--json"))
     assert cancelled == {"short_code": second["short_code"], "cancelled": True}
-    again = ok_json(zerok(creator, "pair", "cancel", "--json"))
-    assert again == {"short_code": second["short_code"], "cancelled": False}
-    user_error(
-        zerok(joiner, "pair", "join", second["short_code"], "--relay", relay.url), "cancelled"
-    )
-    # The first code, not cancelled, still works.
-    joined = ok_json(
-        zerok(joiner, "pair", "join", first["short_code"], "--relay", relay.url, "--json")
-    )
+    again = ok(zerok(creator, "pair", "cancel"))
+    assert f"The invite {second['short_code']} was already used, cancelled or expired" in again
+
+    init(joiner, "joiner")
+    for code_or_url in (second["url"], second["short_code"]):
+        user_error(
+            zerok(joiner, "pair", "join", code_or_url, "--relay", relay.url),
+            "cancelled",
+            "`zerok pair create` makes a new invite",
+        )
+    # The first invite, not cancelled, still works, once.
+    joined = ok_json(zerok(joiner, "pair", "join", first["url"], "--json"))
     assert joined["group_id"] == first["group_id"]
+    other = tmp_path / "other"
+    init(other, "other")
+    user_error(zerok(other, "pair", "join", first["url"]), "used", "an invite enrolls one device")
+
+
+def test_a_rotation_closes_open_invites(relay: InProcessRelay, tmp_path: Path) -> None:
+    laptop, phone = tmp_path / "laptop", tmp_path / "phone"
+    start(laptop, "laptop", relay)
+    made = invite(laptop)
+    ok(zerok(laptop, "group", "rotate"))
+    init(phone, "phone")
+    user_error(zerok(phone, "pair", "join", made["url"]), "rotated", "new invite")
 
 
 def test_user_errors_are_one_line(relay: InProcessRelay, tmp_path: Path) -> None:
@@ -209,27 +213,36 @@ def test_user_errors_are_one_line(relay: InProcessRelay, tmp_path: Path) -> None
 
     home = tmp_path / "home"
     init(home, "device")
-    user_error(zerok(home, "push", "--text", "hello"), "no group")
-    user_error(zerok(home, "pair", "create"), "--relay")
+    user_error(zerok(home, "push", "--text", "hello"), "no group", "zerok init --relay URL")
+    user_error(zerok(home, "pair", "create"), "no group")
     code = pairing.new_short_code()
     typo = code[:-1] + next(c for c in pairing.ALPHABET if c != code[-1])
     user_error(zerok(home, "pair", "join", typo, "--relay", relay.url), "mistyped")
     user_error(zerok(home, "pair", "join", code[:-2], "--relay", relay.url), "16 characters")
-    user_error(zerok(home, "pair", "join", code, "--relay", relay.url), "no invite")
+    user_error(zerok(home, "pair", "join", code, "--relay", relay.url), "no invite", "--relay")
     user_error(zerok(home, "pair", "join", code), "SYNC_RELAY_URL")
     user_error(zerok(home, "pair", "join", "zerok://sync?invite=AAAA"), "damaged")
     user_error(zerok(home, "push", "does-not-exist.bin"), "does-not-exist.bin")
     assert ok_json(zerok(home, "status", "--json"))["group_id"] is None
 
 
+def test_a_member_may_not_invite(relay: InProcessRelay, tmp_path: Path) -> None:
+    laptop, phone = tmp_path / "laptop", tmp_path / "phone"
+    start(laptop, "laptop", relay)
+    join(laptop, phone, "phone")
+    user_error(
+        zerok(phone, "pair", "create"), "only an admin", "`zerok devices` shows which devices"
+    )
+
+
 def test_relay_down(launcher: RelayLauncher, tmp_path: Path) -> None:
-    relay = launcher.start(*RELAY_ARGS)
+    relay = launcher.start("--invites-per-minute", "0")
     home = tmp_path / "home"
-    init(home, "device")
-    ok_json(zerok(home, "pair", "create", "--relay", relay.url, "--json"))
+    start(home, "device", relay)
+    ok(zerok(home, "push", "--text", "registers the group"))
     relay.stop()
     # A child process: the entry point's exit code and output for a user error, end to end.
-    pull = zerok_process(home, "pull", "--timeout", "1")
+    pull = zerok_process(home, "pull", "--timeout", "0.5")
     # What happened while it tried (the reason, in words), then the error and what to do.
     *notes, error = pull.stderr.decode().splitlines()
     assert notes and all(n.startswith(f"cannot reach {relay.url}: ") for n in notes)
@@ -237,24 +250,41 @@ def test_relay_down(launcher: RelayLauncher, tmp_path: Path) -> None:
         subprocess.CompletedProcess(
             pull.args, pull.returncode, pull.stdout, (error + "\n").encode()
         ),
-        "no relay reachable within 1 s",
+        "no relay reachable within 0.5 s",
         relay.url,
         "connection refused — is the relay running? (zerok relay)",
     )
     assert "ssl:default" not in pull.stderr.decode()
-    queued = ok_json(zerok(home, "push", "--text", "later", "--timeout", "1", "--json"))
+    queued = ok_json(zerok(home, "push", "--text", "later", "--timeout", "0.3", "--json"))
     assert queued == {"status": "queued", "pending": 1}
-    status = ok_json(zerok(home, "status", "--timeout", "1", "--json"))
+    status = ok_json(zerok(home, "status", "--timeout", "0.3", "--json"))
     assert (status["connection"], status["pending"]) == ("unreachable", 1)
+    user_error(
+        zerok(home, "pair", "create", "--timeout", "2"), "cannot reach", "is the relay running"
+    )
 
 
-def test_usage_errors_exit_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("pair",),
+        ("pair", "join"),
+        ("push", "--timeout", "soon", "--text", "x"),
+        ("pull", "--after", "last"),
+        ("devices", "revoke"),
+        ("devices", "role", "abcd"),
+        ("devices", "role", "abcd", "owner"),
+        ("devices", "revoke", "abcd", "--reason", ""),
+        ("devices", "revoke", "abcd", "--reason", "x" * 257),
+        ("devices", "revoke", "abcd", "--reason", "a\x1b[2Jb"),
+        ("group",),
+        ("group", "rotate", "--reason", ""),
+        ("group", "recover", "--group", "not-a-group"),
+        ("pair", "create", "--role", "owner"),
+        ("init", "--frobnicate"),
+    ],
+)
+def test_usage_errors_exit_2(tmp_path: Path, command: tuple[str, ...]) -> None:
     home = tmp_path / "home"
-    usage_error(zerok(home, "pair"))
-    usage_error(zerok(home, "pair", "join"))
-    usage_error(zerok(home, "push", "--timeout", "soon", "--text", "x"))
-    usage_error(zerok(home, "pull", "--after", "last"))
-    usage_error(zerok(home, "devices", "revoke"))
-    usage_error(zerok(home, "devices", "revoke", "abc", "--reason", "bored"))
-    usage_error(zerok(home, "init", "--frobnicate"))
+    usage_error(zerok(home, *command))
     assert not home.exists(), "a usage error created the data directory"

@@ -22,6 +22,7 @@ import pytest
 
 from tests.relay.support import RelayLauncher
 from zerok.client import SyncClient, SyncEvent
+from zerok.protocol import ClientTiming
 from zerok.testing import InProcessRelay, RelayProcess
 
 E = TypeVar("E", bound=SyncEvent)
@@ -87,8 +88,18 @@ class Fleet:
         self.base = base
         self.clients: list[SyncClient] = []
 
-    def new(self, name: str, *, data_dir: Path | None = None, pad: bool = True) -> SyncClient:
-        client = SyncClient(data_dir or self.base / name, device_name=name, pad=pad)
+    def new(
+        self,
+        name: str,
+        *,
+        data_dir: Path | None = None,
+        pad: bool = True,
+        timing: ClientTiming | None = None,
+        clock: Callable[[], int] | None = None,
+    ) -> SyncClient:
+        client = SyncClient(
+            data_dir or self.base / name, device_name=name, pad=pad, timing=timing, clock=clock
+        )
         self.clients.append(client)
         return client
 

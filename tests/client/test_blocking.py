@@ -17,7 +17,9 @@ def test_blocking_client(relay: RelayProcess, tmp_path: Path) -> None:
     b = SyncClient(tmp_path / "b", device_name="phone")
     try:
         assert a.group_id is None
-        group_id = a.create_group([relay.url])
+        created = a.create_group([relay.url])
+        group_id = created.group_id
+        assert len(created.recovery.words()) == 24
         invite = a.create_invite()
         assert isinstance(invite, Invite)
         assert b.join(invite.short_code, relay=relay.url) == group_id == a.group_id
@@ -71,6 +73,13 @@ def test_blocking_client(relay: RelayProcess, tmp_path: Path) -> None:
             devices = {d.device_id: d for d in a.list_devices()}
             assert {d.name for d in devices.values()} == {"laptop", "phone"}
             assert devices[b.device_id].online
+            a.pull(limit=1000)  # the pings
+            assert a.epoch == 0
+            assert a.rotate_keys("a test") == 1 == a.epoch
+            after = b.push(b"under epoch 1")  # B learnt the epoch, or re-sealed its push
+            got = [(x.cursor, x.data) for x in a.pull().blobs]
+            assert got == [(after.cursor, b"under epoch 1")]
+            assert b.epoch == 1 and b.log_head == a.log_head
             threads = [a._thread, b._thread]
             assert all(t is not None and t.is_alive() for t in threads)
         # The with block's end stops syncing and ends the background threads.

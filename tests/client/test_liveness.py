@@ -32,11 +32,12 @@ from zerok.client import (
 )
 from zerok.client.state import LocalState
 from zerok.client.sync import EventStream
-from zerok.crypto import DeviceIdentity, GroupKeys
+from zerok.crypto import DeviceIdentity
 from zerok.errors import ConnectError
 from zerok.protocol import ClientTiming
 from zerok.testing import InProcessRelay
 from zerok.transport import RelayConnection
+from zerok.wire import GroupId
 
 # Reconnect rounds slow on purpose (a failover that waited for one would show), deadlines
 # short: a dead path must be noticed by its deadline, not by a backoff or by TCP.
@@ -159,7 +160,7 @@ def test_open_has_one_deadline_for_tcp_upgrade_handshake_and_welcome() -> None:
             started = loop.time()
             with pytest.raises(ConnectError) as caught:
                 await RelayConnection.open(
-                    url, DeviceIdentity.generate(), GroupKeys.generate(), timeout=0.3
+                    url, DeviceIdentity.generate(), GroupId.random(), timeout=0.3
                 )
             assert loop.time() - started < 2.0
             assert caught.value.reason == "unreachable"
@@ -172,7 +173,7 @@ def test_cancelling_an_open_leaves_nothing_open() -> None:
     async def scenario() -> None:
         async with silent_server() as url:
             opening = asyncio.ensure_future(
-                RelayConnection.open(url, DeviceIdentity.generate(), GroupKeys.generate())
+                RelayConnection.open(url, DeviceIdentity.generate(), GroupId.random())
             )
             await asyncio.sleep(0.1)  # it is waiting for the upgrade's answer
             opening.cancel()
@@ -199,7 +200,7 @@ def test_an_http_refusal_at_the_upgrade_reaches_the_app_with_its_reason(
     async def scenario() -> None:
         async with http_status_server(status) as url, Fleet(tmp_path) as fleet:
             with pytest.raises(ConnectError) as caught:
-                await RelayConnection.open(url, DeviceIdentity.generate(), GroupKeys.generate())
+                await RelayConnection.open(url, DeviceIdentity.generate(), GroupId.random())
             assert caught.value.reason == reason
             client = timed_client(fleet, "a")
             await client.create_group([url])

@@ -29,7 +29,6 @@ from zerok.client import (
     SyncClient,
     SyncStatus,
 )
-from zerok.crypto.keys import KdfParams
 from zerok.errors import RelayUnreachableError, SyncError
 from zerok.protocol import ClientTiming
 from zerok.testing import RelayProcess
@@ -120,7 +119,7 @@ def test_outbox_survives_an_app_restart(launcher: RelayLauncher, tmp_path: Path)
     async def scenario() -> None:
         async with Fleet(tmp_path) as fleet:
             first = fleet.new("a", data_dir=a_dir)
-            group_id = await first.create_group([url_for(port)])
+            group_id = (await first.create_group([url_for(port)])).group_id
             await first.connect()
             push = asyncio.create_task(first.push(b"survives a restart"))
             await asyncio.sleep(0)
@@ -303,15 +302,13 @@ def test_reconnect_backs_off_then_reconnects(launcher: RelayLauncher, tmp_path: 
 
 def test_failover_to_the_next_relay(relay: RelayProcess, tmp_path: Path) -> None:
     dead = url_for(free_port())
-    relays = [dead, relay.url]
-    kdf = KdfParams(memory_kib=8 * 1024, iterations=1)  # both devices derive the same key
 
     async def scenario() -> None:
         async with Fleet(tmp_path) as fleet:
             a, b = fleet.new("a"), fleet.new("b")
-            group_a = await a.create_group(relays, "failover passphrase", kdf=kdf)
-            group_b = await b.create_group(relays, "failover passphrase", kdf=kdf)
-            assert group_a == group_b
+            await pair(a, b, [relay.url])
+            for client in (a, b):  # a first relay that is down, on both devices
+                client.set_relays([dead, relay.url])
             async with EventLog(a) as log_a, EventLog(b) as log_b:
                 await connected(a, b)
                 assert (await log_a.wait_for(Connected)).relay == relay.url

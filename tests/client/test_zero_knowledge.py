@@ -1,5 +1,6 @@
-"""Zero knowledge: what a relay stores and what crosses the network never shows the data or
-the group's keys. A tiny TCP proxy between the clients and the relay records every byte."""
+"""Zero knowledge: what a relay stores and what crosses the network never shows the data,
+the group's epoch keys, the devices' private keys or the recovery key. A tiny TCP proxy
+between the clients and the relay records every byte."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from pathlib import Path
 
 from tests.client.conftest import Fleet, connected, start_relay, url_for
 from tests.relay.support import RelayLauncher, run
-from zerok.client import SyncClient
+from zerok.client import RecoveryKey, SyncClient
 from zerok.client.state import LocalState
 from zerok.client.sync import KEY_FILE
 from zerok.crypto import DeviceIdentity
+from zerok.crypto.epoch import blob_key, content_key
 from zerok.testing import RunningRelay
 
 DB_FILES = ("relay.db", "relay.db-wal", "relay.db-shm")
@@ -88,19 +90,30 @@ def database_files(relay: RunningRelay) -> dict[str, bytes]:
 
 
 def secrets_of(client: SyncClient) -> dict[str, bytes]:
-    """The group's keys and the device's private key, read from its data directory."""
+    """The group's epoch keys and the device's private keys, read from its data directory."""
     state = LocalState(client.data_dir)
     try:
-        keys = state.load_group().keys
+        keys = state.keys_load()
     finally:
         state.close()
     identity = DeviceIdentity.load_or_create(client.data_dir / KEY_FILE)
-    return {
-        "root key": keys.root_key,
-        "blob key": keys.blob_key,
-        "content key": keys.content_key,
-        "group auth private key": keys.auth_key.private_bytes_raw(),
+    found = {
         "device private key": identity.private_bytes(),
+        "device signing key": identity.sign_key.private_bytes_raw(),
+    }
+    for epoch, key in keys.items():
+        found |= {
+            f"epoch {epoch} key": key,
+            f"epoch {epoch} blob key": blob_key(key),
+            f"epoch {epoch} content key": content_key(key),
+        }
+    return found
+
+
+def recovery_secrets(recovery: RecoveryKey) -> dict[str, bytes]:
+    return {
+        "recovery key": recovery.secret,
+        "recovery signing key": recovery.sign_key.private_bytes_raw(),
     }
 
 
@@ -127,21 +140,25 @@ def test_relay_and_network_see_neither_data_nor_keys(
             async with Fleet(tmp_path) as fleet:
                 a, b = fleet.new("a"), fleet.new("b")
                 # Pairing goes through the proxy too: the short code's mailbox is on the relay.
-                await a.create_group([proxy_url])
+                created = await a.create_group([proxy_url])
                 invite = await a.create_invite()
                 await b.join(invite.short_code, relay=proxy_url)
                 await connected(a, b)
                 pushed = await a.push(marker)
                 assert [x.data for x in (await b.pull()).blobs] == [marker]  # it did cross
+                await a.rotate_keys("a key that crossed the network wrapped")
                 replied = await b.push(reply_marker)
                 assert [x.data for x in (await a.pull()).blobs] == [reply_marker]
                 keys_a, keys_b = secrets_of(a), secrets_of(b)
-                assert keys_a["root key"] == keys_b["root key"]
+                assert keys_a["epoch 1 key"] == keys_b["epoch 1 key"]
+                assert keys_a["epoch 0 key"] == keys_b["epoch 0 key"]  # B's came with the invite
                 needles = {
                     "marker": marker,
                     "reply marker": reply_marker,
                     **keys_a,
+                    **recovery_secrets(created.recovery),
                     "device B private key": keys_b.pop("device private key"),
+                    "device B signing key": keys_b.pop("device signing key"),
                 }
 
                 # While the relay runs: its database files hold the blobs, but only sealed.

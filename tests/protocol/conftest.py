@@ -17,7 +17,7 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from zerok.crypto import DeviceIdentity, GroupKeys
+from zerok.crypto import DeviceIdentity
 from zerok.protocol import (
     CLASSIC,
     HYBRID,
@@ -29,7 +29,7 @@ from zerok.protocol import (
     Variant,
 )
 from zerok.protocol.session import Session
-from zerok.wire import Frame, Limits, Message, Welcome, decode_frame, encode
+from zerok.wire import Frame, GroupId, Limits, Message, Welcome, decode_frame, encode
 
 VARIANTS = (CLASSIC, HYBRID)
 VARIANT_IDS = ("classic", "hybrid")
@@ -64,14 +64,22 @@ def make_welcome(
     max_cursor: int = 0,
     pending: int = 0,
     limits: Limits | None = None,
+    log_seq: int = 1,
+    log_hash: bytes = b"\x11" * 32,
+    epoch: int = 0,
     server_time: int = 0,
+    provisional: bool = False,
 ) -> Welcome:
     return Welcome(
         relay_id=relay_id,
         max_cursor=max_cursor,
         pending=pending,
         limits=limits if limits is not None else DEFAULT_LIMITS,
+        log_seq=log_seq,
+        log_hash=log_hash,
+        epoch=epoch,
         server_time=server_time,
+        provisional=provisional,
     )
 
 
@@ -81,8 +89,8 @@ FirstFrame = Callable[["ScriptedClientSession"], tuple[Message, int]]
 class ScriptedClientSession(ClientSession):
     """A client whose first frame after the handshake (normally its HELLO) is replaced.
 
-    ``first_frame`` gets the session (handshake hash, keys and identity are available) and
-    returns the message and request id to send instead of the real HELLO.
+    ``first_frame`` gets the session (handshake hash, group id and identity are available)
+    and returns the message and request id to send instead of the real HELLO.
     """
 
     first_frame: FirstFrame | None = None
@@ -101,7 +109,7 @@ class Pair:
     client: ClientSession
     relay: RelaySession
     identity: DeviceIdentity
-    keys: GroupKeys
+    group_id: GroupId
     relay_key: x25519.X25519PrivateKey
     client_events: list[Event] = field(default_factory=list)
     relay_events: list[Event] = field(default_factory=list)
@@ -157,19 +165,22 @@ def new_pair(
     now: float = 0.0,
     client_variant: Variant | None = None,
     relay_variant: Variant | None = None,
-    keys: GroupKeys | None = None,
+    group_id: GroupId | None = None,
     identity: DeviceIdentity | None = None,
     first_frame: FirstFrame | None = None,
     client_kwargs: dict[str, Any] | None = None,
     relay_kwargs: dict[str, Any] | None = None,
 ) -> Pair:
-    """A fresh client and relay; the client has its first handshake message queued."""
+    """A fresh client and relay; the client has its first handshake message queued.
+
+    The sessions need no group log: the relay's session hands HELLO on unverified (the
+    relay's service checks its proof against the log), so a random group id will do."""
     identity = identity if identity is not None else DeviceIdentity.generate()
-    keys = keys if keys is not None else GroupKeys.generate()
+    group_id = group_id if group_id is not None else GroupId.random()
     relay_key = x25519.X25519PrivateKey.generate()
     client = ScriptedClientSession(
         identity,
-        keys,
+        group_id,
         now=now,
         variant=client_variant or variant,
         **(client_kwargs or {}),
@@ -181,7 +192,7 @@ def new_pair(
         variant=relay_variant or variant,
         **(relay_kwargs or {}),
     )
-    return Pair(client, relay, identity, keys, relay_key)
+    return Pair(client, relay, identity, group_id, relay_key)
 
 
 def handshake(pair: Pair, now: float = 0.0) -> None:

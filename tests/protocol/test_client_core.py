@@ -8,6 +8,7 @@ the client: start from the saved cursor, never move backwards, tell new from see
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -301,6 +302,13 @@ def test_a_blob_is_new_unless_it_is_our_own_or_delivered_before() -> None:
     assert not core.is_new(stored(A, 5))
 
 
+def test_the_landmark_is_the_last_blob_received_at_or_below_the_saved_cursor() -> None:
+    assert ClientCore(ME).landmark() is None
+    core = ClientCore(ME, cursor=6, delivered=[(A, 3), (B, 6)])
+    core.delivered(BlobId(bytes([7]) * 16), 8)  # beyond the saved cursor: not yet
+    assert core.landmark() == (B, 6)
+
+
 def test_the_cursor_starts_from_the_saved_one_and_never_moves_backwards() -> None:
     core = ClientCore(ME, cursor=10)
     assert core.cursor == 10
@@ -313,7 +321,7 @@ def test_the_cursor_starts_from_the_saved_one_and_never_moves_backwards() -> Non
 
 @pytest.mark.parametrize("start", [-1, -100])
 def test_a_negative_saved_cursor_is_refused(start: int) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(LocalProtocolError):
         ClientCore(ME, cursor=start)
 
 
@@ -501,3 +509,97 @@ def test_this_devices_revocation_is_news_once_and_stops_everything() -> None:
     core.start()
     assert not core.active
     assert core.next_pushes(T0) == []
+
+
+# -- epochs, forks, rollbacks, recovery -----------------------------------------------------
+
+
+def sealed(blob_id: BlobId, epoch: int) -> OutboxEntry:
+    return OutboxEntry(blob_id, b"sealed under %d" % epoch, epoch=epoch, seq=1)
+
+
+def test_nothing_sealed_under_an_old_epoch_goes_out_until_it_is_sealed_again() -> None:
+    core = online()
+    core.add(sealed(A, 0))
+    core.add(sealed(B, 1))
+    core.epoch = 1
+    assert core.stale() == [sealed(A, 0)]
+    assert ids(core.next_pushes(T0)) == [B]
+    core.replace(sealed(A, 1))
+    assert core.stale() == []
+    [again] = core.next_pushes(T0)
+    assert again == replace(sealed(A, 1), attempts=1)
+    with pytest.raises(LocalProtocolError):
+        core.replace(sealed(C, 1))  # not queued
+
+
+def test_epoch_stale_holds_the_entry_and_a_resealing_sends_it_at_once() -> None:
+    core = online()
+    core.add(sealed(A, 0))
+    [sent] = core.next_pushes(T0)
+    refusal = core.push_refused(sent, ErrorCode.EPOCH_STALE, "stale", T0)
+    assert refusal == Refusal(False, None, T0 + NO_JITTER.refused_retry, stale=True)
+    assert core.epoch == 1  # at least: the relay is past epoch 0
+    assert core.next_pushes(T0 + 3600) == []  # held, however long, until re-sealed
+    core.replace(sealed(A, 1))
+    assert ids(core.next_pushes(T0)) == [A]
+    assert core.pending_count == 1
+
+
+def test_a_refusal_of_the_old_sealing_still_settles_its_send() -> None:
+    """Re-sealed while the old sealing was in flight: the relay's answer to that send is
+    still its own (the slot is freed, the new sealing goes out)."""
+    core = online()
+    core.add(sealed(A, 0))
+    [sent] = core.next_pushes(T0)
+    core.epoch = 1
+    core.replace(sealed(A, 1))
+    assert core.next_pushes(T0) == []  # still in flight
+    core.push_refused(sent, ErrorCode.EPOCH_STALE, "stale", T0)
+    [again] = core.next_pushes(T0)
+    assert again.epoch == 1 and again.attempts == 2
+
+
+def test_a_forsaken_relay_is_not_tried_again() -> None:
+    core = ClientCore(ME, timing=NO_JITTER)
+    core.relays = ["ws://one/", "ws://two/", "ws://three/"]
+    core.start()
+    assert core.relay_to_try() == "ws://one/"
+    core.forsake("ws://one/")
+    assert core.usable_relays == ["ws://two/", "ws://three/"]
+    assert core.relay_to_try() == "ws://two/"
+    assert core.connect_failed() is None
+    assert core.relay_to_try() == "ws://three/"
+    core.forsake("ws://three/")
+    assert core.relay_to_try() == "ws://two/"
+    core.forsake("ws://two/")
+    with pytest.raises(LocalProtocolError, match="forked"):
+        core.relay_to_try()
+
+
+def test_a_rollback_reads_again_from_an_earlier_cursor_and_delivers_nothing_twice() -> None:
+    core = online(cursor=0)
+    core.delivered(A, 3)
+    core.confirm(9)
+    core.page_fetched(9, has_more=False)
+    assert status_of(core) is SyncStatus.SYNCED
+    core.restart_from(0)
+    assert core.cursor == 0
+    assert status_of(core) is SyncStatus.SYNCING  # the relay has things to read again
+    assert not core.is_new(stored(A, 12))  # delivered before, at another cursor
+    assert core.is_new(stored(B, 12))
+    core.restart_from(5)  # never forwards
+    assert core.cursor == 0
+    with pytest.raises(LocalProtocolError):
+        core.restart_from(-1)
+
+
+def test_a_recovery_reinstates_a_revoked_device() -> None:
+    core = online(A)
+    assert core.device_revoked(ME)
+    assert status_of(core) is SyncStatus.REVOKED
+    core.reinstated()
+    assert not core.revoked
+    core.start()
+    core.connected(pending=0)
+    assert ids(core.next_pushes(T0)) == [A]

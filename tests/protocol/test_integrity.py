@@ -24,6 +24,7 @@ from zerok.protocol.integrity import (
     SentRecord,
     Verdict,
     decode_repair,
+    detect_reused_cursor,
     detect_rollback,
     encode_repair,
     expired,
@@ -732,3 +733,25 @@ def test_select_repair_property(seqs: set[int], ranges: list[tuple[int, int]], l
     records = [sent(seq) for seq in seqs]
     wanted = sorted(s for s in seqs if any(a <= s <= b for a, b in asked))
     assert [r.seq for r in select_repair(records, asked, limit=limit)] == wanted[:limit]
+
+
+def test_a_rewritten_history_shows_where_the_device_received_its_last_blob() -> None:
+    mine, other = BlobId(bytes(16)), BlobId(bytes([9]) * 16)
+    alert = detect_reused_cursor(mine, 7, 9, other, 7)
+    assert alert is not None and (alert.kind, alert.sender, alert.first, alert.last) == (
+        "rollback",
+        None,
+        7,
+        9,
+    )
+    assert "cursor 7" in alert.detail
+    assert detect_reused_cursor(mine, 7, 9, mine, 7) is None  # the same history
+    assert detect_reused_cursor(mine, 7, 9, other, 8) is None  # retired: nothing to compare
+    assert detect_reused_cursor(mine, 7, 9, None, 0) is None
+
+
+def test_received_names_the_highest_seq_of_each_sender() -> None:
+    chains = SenderChains()
+    feed(chains, A, *S[:5])
+    feed(chains, B, S[2])
+    assert chains.received() == {A: 5, B: 3}

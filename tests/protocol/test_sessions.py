@@ -30,7 +30,8 @@ from tests.protocol.conftest import (
     sniff,
     state_of,
 )
-from zerok.crypto import DeviceIdentity, GroupKeys, make_hello, verify_hello
+from zerok.crypto import DeviceIdentity, make_hello, verify_hello
+from zerok.crypto.entry import TicketKey
 from zerok.errors import FrameTooLargeError, InvalidProofError, ProtocolError
 from zerok.protocol import (
     CLASSIC,
@@ -47,7 +48,9 @@ from zerok.protocol import (
     SessionState,
     Variant,
     Welcomed,
+    catalog,
 )
+from zerok.protocol.relay import HELLO_FRAME
 from zerok.wire import (
     U32_MAX,
     Ack,
@@ -55,12 +58,17 @@ from zerok.wire import (
     Delete,
     DeviceId,
     DeviceInfo,
-    DeviceRevoked,
     Devices,
     Error,
     ErrorCode,
+    GroupId,
     Hello,
     ListDevices,
+    Log,
+    LogAppend,
+    LogAppended,
+    LogGet,
+    Membership,
     Message,
     Notify,
     Presence,
@@ -70,8 +78,6 @@ from zerok.wire import (
     PushAck,
     PushPlatform,
     RegisterPush,
-    RevokeDevice,
-    RevokeReason,
     StoredBlob,
     UnregisterPush,
     Welcome,
@@ -79,33 +85,48 @@ from zerok.wire import (
 
 BLOB = BlobId(b"\x01" * 16)
 DEV = DeviceId(b"\x02" * 32)
-OTHER_DEV = DeviceId(b"\x03" * 32)
+HEAD = b"\x04" * 32
+ENTRY = b"a signed log entry"  # the sessions carry entries; only the relay's log reads them
+OTHER = DeviceIdentity.generate()
+TICKET = TicketKey(b"\x05" * 32)
+
+WELCOME = make_welcome()
+PUSH_ACK = PushAck(blob_id=BLOB, cursor=1, timestamp=5)
+PULL_RESPONSE = PullResponse(
+    blobs=[StoredBlob(blob_id=BLOB, cursor=1, sender=DEV, ciphertext=b"c", timestamp=5)],
+    has_more=False,
+    max_cursor=1,
+)
+NOTIFY = Notify(blob_id=BLOB, cursor=1, sender=DEV, timestamp=5, size=1)
+MEMBERSHIP = Membership(start=4, entries=[ENTRY])  # e.g. a Revoke entry another device appended
+DEVICES = Devices(devices=[DeviceInfo(device_id=DEV, name="phone")])
+LOG = Log(start=1, entries=[ENTRY, ENTRY], head_seq=2)
+LOG_APPENDED = LogAppended(head_seq=5, head_hash=HEAD)
 
 #: One instance of every message a client may send once OPEN.
 CLIENT_REQUESTS: list[Message] = [
-    Push(blob_id=BLOB, ciphertext=b"sealed", ttl=60),
+    Push(blob_id=BLOB, ciphertext=b"sealed", epoch=3, ttl=60, repair=True),
     Pull(after=3, limit=10),
     Presence(online=False),
     Ack(cursor=7),
     Delete(blob_id=BLOB, force=True),
-    RevokeDevice(device_id=DEV, reason=RevokeReason.LOST),
     ListDevices(),
+    LogGet(start=2, limit=10),
+    LogAppend(entries=[ENTRY]),
     RegisterPush(token="tok", platform=PushPlatform.FCM, app_id="app"),
     UnregisterPush(reason="bye"),
 ]
 
 #: One instance of every relay→client type.
 RELAY_TO_CLIENT: list[Message] = [
-    make_welcome(),
-    PushAck(blob_id=BLOB, cursor=1, timestamp=5),
-    PullResponse(
-        blobs=[StoredBlob(blob_id=BLOB, cursor=1, sender=DEV, ciphertext=b"c", timestamp=5)],
-        has_more=False,
-        max_cursor=1,
-    ),
-    Notify(blob_id=BLOB, cursor=1, sender=DEV, timestamp=5, size=1),
-    DeviceRevoked(device_id=DEV, revoked_by=OTHER_DEV, timestamp=5, reason=RevokeReason.LOST),
-    Devices(devices=[DeviceInfo(device_id=DEV, name="phone")]),
+    WELCOME,
+    PUSH_ACK,
+    PULL_RESPONSE,
+    NOTIFY,
+    MEMBERSHIP,
+    DEVICES,
+    LOG,
+    LOG_APPENDED,
 ]
 
 #: Each request with the answer that the relay gives to it.
@@ -113,12 +134,9 @@ REQUEST_RESPONSES: list[tuple[Message, Message]] = [
     (Push(blob_id=BLOB, ciphertext=b"sealed"), PushAck(blob_id=BLOB, cursor=4, timestamp=9)),
     (Pull(after=0), PullResponse(blobs=[], has_more=False, max_cursor=0)),
     (ListDevices(), Devices(devices=[DeviceInfo(device_id=DEV)])),
-    (
-        RevokeDevice(device_id=DEV, reason=RevokeReason.COMPROMISED),
-        DeviceRevoked(
-            device_id=DEV, revoked_by=OTHER_DEV, timestamp=1, reason=RevokeReason.COMPROMISED
-        ),
-    ),
+    (LogGet(start=1), LOG),
+    (LogGet(start=9), Log(start=9, entries=[], head_seq=8)),
+    (LogAppend(entries=[ENTRY, ENTRY]), LOG_APPENDED),
     (Delete(blob_id=BLOB), Delete(blob_id=BLOB)),
     (Ack(cursor=3), Ack(cursor=3)),
     (Presence(), Presence()),
@@ -132,6 +150,18 @@ REQUEST_RESPONSES: list[tuple[Message, Message]] = [
 
 def _name(message: object) -> str:
     return type(message).__name__
+
+
+def test_the_message_lists_cover_the_protocol() -> None:
+    """Every test parametrized by these lists sees every message type of protocol 2."""
+    assert {type(m) for m in CLIENT_REQUESTS} == catalog.CLIENT_REQUESTS
+    relay_types = {s.message for s in catalog.CATALOG if s.sender is catalog.Sender.RELAY}
+    assert {type(m) for m in RELAY_TO_CLIENT} == relay_types
+    assert {type(request) for request, _ in REQUEST_RESPONSES} == catalog.CLIENT_REQUESTS
+    assert {type(m) for m in UNSOLICITED_INVALID} | {Notify, Membership} == (
+        relay_types | catalog.CLIENT_REQUESTS
+    )
+    assert {Notify, Membership, Error} == catalog.UNSOLICITED
 
 
 def _errors_sent(pair: Pair) -> list[tuple[int, int]]:
@@ -179,24 +209,30 @@ def test_full_handshake_hello_welcome(variant: Variant) -> None:
     assert p.relay.handshake_hash == p.client.handshake_hash
     assert p.relay.data_to_send() == []
 
-    # HELLO: verified, handed to the relay for its decision.
+    # HELLO: handed to the relay for its decision, with what checking its proof takes (the
+    # device's key is in the group's log, which only the relay's service holds).
     events = p.relay.receive(hello_msg, 1.0)
     assert len(events) == 1
     received = events[0]
     assert isinstance(received, HelloReceived)
     assert received.device_id == p.identity.device_id
+    assert received.handshake_hash == p.relay.handshake_hash == p.client.handshake_hash
     hello = received.hello
-    assert hello.group_id == p.keys.group_id
-    assert hello.auth_key == p.keys.auth_public
+    assert hello.group_id == p.group_id
+    assert hello.signer == b""  # its own enrolled key
+    assert hello.entries == []
     assert hello.device_name == "laptop"
     assert hello.last_cursor == 42
     assert hello.client == "zerok/test"
+    verify_hello(hello, received.handshake_hash, received.device_id, p.identity.sign_public)
     assert p.relay.hello == hello
     assert state_of(p.relay) is SessionState.HELLO_PENDING
     assert p.relay.data_to_send() == []
 
     # accept(): WELCOME reaches the client, which opens.
-    welcome = make_welcome(p.relay_public, max_cursor=17, pending=3, server_time=1234)
+    welcome = make_welcome(
+        p.relay_public, max_cursor=17, pending=3, log_seq=6, epoch=2, server_time=1234
+    )
     p.relay.accept(welcome)
     assert state_of(p.relay) is SessionState.OPEN
     events = p.to_client(1.0)
@@ -223,12 +259,49 @@ def test_hello_proof_verifies_against_handshake_hash(variant: Variant) -> None:
     handshake(p)
     received = p.relay_events[-1]
     assert isinstance(received, HelloReceived)
-    verify_hello(received.hello, p.relay.handshake_hash, p.identity.device_id)
-    # ... and only for this connection and this device.
+    sign_key = p.identity.sign_public
+    verify_hello(received.hello, received.handshake_hash, p.identity.device_id, sign_key)
+    # ... and only for this connection, this device and its key.
     with pytest.raises(InvalidProofError):
-        verify_hello(received.hello, os.urandom(32), p.identity.device_id)
+        verify_hello(received.hello, os.urandom(32), p.identity.device_id, sign_key)
     with pytest.raises(InvalidProofError):
-        verify_hello(received.hello, p.relay.handshake_hash, DEV)
+        verify_hello(received.hello, received.handshake_hash, DEV, sign_key)
+    with pytest.raises(InvalidProofError):
+        verify_hello(
+            received.hello, received.handshake_hash, p.identity.device_id, OTHER.sign_public
+        )
+
+
+def test_hello_carries_entries_and_a_ticket_signer(variant: Variant) -> None:
+    """A device enrolling with an invite: its HELLO brings log entries and is signed by
+    the ticket; the session passes both on for the relay to judge."""
+    entries = [ENTRY, b"its enrollment"]
+    p = new_pair(
+        variant, client_kwargs={"entries": entries, "signer": (TICKET.public, TICKET.sign)}
+    )
+    handshake(p)
+    received = p.relay_events[-1]
+    assert isinstance(received, HelloReceived)
+    assert received.hello.entries == entries
+    assert received.hello.signer == TICKET.public
+    verify_hello(received.hello, received.handshake_hash, received.device_id, TICKET.public)
+    with pytest.raises(InvalidProofError):
+        verify_hello(
+            received.hello, received.handshake_hash, received.device_id, p.identity.sign_public
+        )
+
+
+def test_a_provisional_welcome_opens_the_session() -> None:
+    """Which requests a provisional session may make is the relay's to enforce; the
+    client opens and learns that it is provisional, and the relay's log head."""
+    welcome = make_welcome(provisional=True, log_seq=3, log_hash=HEAD, epoch=1)
+    p = open_pair(CLASSIC, welcome=welcome)
+    assert p.client.welcome is not None
+    assert p.client.welcome.provisional
+    assert (p.client.welcome.log_seq, p.client.welcome.log_hash) == (3, HEAD)
+    assert p.client.welcome.epoch == 1
+    rid = p.client.send_request(LogGet(start=1), 0.0)
+    assert p.to_relay() == [RequestReceived(rid, LogGet(start=1))]
 
 
 def test_requests_flow_both_variants(any_pair: Pair) -> None:
@@ -263,7 +336,13 @@ def test_handshake_hash_and_peer_static_need_a_complete_handshake(variant: Varia
         ErrorCode.UNAUTHORIZED,
         ErrorCode.DEVICE_REVOKED,
         ErrorCode.RELAY_OVERLOADED,
-        ErrorCode.RATE_LIMITED,  # not fatal in OPEN, but a refused HELLO always closes
+        # Not fatal in OPEN, but a refused HELLO always closes:
+        ErrorCode.RATE_LIMITED,
+        ErrorCode.LOG_REJECTED,
+        ErrorCode.LOG_OUTDATED,
+        ErrorCode.TICKET_USED,
+        ErrorCode.TICKET_EXPIRED,
+        ErrorCode.TICKET_CANCELLED,
     ],
 )
 def test_reject_closes_and_the_code_reaches_the_client(variant: Variant, code: ErrorCode) -> None:
@@ -284,15 +363,21 @@ def _flip(data: bytes, index: int = 0) -> bytes:
 
 
 def _good_hello(s: ClientSession) -> Hello:
-    return make_hello(s.keys, s.handshake_hash, s.identity.device_id, device_name="d")
+    return make_hello(s.identity, s.handshake_hash, s.group_id, device_name="d")
+
+
+def _relay_key(hello: Hello, identity: DeviceIdentity) -> bytes:
+    """The key the relay's service checks a proof with: HELLO's signer if it names one
+    (a ticket or the recovery key), else the device's key from the group's log."""
+    return bytes(hello.signer) or identity.sign_public
 
 
 BAD_HELLOS: dict[str, Callable[[ClientSession], Hello]] = {
     "flipped-proof": lambda s: msgspec.structs.replace(
         _good_hello(s), proof=_flip(_good_hello(s).proof)
     ),
-    "other-connection": lambda s: make_hello(s.keys, os.urandom(32), s.identity.device_id),
-    "other-device": lambda s: make_hello(s.keys, s.handshake_hash, DEV),
+    "other-connection": lambda s: make_hello(s.identity, os.urandom(32), s.group_id),
+    "other-device": lambda s: make_hello(OTHER, s.handshake_hash, s.group_id),
     "name-changed-after-signing": lambda s: msgspec.structs.replace(
         _good_hello(s), device_name="evil"
     ),
@@ -300,34 +385,72 @@ BAD_HELLOS: dict[str, Callable[[ClientSession], Hello]] = {
         _good_hello(s), last_cursor=99
     ),
     "group-changed-after-signing": lambda s: msgspec.structs.replace(
-        _good_hello(s), group_id=GroupKeys.generate().group_id
+        _good_hello(s), group_id=GroupId.random()
     ),
-    "signed-by-another-group": lambda s: msgspec.structs.replace(
-        make_hello(GroupKeys.generate(), s.handshake_hash, s.identity.device_id),
-        auth_key=s.keys.auth_public,
-        group_id=s.keys.group_id,
+    "entries-changed-after-signing": lambda s: msgspec.structs.replace(
+        _good_hello(s), entries=[ENTRY]
+    ),
+    "signed-by-another-key": lambda s: msgspec.structs.replace(
+        make_hello(
+            s.identity, s.handshake_hash, s.group_id, signer=(OTHER.sign_public, OTHER.sign)
+        ),
+        signer=b"",
+    ),
+    "signer-swapped-for-a-ticket": lambda s: msgspec.structs.replace(
+        _good_hello(s), signer=TICKET.public
     ),
 }
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_HELLOS))
-def test_bad_proof_is_unauthorized(kind: str) -> None:
+def test_bad_proof_is_handed_on_and_refused_by_the_relay(kind: str) -> None:
+    """The session cannot check a proof (the key is in the group's log): it hands every
+    HELLO on with the handshake hash, with which the relay's check fails, and the relay's
+    refusal (ERROR 1002) closes both sides."""
     make_bad = BAD_HELLOS[kind]
     p = new_pair(CLASSIC, first_frame=lambda s: (make_bad(s), 1))
     handshake(p)
-    closed = closed_event(p.relay_events)
+    [received] = p.relay_events[1:]
+    assert isinstance(received, HelloReceived)
+    assert received.handshake_hash == p.relay.handshake_hash
+    assert received.device_id == p.identity.device_id
+    assert state_of(p.relay) is SessionState.HELLO_PENDING
+    with pytest.raises(InvalidProofError):
+        verify_hello(
+            received.hello,
+            received.handshake_hash,
+            received.device_id,
+            _relay_key(received.hello, p.identity),
+        )
+    closed = closed_event(p.relay.reject(ErrorCode.UNAUTHORIZED, "proof does not verify"))
     assert closed.code == ErrorCode.UNAUTHORIZED
     assert not closed.by_peer
-    assert not any(isinstance(e, HelloReceived) for e in p.relay_events)
     assert state_of(p.relay) is SessionState.CLOSED
-    assert p.relay.hello is None
     assert p.to_client() == [ConnectionClosed(1002, closed.reason, True)]
 
 
-def test_bad_proof_is_unauthorized_hybrid() -> None:
-    p = new_pair(HYBRID, first_frame=lambda s: (make_hello(s.keys, os.urandom(32), DEV), 1))
+def test_good_proof_by_the_same_route_verifies() -> None:
+    """The counterpart of the bad proofs: the real HELLO passes the relay's check."""
+    p = new_pair(CLASSIC, first_frame=lambda s: (_good_hello(s), 1))
     handshake(p)
-    assert closed_event(p.relay_events).code == ErrorCode.UNAUTHORIZED
+    received = p.relay_events[-1]
+    assert isinstance(received, HelloReceived)
+    key = _relay_key(received.hello, p.identity)
+    verify_hello(received.hello, received.handshake_hash, received.device_id, key)
+
+
+def test_bad_proof_is_refused_hybrid() -> None:
+    p = new_pair(
+        HYBRID, first_frame=lambda s: (make_hello(s.identity, os.urandom(32), s.group_id), 1)
+    )
+    handshake(p)
+    received = p.relay_events[-1]
+    assert isinstance(received, HelloReceived)
+    with pytest.raises(InvalidProofError):
+        verify_hello(
+            received.hello, received.handshake_hash, received.device_id, p.identity.sign_public
+        )
+    assert closed_event(p.relay.reject(ErrorCode.UNAUTHORIZED, "no")).code == 1002
     assert p.to_client()[-1] == ConnectionClosed(1002, p.relay.close_reason, True)
 
 
@@ -401,7 +524,7 @@ def test_error_while_hello_pending_closes_by_peer() -> None:
 
 
 def test_second_hello_in_open_is_invalid(pair: Pair) -> None:
-    hello = make_hello(pair.keys, pair.client.handshake_hash, pair.identity.device_id)
+    hello = make_hello(pair.identity, pair.client.handshake_hash, pair.group_id)
     inject(pair.client, hello, 9)
     events = pair.to_relay()
     assert events == [ConnectionClosed(1000, pair.relay.close_reason, False)]
@@ -522,9 +645,10 @@ NOT_FROM_RELAY_SEND: list[Message] = [
     make_welcome(),
     Push(blob_id=BLOB, ciphertext=b"sealed"),
     Pull(),
-    RevokeDevice(device_id=DEV, reason=RevokeReason.LOST),
     ListDevices(),
-    Hello(group_id=GroupKeys.generate().group_id, auth_key=bytes(32), proof=bytes(64)),
+    LogGet(),
+    LogAppend(entries=[ENTRY]),
+    Hello(group_id=GroupId.random(), proof=bytes(64)),
 ]
 
 
@@ -544,6 +668,13 @@ def test_relay_cannot_send_client_only_types(pair: Pair, message: Message) -> No
         ErrorCode.BLOB_TOO_LARGE,
         ErrorCode.GROUP_QUOTA_EXCEEDED,
         ErrorCode.INVALID_PUSH_TOKEN,
+        ErrorCode.EPOCH_STALE,  # the client re-seals under the new epoch and retries
+        ErrorCode.LOG_REJECTED,
+        ErrorCode.LOG_OUTDATED,
+        ErrorCode.TICKET_USED,
+        ErrorCode.TICKET_EXPIRED,
+        ErrorCode.TICKET_CANCELLED,
+        ErrorCode.STORAGE_FULL,
     ],
 )
 def test_relay_non_fatal_error_keeps_open(pair: Pair, code: ErrorCode) -> None:
@@ -810,7 +941,8 @@ def test_frame_of_exactly_max_frame_is_accepted() -> None:
 
 
 def test_oversize_frame_before_open_closes() -> None:
-    p = new_pair(CLASSIC, relay_kwargs={"max_frame": 100})  # a HELLO is about 160 bytes
+    # A HELLO is about 160 bytes.
+    p = new_pair(CLASSIC, relay_kwargs={"max_frame": 100, "hello_frame": 100})
     handshake(p)
     closed = closed_event(p.relay_events)
     assert closed.code == ErrorCode.INVALID_MESSAGE
@@ -821,12 +953,55 @@ def test_oversize_frame_before_open_closes() -> None:
 def test_oversize_frame_before_open_with_a_tiny_limit_does_not_raise() -> None:
     """Even when the relay's own ERROR would not fit its frame limit, receive() must not
     raise: the session closes all the same."""
-    p = new_pair(CLASSIC, relay_kwargs={"max_frame": 40})
+    p = new_pair(CLASSIC, relay_kwargs={"max_frame": 40, "hello_frame": 40})
     p.to_relay()
     p.to_client()
     events = p.to_relay()
     assert state_of(p.relay) is SessionState.CLOSED
     assert closed_event(events).code == ErrorCode.INVALID_MESSAGE
+
+
+def test_a_hello_may_be_larger_than_the_frame_limit_for_blobs(variant: Variant) -> None:
+    """HELLO may bring a new group's whole log, which must fit even where the relay keeps
+    blobs small; once the session is open, the blob limit applies again."""
+    entries = [os.urandom(3000), os.urandom(3000)]
+    p = new_pair(variant, client_kwargs={"entries": entries}, relay_kwargs={"max_frame": 1000})
+    assert p.relay.hello_frame == HELLO_FRAME == 256 * 1024  # docs/protocol.md §4.3
+    handshake(p)
+    received = p.relay_events[-1]
+    assert isinstance(received, HelloReceived)
+    assert received.hello.entries == entries
+    p.relay.accept(make_welcome(p.relay_public))
+    p.to_client()
+    assert state_of(p.client) is SessionState.OPEN
+    rid = p.client.send_request(Push(blob_id=BLOB, ciphertext=bytes(2000)), 0.0)
+    assert p.to_relay() == []
+    assert _errors_sent(p) == [(rid, ErrorCode.BLOB_TOO_LARGE)]
+    assert state_of(p.relay) is SessionState.OPEN
+
+
+def test_a_hello_over_its_own_limit_closes() -> None:
+    p = new_pair(
+        CLASSIC,
+        client_kwargs={"entries": [os.urandom(5000)]},
+        relay_kwargs={"max_frame": 1000, "hello_frame": 4000},
+    )
+    handshake(p)
+    closed = closed_event(p.relay_events)
+    assert closed.code == ErrorCode.INVALID_MESSAGE
+    assert not any(isinstance(e, HelloReceived) for e in p.relay_events)
+    assert p.to_client() == [ConnectionClosed(1000, closed.reason, True)]
+
+
+def test_the_hello_limit_is_never_below_the_frame_limit() -> None:
+    p = new_pair(
+        CLASSIC,
+        client_kwargs={"entries": [os.urandom(3000)]},
+        relay_kwargs={"max_frame": 10_000, "hello_frame": 100},
+    )
+    assert p.relay.hello_frame == 10_000
+    handshake(p)
+    assert state_of(p.relay) is SessionState.HELLO_PENDING
 
 
 # -- tampering -----------------------------------------------------------------------------
@@ -870,23 +1045,29 @@ def test_noise_message_over_65535_bytes_closes(pair: Pair) -> None:
         b"",
         b"\xc1",
         b"\x94\x01\x20\x02",  # an array of 4 cut short
-        msgspec.msgpack.encode([2, 0x20, 2, {}]),  # protocol version 2
-        msgspec.msgpack.encode([1, 0x99, 2, {}]),  # unknown type
-        msgspec.msgpack.encode([1, 0x20, -1, {}]),  # negative request id
-        msgspec.msgpack.encode([1, 0x20, 2**32, {}]),  # request id too large
-        msgspec.msgpack.encode([1, 0x20, 2, {"limit": 0}]),  # bound violated
-        msgspec.msgpack.encode([1, 0x10, 2, {"blob_id": b"short", "ciphertext": b""}]),
+        msgspec.msgpack.encode([1, 0x20, 2, {}]),  # protocol version 1
+        msgspec.msgpack.encode([3, 0x20, 2, {}]),  # protocol version 3
+        msgspec.msgpack.encode([2, 0x99, 2, {}]),  # unknown type
+        msgspec.msgpack.encode([2, 0x50, 2, {"device_id": bytes(32), "reason": "lost"}]),
+        msgspec.msgpack.encode([2, 0x20, -1, {}]),  # negative request id
+        msgspec.msgpack.encode([2, 0x20, 2**32, {}]),  # request id too large
+        msgspec.msgpack.encode([2, 0x20, 2, {"limit": 0}]),  # bound violated
+        msgspec.msgpack.encode([2, 0x10, 2, {"blob_id": b"short", "ciphertext": b""}]),
+        msgspec.msgpack.encode([2, 0x56, 2, {"entries": []}]),  # LOG_APPEND of no entries
     ],
     ids=[
         "empty",
         "reserved-byte",
         "truncated",
-        "version",
+        "version-1",
+        "version-3",
         "unknown-type",
+        "v1-revoke-device",
         "negative-id",
         "big-id",
         "bound",
         "bad-id",
+        "empty-append",
     ],
 )
 def test_undecodable_frame_in_open_closes(pair: Pair, frame: bytes) -> None:
@@ -897,13 +1078,13 @@ def test_undecodable_frame_in_open_closes(pair: Pair, frame: bytes) -> None:
 
 
 def test_unknown_body_fields_are_ignored(pair: Pair) -> None:
-    send_raw(pair.client, msgspec.msgpack.encode([1, 0x20, 2, {"after": 4, "future": "x"}]))
+    send_raw(pair.client, msgspec.msgpack.encode([2, 0x20, 2, {"after": 4, "future": "x"}]))
     assert pair.to_relay() == [RequestReceived(2, Pull(after=4))]
 
 
 # -- variant mismatch ----------------------------------------------------------------------
 
-OTHER_PROLOGUE = Variant("0k-sync.v1.test-other", CLASSIC.noise_protocol)
+OTHER_PROLOGUE = Variant("0k-sync.v2.test-other", CLASSIC.noise_protocol)
 
 
 @pytest.mark.parametrize(
@@ -949,7 +1130,7 @@ def test_variant_mismatch_fails_the_handshake(
 def test_client_initial_state(variant: Variant) -> None:
     identity = DeviceIdentity.generate()
     client = ClientSession(
-        identity, GroupKeys.generate(), now=10.0, variant=variant, handshake_timeout=3.0
+        identity, GroupId.random(), now=10.0, variant=variant, handshake_timeout=3.0
     )
     assert state_of(client) is SessionState.HANDSHAKE
     assert client.next_deadline() == 13.0
@@ -973,7 +1154,10 @@ def test_client_sends_msg3_and_hello_after_msg2(variant: Variant) -> None:
     (frame,) = sniff(p.relay, messages[1:])
     assert frame.request_id == 1
     assert isinstance(frame.message, Hello)
-    verify_hello(frame.message, p.relay.handshake_hash, p.identity.device_id)
+    assert frame.message.group_id == p.group_id
+    verify_hello(
+        frame.message, p.relay.handshake_hash, p.identity.device_id, p.identity.sign_public
+    )
 
 
 def test_client_deadline_in_await_welcome(variant: Variant) -> None:
@@ -1006,7 +1190,9 @@ def test_welcome_with_wrong_request_id_is_invalid(request_id: int) -> None:
     assert p.to_relay() == [ConnectionClosed(1000, p.client.close_reason, True)]
 
 
-@pytest.mark.parametrize("message", [*RELAY_TO_CLIENT[1:], *CLIENT_REQUESTS], ids=_name)
+@pytest.mark.parametrize(
+    "message", [m for m in [*RELAY_TO_CLIENT, *CLIENT_REQUESTS] if m is not WELCOME], ids=_name
+)
 def test_non_welcome_in_await_welcome_is_invalid(message: Message) -> None:
     p = _relay_hello_pending()
     inject(p.relay, message, 1)
@@ -1059,7 +1245,7 @@ def test_client_cannot_send_after_close(pair: Pair) -> None:
     [
         *RELAY_TO_CLIENT,
         Error(code=1000),
-        Hello(group_id=GroupKeys.generate().group_id, auth_key=bytes(32), proof=bytes(64)),
+        Hello(group_id=GroupId.random(), proof=bytes(64)),
     ],
     ids=_name,
 )
@@ -1131,7 +1317,12 @@ WRONG_RESPONSES: list[tuple[Message, Message]] = [
     (Pull(), Pull()),
     (Pull(), PushAck(blob_id=BLOB, cursor=1, timestamp=0)),
     (ListDevices(), ListDevices()),
-    (RevokeDevice(device_id=DEV, reason=RevokeReason.LOST), Devices(devices=[])),
+    (ListDevices(), MEMBERSHIP),
+    (LogGet(), LOG_APPENDED),
+    (LogGet(), MEMBERSHIP),
+    (LogAppend(entries=[ENTRY]), LOG),
+    (LogAppend(entries=[ENTRY]), MEMBERSHIP),
+    (LogAppend(entries=[ENTRY]), LogAppend(entries=[ENTRY])),
     (Ack(cursor=1), Presence()),
     (Presence(), Notify(blob_id=BLOB, cursor=1, sender=DEV, timestamp=0, size=0)),
     (Delete(blob_id=BLOB), make_welcome()),
@@ -1172,7 +1363,9 @@ def test_error_for_unknown_id_is_invalid(pair: Pair) -> None:
     assert pair.to_client() == [ConnectionClosed(1000, pair.client.close_reason, False)]
 
 
-@pytest.mark.parametrize("code", [1004, 2000, 2001, 2002, 2003, 4242, 0])
+@pytest.mark.parametrize(
+    "code", [1004, 1005, 1006, 1007, 1008, 1009, 2000, 2001, 2002, 2003, 2004, 3002, 4242, 0]
+)
 def test_non_fatal_error_for_a_request_fails_it(pair: Pair, code: int) -> None:
     rid = pair.client.send_request(Delete(blob_id=BLOB, force=True), 0.0)
     other = pair.client.send_request(Pull(), 0.0)
@@ -1200,14 +1393,14 @@ def test_fatal_error_for_a_request_fails_it_and_closes(pair: Pair, code: int) ->
     assert pair.client.data_to_send() == []
 
 
-@pytest.mark.parametrize("message", [RELAY_TO_CLIENT[3], RELAY_TO_CLIENT[4]], ids=_name)
-def test_unsolicited_notify_and_device_revoked(pair: Pair, message: Message) -> None:
+@pytest.mark.parametrize("message", [NOTIFY, MEMBERSHIP], ids=_name)
+def test_unsolicited_notify_and_membership(pair: Pair, message: Message) -> None:
     pair.relay.send(message)
     assert pair.to_client() == [MessageReceived(message)]
     assert state_of(pair.client) is SessionState.OPEN
 
 
-@pytest.mark.parametrize("code", [1004, 2000, 2001, 2002, 2003, 4242])
+@pytest.mark.parametrize("code", [1004, 1005, 1006, 2000, 2001, 2002, 2003, 2004, 4242])
 def test_unsolicited_non_fatal_error_is_a_message(pair: Pair, code: int) -> None:
     error = Error(code=code, message="fyi", retry_after=3)
     pair.relay.send(error)
@@ -1228,11 +1421,14 @@ def test_relay_shutdown_reaches_the_client(pair: Pair) -> None:
     assert pair.to_client() == [ConnectionClosed(3001, "bye", True)]
 
 
+#: Relay messages that only answer a request (all but NOTIFY and MEMBERSHIP), and requests.
 UNSOLICITED_INVALID: list[Message] = [
-    RELAY_TO_CLIENT[0],  # WELCOME
-    RELAY_TO_CLIENT[1],  # PUSH_ACK
-    RELAY_TO_CLIENT[2],  # PULL_RESPONSE
-    RELAY_TO_CLIENT[5],  # DEVICES
+    WELCOME,
+    PUSH_ACK,
+    PULL_RESPONSE,
+    DEVICES,
+    LOG,
+    LOG_APPENDED,
     *CLIENT_REQUESTS,
 ]
 

@@ -28,7 +28,7 @@ from typing import Any, Literal, TypeVar, overload
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from zerok.crypto import DeviceIdentity, GroupKeys
+from zerok.crypto import DeviceIdentity
 from zerok.crypto.noise import NoiseTransport
 from zerok.protocol import (
     CLASSIC,
@@ -44,12 +44,17 @@ from zerok.testing import (
     PostgresDatabases,
     RelayProcess,
     RunningRelay,
+    TestGroup,
     clean_env,
 )
 from zerok.transport.connection import RelayConnection
 from zerok.wire import (
     BlobId,
     Frame,
+    GroupId,
+    LogAppend,
+    LogAppended,
+    Membership,
     Message,
     Pull,
     PullResponse,
@@ -255,10 +260,11 @@ class Clients:
     def __init__(self, url: str) -> None:
         self.url = url
         self.opened: list[RelayConnection] = []
+        self.known: dict[GroupId, int] = {}  # log entries the relay got through this pool
 
     async def open(
         self,
-        keys: GroupKeys,
+        group: TestGroup,
         identity: DeviceIdentity | None = None,
         *,
         variant: Variant = CLASSIC,
@@ -267,16 +273,23 @@ class Clients:
         name: str = "",
         last_cursor: int = 0,
     ) -> RelayConnection:
+        identity = identity or DeviceIdentity.generate()
+        group.enroll(identity)
+        # Only what this relay may lack (from what it got through this pool): small relay
+        # limits in tests leave no room for a whole log in every HELLO.
+        known = self.known.get(group.group_id, 0)
         conn = await RelayConnection.open(
             self.url,
-            identity or DeviceIdentity.generate(),
-            keys,
+            identity,
+            group.group_id,
+            entries=group.entries[known:],
             variants=variants or (variant,),
             device_name=name,
             last_cursor=last_cursor,
             heartbeat=heartbeat,
             timeout=10.0,
         )
+        self.known[group.group_id] = len(group.entries)
         self.opened.append(conn)
         return conn
 
@@ -295,9 +308,16 @@ async def clients(url: str) -> AsyncIterator[Clients]:
 
 
 async def push(
-    conn: RelayConnection, data: bytes, *, blob_id: BlobId | None = None, ttl: int = 0
+    conn: RelayConnection,
+    data: bytes,
+    *,
+    blob_id: BlobId | None = None,
+    ttl: int = 0,
+    epoch: int = 0,
 ) -> PushAck:
-    reply = await conn.request(Push(blob_id=blob_id or BlobId.random(), ciphertext=data, ttl=ttl))
+    """Push ``data`` as it is (relay tests need no real sealing) under ``epoch``."""
+    message = Push(blob_id=blob_id or BlobId.random(), ciphertext=data, ttl=ttl, epoch=epoch)
+    reply = await conn.request(message)
     assert isinstance(reply, PushAck), reply
     return reply
 
@@ -320,23 +340,35 @@ async def pull_all(conn: RelayConnection, after: int = 0) -> list[StoredBlob]:
         after = page.blobs[-1].cursor
 
 
-async def next_message(conn: RelayConnection, timeout: float = 5.0) -> Message:
-    """The next unsolicited message (NOTIFY, DEVICE_REVOKED, non-fatal ERROR)."""
-    event = await conn.next_event(timeout)
-    assert isinstance(event, MessageReceived), event
-    return event.message
+async def next_message(
+    conn: RelayConnection, timeout: float = 5.0, *, skip: tuple[type[Message], ...] = (Membership,)
+) -> Message:
+    """The next unsolicited message (NOTIFY, MEMBERSHIP, non-fatal ERROR), passing over the
+    ``skip`` types (by default MEMBERSHIP: devices of a test group join as it connects
+    them, and the others are told)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            event = await conn.next_event(timeout)
+            assert isinstance(event, MessageReceived), event
+            if not isinstance(event.message, skip):
+                return event.message
 
 
 async def wait_closed(conn: RelayConnection, timeout: float = 5.0) -> ConnectionClosed:
     return await asyncio.wait_for(conn.wait_closed(), timeout)
 
 
-def queued_events(conn: RelayConnection) -> list[Event]:
-    """Events the connection has received and not handed out yet (without waiting)."""
+def queued_events(
+    conn: RelayConnection, *, skip: tuple[type[Message], ...] = (Membership,)
+) -> list[Event]:
+    """Events the connection has received and not handed out yet (without waiting), but
+    messages of the ``skip`` types (as in ``next_message``)."""
     events: list[Event] = []
     queue: asyncio.Queue[Event] = conn._events
     while not queue.empty():
-        events.append(queue.get_nowait())
+        event = queue.get_nowait()
+        if not (isinstance(event, MessageReceived) and isinstance(event.message, skip)):
+            events.append(event)
     return events
 
 
@@ -380,7 +412,7 @@ class RawClient:
 
     async def handshake(
         self,
-        keys: GroupKeys,
+        group: TestGroup,
         identity: DeviceIdentity | None = None,
         *,
         session_type: type[ClientSession] = ClientSession,
@@ -393,9 +425,12 @@ class RawClient:
         the handshake (and what the session sends with them: HELLO, ...) are sent, so that
         the relay reads them all in one go."""
         loop = asyncio.get_running_loop()
+        identity = identity or DeviceIdentity.generate()
+        group.enroll(identity)
         session = session_type(
-            identity or DeviceIdentity.generate(),
-            keys,
+            identity,
+            group.group_id,
+            entries=group.entries,
             now=loop.time(),
             variant=self.variant,
             client="zerok-tests",
@@ -421,8 +456,8 @@ class RawClient:
                     if isinstance(event, ConnectionClosed):
                         return event
 
-    async def open(self, keys: GroupKeys, identity: DeviceIdentity | None = None) -> Welcome:
-        result = await self.handshake(keys, identity)
+    async def open(self, group: TestGroup, identity: DeviceIdentity | None = None) -> Welcome:
+        result = await self.handshake(group, identity)
         assert isinstance(result, Welcome), result
         return result
 
@@ -585,3 +620,15 @@ def scrape(relay: RunningRelay) -> dict[MetricKey, float]:
 
 def metric(samples: Mapping[MetricKey, float], name: str, **labels: str) -> float | None:
     return samples.get((name, tuple(sorted(labels.items()))))
+
+
+async def revoke(
+    conn: RelayConnection,
+    group: TestGroup,
+    *devices: DeviceIdentity,
+    by: DeviceIdentity | None = None,
+) -> LogAppended:
+    """Revoke devices the way a client does: a Revoke entry (a new epoch) in LOG_APPEND."""
+    reply = await conn.request(LogAppend(entries=[group.revoke(*devices, by=by)]))
+    assert isinstance(reply, LogAppended), reply
+    return reply

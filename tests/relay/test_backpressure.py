@@ -21,9 +21,8 @@ from tests.relay.support import (
     run,
     scrape,
 )
-from zerok.crypto import GroupKeys
 from zerok.relay.server import Relay
-from zerok.testing import InProcessRelay
+from zerok.testing import InProcessRelay, TestGroup
 from zerok.wire import Pull
 
 BLOB = 60 * 1024
@@ -52,7 +51,7 @@ def test_clients_that_never_read_are_cut_and_the_relay_holds_within_its_budget(
     launcher: RelayLauncher,
 ) -> None:
     relay = _start(launcher)
-    keys = GroupKeys.generate()
+    keys = TestGroup()
 
     async def attack() -> None:
         async with clients(relay.url) as pool:

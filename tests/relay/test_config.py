@@ -10,16 +10,15 @@ from typing import Any, NoReturn
 import pytest
 
 from tests.relay.support import RelayLauncher, clients, run, run_cli, run_main
-from zerok.crypto import GroupKeys
 from zerok.relay import server
-from zerok.testing import InProcessRelay
+from zerok.testing import InProcessRelay, TestGroup
 from zerok.wire import Limits
 
 
 def _limits(relay: InProcessRelay) -> Limits:
     async def scenario() -> Limits:
         async with clients(relay.url) as pool:
-            conn = await pool.open(GroupKeys.generate())
+            conn = await pool.open(TestGroup())
             assert conn.welcome is not None
             return conn.welcome.limits
 

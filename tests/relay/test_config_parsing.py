@@ -132,6 +132,8 @@ synchronous = "FULL"
 max_blob_size = "2MiB"
 max_group_storage = "1GiB"
 max_group_blobs = 5000
+max_log_entries = 2000
+max_log_bytes = "4MiB"
 max_storage = "20GiB"
 default_ttl = "3d"
 max_ttl = "14d"
@@ -189,6 +191,8 @@ def test_load_config_reads_every_section(tmp_path: Path) -> None:
         max_blob_size=2 * 1024 * 1024,
         max_group_storage=1024**3,
         max_group_blobs=5000,
+        max_log_entries=2000,
+        max_log_bytes=4 * 1024 * 1024,
         max_storage=20 * 1024**3,
         default_ttl=3 * 86400.0,
         max_ttl=14 * 86400.0,

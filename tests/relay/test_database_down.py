@@ -25,12 +25,11 @@ import pytest
 from tests.relay.storage.support import new_group
 from tests.relay.storage.support import push as store_push
 from tests.relay.support import RelayLauncher, clients, http, next_message, push, run
-from zerok.crypto import GroupKeys
 from zerok.errors import RemoteError, StorageUnavailableError
 from zerok.relay.config import RelayConfig
 from zerok.relay.connection import STORAGE_RETRY_AFTER
 from zerok.relay.storage.postgres import POOL_TIMEOUT, PostgresStorage
-from zerok.testing import PostgresDatabases
+from zerok.testing import PostgresDatabases, TestGroup
 from zerok.wire import DeviceId, ErrorCode, Notify
 
 PROMPT = POOL_TIMEOUT + 1.5  # seconds: what "a few seconds" means for a failing call
@@ -185,7 +184,7 @@ def test_a_relay_answers_promptly_while_its_database_is_down_and_recovers(
         assert http("GET", f"{relay.http_url}/health").status == 200
 
         async def scenario() -> None:
-            keys = GroupKeys.generate()
+            keys = TestGroup()
             async with clients(relay.url) as on_relay, clients(other.url) as on_other:
                 member = await on_relay.open(keys)
                 assert (await push(member, b"before")).cursor == 1

@@ -16,11 +16,11 @@ from tests.relay.support import (
     raw_client,
     run,
 )
-from zerok.crypto import GroupKeys
 from zerok.errors import ConnectError, RemoteError, SyncError
 from zerok.protocol import ConnectionClosed, MessageReceived
+from zerok.testing import TestGroup
 from zerok.transport.connection import RelayConnection
-from zerok.wire import BlobId, Error, ErrorCode, Notify, Push, PushAck, encode
+from zerok.wire import BlobId, Error, ErrorCode, Membership, Notify, Push, PushAck, encode
 
 
 @dataclass
@@ -62,7 +62,7 @@ async def _run_burst(conns: list[RelayConnection], burst: Burst, stop: Callable[
     await asyncio.wait_for(asyncio.gather(*tasks), 20)
 
 
-async def _check_recovered(url: str, keys: GroupKeys, burst: Burst) -> None:
+async def _check_recovered(url: str, keys: TestGroup, burst: Burst) -> None:
     async with clients(url) as pool:
         reader = await pool.open(keys)
         blobs = await pull_all(reader)
@@ -83,7 +83,7 @@ async def _check_recovered(url: str, keys: GroupKeys, burst: Burst) -> None:
 def test_sigkill_mid_burst_loses_no_acknowledged_blob(launcher: RelayLauncher) -> None:
     relay = launcher.start(process=True)  # only a process can be SIGKILLed
     database = relay.workdir / "data" / "relay.db"
-    keys = GroupKeys.generate()
+    keys = TestGroup()
     burst = Burst(target=300)
 
     async def before() -> None:
@@ -111,7 +111,7 @@ def test_sigkill_mid_burst_loses_no_acknowledged_blob(launcher: RelayLauncher) -
 def test_sigterm_tells_clients_drains_and_exits_cleanly(launcher: RelayLauncher) -> None:
     relay = launcher.start(process=True)  # the signal, the exit code and stderr of a process
     database = relay.workdir / "data" / "relay.db"
-    keys = GroupKeys.generate()
+    keys = TestGroup()
     burst = Burst(target=200)
     exit_code: list[int] = []
 
@@ -129,7 +129,8 @@ def test_sigterm_tells_clients_drains_and_exits_cleanly(launcher: RelayLauncher)
                 closed = await asyncio.wait_for(conn.wait_closed(), 10)
                 assert closed.code == ErrorCode.RELAY_SHUTTING_DOWN, closed
                 assert closed.by_peer
-            # The idle device heard of the burst, then of the shutdown, and nothing else.
+            # The idle device heard of the pushers joining, of the burst, then of the
+            # shutdown, and nothing else.
             events = []
             while True:
                 event = await idle.next_event(1)
@@ -137,7 +138,7 @@ def test_sigterm_tells_clients_drains_and_exits_cleanly(launcher: RelayLauncher)
                 if isinstance(event, ConnectionClosed):
                     break
             assert all(
-                isinstance(e, MessageReceived) and isinstance(e.message, Notify)
+                isinstance(e, MessageReceived) and isinstance(e.message, Notify | Membership)
                 for e in events[:-1]
             )
             # Requests in flight fail with the relay's ERROR 3001; later ones find the
@@ -171,7 +172,7 @@ def test_shutdown_error_reaches_a_client_that_keeps_sending(launcher: RelayLaunc
     relay = launcher.start()
 
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with raw_client(relay.url) as raw:
             await raw.open(keys)
             sending = True

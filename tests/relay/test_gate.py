@@ -6,9 +6,8 @@ import asyncio
 import time
 
 from tests.relay.support import RelayLauncher, clients, metric, push, run, scrape
-from zerok.crypto import GroupKeys
 from zerok.relay.gate import WAITING_PER_IP_FLOOR
-from zerok.testing import InProcessRelay
+from zerok.testing import InProcessRelay, TestGroup
 
 
 def _host_port(relay: InProcessRelay) -> tuple[str, int]:
@@ -49,7 +48,7 @@ def test_a_socket_that_sends_nothing_or_half_a_request_is_closed(
         assert metric(samples, "sync_relay_sockets_waiting") == 0
         # Requests that do arrive are not cut: a WebSocket session outlives the deadline.
         async with clients(relay.url) as pool:
-            conn = await pool.open(GroupKeys.generate())
+            conn = await pool.open(TestGroup())
             await asyncio.sleep(0.7)  # longer than the request deadline, on purpose
             await push(conn, b"still here")
 

@@ -23,10 +23,9 @@ from tests.relay.support import (
     scrape,
 )
 from zerok import __version__
-from zerok.crypto import GroupKeys
 from zerok.errors import RemoteError
 from zerok.relay.server import Relay
-from zerok.testing import InProcessRelay, ManualClock
+from zerok.testing import InProcessRelay, ManualClock, TestGroup
 from zerok.wire import BlobId, Error, ErrorCode, Push
 
 ACTIVE = "sync_relay_connections_active"
@@ -68,8 +67,8 @@ def test_health_reports_the_relay_state(launcher: RelayLauncher) -> None:
 
     async def scenario() -> None:
         async with clients(relay.url) as pool:
-            a = await pool.open(GroupKeys.generate())
-            b = await pool.open(GroupKeys.generate())
+            a = await pool.open(TestGroup())
+            b = await pool.open(TestGroup())
             for i in range(3):
                 await push(a, b"%d" % i)
             await push(b, b"b")
@@ -93,7 +92,7 @@ def test_metrics_count_connections_blobs_bytes_errors_and_latency(
     relay = launcher.start("--max-blob-size", "1KiB")
 
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(relay.url) as pool:
             writer = await pool.open(keys)
             reader = await pool.open(keys)
@@ -101,7 +100,7 @@ def test_metrics_count_connections_blobs_bytes_errors_and_latency(
                 await push(writer, os.urandom(100 + i))
             assert len(await pull_all(reader)) == 3
             with pytest.raises(RemoteError):  # a failed handshake: UNAUTHORIZED
-                impostor = GroupKeys.generate()
+                impostor = TestGroup()
                 impostor.group_id = keys.group_id
                 await pool.open(impostor)
             async with raw_client(relay.url) as raw:  # ERROR 2001 answers a request
@@ -147,7 +146,7 @@ def test_metrics_count_every_error_sent(launcher: RelayLauncher) -> None:
     relay = launcher.start("--max-blob-size", "1KiB", "--max-frame-size", "8KiB")
 
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with raw_client(relay.url) as raw:
             await raw.open(keys)
             big = Push(blob_id=BlobId.random(), ciphertext=bytes(10_000))

@@ -26,12 +26,12 @@ from tests.relay.support import (
     wait_closed,
 )
 from zerok.client import SyncClient
-from zerok.crypto import DeviceIdentity, GroupKeys
+from zerok.crypto import DeviceIdentity
 from zerok.errors import RemoteError
 from zerok.protocol import CLASSIC, ClientSession, ConnectionClosed, Event, SessionState
 from zerok.protocol.ratelimit import RateLimiter
 from zerok.relay.config import RelayConfig
-from zerok.testing import InProcessRelay, in_process_relay
+from zerok.testing import InProcessRelay, TestGroup, in_process_relay
 from zerok.wire import (
     BlobId,
     Error,
@@ -76,7 +76,7 @@ async def _works(raw: RawClient) -> None:
 def test_welcome_announces_the_limits(small: InProcessRelay) -> None:
     async def scenario() -> None:
         async with raw_client(small.url) as raw:
-            welcome = await raw.open(GroupKeys.generate())
+            welcome = await raw.open(TestGroup())
             limits = welcome.limits
             assert (limits.max_blob_size, limits.max_group_storage) == (1024, 4096)
             assert limits.max_frame_size == SMALL_FRAME
@@ -87,7 +87,7 @@ def test_welcome_announces_the_limits(small: InProcessRelay) -> None:
 
 def test_blob_over_max_blob_size_gets_2001_and_connection_continues(small: InProcessRelay) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with raw_client(small.url) as raw:
             await raw.open(keys)
             blob_id = BlobId.random()
@@ -107,7 +107,7 @@ def test_blob_over_max_blob_size_gets_2001_and_connection_continues(small: InPro
 
 def test_group_quota_gets_2002_and_connection_continues(small: InProcessRelay) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(small.url) as pool:
             conn = await pool.open(keys)
             # Each blob costs its size + 128: three of 1000 bytes take 3384 of 4096.
@@ -127,7 +127,7 @@ def test_group_quota_gets_2002_and_connection_continues(small: InProcessRelay) -
             assert refused.value.code == ErrorCode.GROUP_QUOTA_EXCEEDED
             assert [b.cursor for b in await pull_all(conn)] == [1, 2, 3, 4]
             # Another group has its own quota.
-            other = await pool.open(GroupKeys.generate())
+            other = await pool.open(TestGroup())
             assert (await push(other, os.urandom(1000))).cursor == 1
 
     run(scenario())
@@ -137,7 +137,7 @@ def test_frame_over_the_frame_limit_gets_2001_and_connection_continues(
     small: InProcessRelay,
 ) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with raw_client(small.url) as raw:
             await raw.open(keys)
             # One Noise message holding a frame above the limit.
@@ -171,7 +171,7 @@ def test_rate_limit_gets_2000_with_retry_after(launcher: RelayLauncher) -> None:
     relay = launcher.start("--messages-per-minute", "5", "--messages-burst", "5")
 
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         device = DeviceIdentity.generate()
         async with raw_client(relay.url) as raw:
             welcome = await raw.open(keys, device)
@@ -232,7 +232,7 @@ def test_connection_limits_refuse_the_upgrade(
     relay = launcher.start(flag, "2")
 
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(relay.url) as pool:
             first = await pool.open(keys)
             await pool.open(keys)
@@ -283,7 +283,7 @@ def test_idle_connection_is_closed_and_a_heartbeat_keeps_one_open(
     timeouts: InProcessRelay,
 ) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(timeouts.url) as pool:
             loop = asyncio.get_running_loop()
             keeper = await pool.open(keys, heartbeat=0.3)
@@ -330,7 +330,7 @@ def test_handshake_deadline_covers_hello(timeouts: InProcessRelay) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         async with raw_client(timeouts.url) as raw:
-            result = await raw.handshake(GroupKeys.generate(), session_type=_NoHello)
+            result = await raw.handshake(TestGroup(), session_type=_NoHello)
             assert isinstance(result, ConnectionClosed), result
             assert result.code is None
             elapsed = loop.time() - started
@@ -345,7 +345,7 @@ def test_handshake_deadline_after_the_first_noise_message(timeouts: InProcessRel
         started = loop.time()
         async with raw_client(timeouts.url) as raw:
             session = ClientSession(
-                DeviceIdentity.generate(), GroupKeys.generate(), now=loop.time(), variant=CLASSIC
+                DeviceIdentity.generate(), TestGroup().group_id, now=loop.time(), variant=CLASSIC
             )
             [first] = session.data_to_send()
             await raw.send_noise(first)
@@ -454,7 +454,7 @@ def test_100_devices_behind_one_address_connect_on_defaults(tmp_path: Path) -> N
     admitted at once on the default limits (before: 10 connections, the rest refused)."""
 
     async def scenario(url: str) -> None:
-        groups = [GroupKeys.generate() for _ in range(10)]
+        groups = [TestGroup() for _ in range(10)]
         async with clients(url) as pool:
             for keys in groups:
                 conns = await asyncio.gather(*(pool.open(keys) for _ in range(10)))
@@ -480,7 +480,7 @@ def test_per_ip_limits_over_the_wire(launcher: RelayLauncher) -> None:
     private = launcher.start("--allow-new-groups", "false")
 
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with raw_client(relay.url) as raw, raw_client(relay.url) as other:
             await raw.open(keys)
             answer = await raw.request(Push(blob_id=BlobId.random(), ciphertext=bytes(1000)))
@@ -493,11 +493,11 @@ def test_per_ip_limits_over_the_wire(launcher: RelayLauncher) -> None:
             assert answer.retry_after > 0
             assert not other.ws.closed
         async with raw_client(relay.url) as raw:
-            ended = await raw.handshake(GroupKeys.generate())
+            ended = await raw.handshake(TestGroup())
             assert isinstance(ended, ConnectionClosed)
             assert ended.code == ErrorCode.RATE_LIMITED and "groups" in ended.reason
         async with raw_client(private.url) as raw:
-            ended = await raw.handshake(GroupKeys.generate())
+            ended = await raw.handshake(TestGroup())
             assert isinstance(ended, ConnectionClosed) and ended.code == ErrorCode.UNKNOWN_GROUP
 
     run(scenario())

@@ -7,14 +7,12 @@ import contextlib
 import json
 import secrets
 
-from tests.relay.support import RelayLauncher, clients, http, pull_all, push, run
-from zerok.crypto import DeviceIdentity, GroupKeys
+from tests.relay.support import RelayLauncher, clients, http, pull_all, push, revoke, run
+from zerok.crypto import DeviceIdentity
+from zerok.testing import TestGroup
 from zerok.wire import (
-    DeviceRevoked,
     PushPlatform,
     RegisterPush,
-    RevokeDevice,
-    RevokeReason,
 )
 
 
@@ -36,7 +34,7 @@ def _encodings(secret: bytes) -> set[str]:
 
 def test_debug_logs_hold_no_payload_token_or_key(launcher: RelayLauncher) -> None:
     relay = launcher.start("--log-level", "DEBUG", process=True)  # all the process writes
-    keys = GroupKeys.generate()
+    keys = TestGroup()
     alice, bob, carol = (DeviceIdentity.generate() for _ in range(3))
     marker = "zkmark" + secrets.token_hex(8)
     blob = f"{marker}-blob-ciphertext".encode()
@@ -54,10 +52,7 @@ def test_debug_logs_hold_no_payload_token_or_key(launcher: RelayLauncher) -> Non
             await c.close()  # offline with a token: the next push wakes it
             await push(a, blob)
             assert [x.ciphertext for x in await pull_all(b)] == [blob]
-            revoked = await a.request(
-                RevokeDevice(device_id=bob.device_id, reason=RevokeReason.COMPROMISED)
-            )
-            assert isinstance(revoked, DeviceRevoked)
+            await revoke(a, keys, bob)
 
     run(scenario())
 
@@ -79,10 +74,12 @@ def test_debug_logs_hold_no_payload_token_or_key(launcher: RelayLauncher) -> Non
     secrets_by_name: dict[str, bytes] = {
         "blob": blob,
         "push token": token.encode(),
-        "root key": keys.root_key,
-        "blob key": keys.blob_key,
-        "content key": keys.content_key,
-        "group auth key": keys.auth_key.private_bytes_raw(),
+        **{f"epoch key {n}": key for n, key in keys.keys.items()},
+        "recovery secret": keys.recovery.secret,
+        **{
+            f"signing key {d.device_id.short()}": d.sign_key.private_bytes_raw()
+            for d in (alice, bob, carol)
+        },
         "relay private key": relay_key.private_bytes(),
         **{f"invite {i}": p for i, p in enumerate(invite_payloads)},
         **{f"device key {d.device_id.short()}": d.private_bytes() for d in (alice, bob, carol)},

@@ -21,7 +21,7 @@ from tests.relay.support import (
     raw_client,
     run,
 )
-from zerok.crypto import DeviceIdentity, GroupKeys, make_hello
+from zerok.crypto import DeviceIdentity, make_hello
 from zerok.protocol import (
     CLASSIC,
     HYBRID,
@@ -33,23 +33,22 @@ from zerok.protocol import (
     Variant,
     Welcomed,
 )
-from zerok.testing import InProcessRelay
+from zerok.testing import InProcessRelay, TestGroup
 from zerok.transport.connection import RelayConnection
 from zerok.wire import (
     BlobId,
     DeviceId,
-    DeviceRevoked,
     Devices,
     Error,
     ErrorCode,
     Hello,
     Limits,
+    Membership,
     Notify,
     Presence,
     PullResponse,
     Push,
     PushAck,
-    RevokeReason,
     Welcome,
     encode,
 )
@@ -80,9 +79,8 @@ async def _first_message_with_payload(raw: RawClient) -> None:
 
 
 async def _random_third_message(raw: RawClient) -> None:
-    session = ClientSession(
-        DeviceIdentity.generate(), GroupKeys.generate(), now=0.0, variant=raw.variant
-    )
+    group = TestGroup()
+    session = ClientSession(DeviceIdentity.generate(), group.group_id, now=0.0, variant=raw.variant)
     [first] = session.data_to_send()
     await raw.send_noise(first)
     msg = await raw.ws.receive(timeout=5)
@@ -109,7 +107,7 @@ def test_bad_handshake_input_closes_the_connection(relay: InProcessRelay, case: 
     variant, attack = PRE_HANDSHAKE[case]
 
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(relay.url) as pool:
             healthy = await pool.open(keys)
             async with raw_client(relay.url, variant) as raw:
@@ -148,7 +146,7 @@ async def _unknown_type(raw: RawClient) -> None:
 
 async def _wrong_version(raw: RawClient) -> None:
     frame = msgspec.msgpack.decode(encode(Presence(), request_id=5))
-    frame[0] = 2
+    frame[0] = 1  # a version-1 peer
     await raw.send_frame(msgspec.msgpack.encode(frame))
 
 
@@ -167,8 +165,8 @@ async def _empty_fragment(raw: RawClient) -> None:
 
 async def _hello_again(raw: RawClient) -> None:
     assert raw.session is not None
-    keys = raw.session.keys
-    hello = make_hello(keys, raw.transport.handshake_hash, raw.session.identity.device_id)
+    session = raw.session
+    hello = make_hello(session.identity, raw.transport.handshake_hash, session.group_id)
     await raw.send(hello, request_id=1)
 
 
@@ -187,13 +185,14 @@ def _relay_message(name: str) -> Callable[[RawClient], Awaitable[None]]:
                 default_ttl=1,
                 max_ttl=1,
             ),
+            log_seq=0,
+            log_hash=bytes(32),
+            epoch=0,
         ),
         "push-ack": PushAck(blob_id=blob_id, cursor=1, timestamp=1),
         "pull-response": PullResponse(blobs=[], has_more=False, max_cursor=0),
         "notify": Notify(blob_id=blob_id, cursor=1, sender=device, timestamp=1, size=1),
-        "device-revoked": DeviceRevoked(
-            device_id=device, revoked_by=device, timestamp=1, reason=RevokeReason.LOST
-        ),
+        "membership": Membership(start=1, entries=[]),
         "devices": Devices(devices=[]),
     }
 
@@ -221,7 +220,7 @@ AFTER_WELCOME: dict[str, Callable[[RawClient], Awaitable[None]]] = {
             "push-ack",
             "pull-response",
             "notify",
-            "device-revoked",
+            "membership",
             "devices",
         )
     },
@@ -233,7 +232,7 @@ def test_bad_input_after_welcome_gets_error_1000_and_close(
     relay: InProcessRelay, case: str
 ) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(relay.url) as pool:
             healthy = await pool.open(keys)
             async with raw_client(relay.url) as raw:
@@ -252,7 +251,7 @@ def test_bad_input_after_welcome_gets_error_1000_and_close(
 
 def test_error_from_the_client_ends_the_session_without_an_answer(relay: InProcessRelay) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(relay.url) as pool:
             healthy = await pool.open(keys)
             async with raw_client(relay.url) as raw:
@@ -266,7 +265,7 @@ def test_error_from_the_client_ends_the_session_without_an_answer(relay: InProce
 
 def test_oversized_websocket_message_closes_the_connection(relay: InProcessRelay) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(relay.url) as pool:
             healthy = await pool.open(keys)
             async with raw_client(relay.url) as raw:
@@ -293,8 +292,7 @@ class _PushInsteadOfHello(ClientSession):
 
 class _ForgedProof(ClientSession):
     def _on_handshake_complete(self) -> list[Event]:
-        keys = self.keys
-        hello = Hello(group_id=keys.group_id, auth_key=keys.auth_public, proof=bytes(64))
+        hello = Hello(group_id=self.group_id, proof=bytes(64), entries=self.entries)
         self._send_frame(hello, 1)
         self.state = SessionState.AWAIT_WELCOME
         return []
@@ -309,7 +307,7 @@ def test_the_first_frame_must_be_a_valid_hello(
     relay: InProcessRelay, session_type: type[ClientSession], code: ErrorCode
 ) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(relay.url) as pool:
             healthy = await pool.open(keys)
             async with raw_client(relay.url) as raw:
@@ -326,7 +324,7 @@ class _PushRightAfterHello(ClientSession):
     """Sends HELLO and, in the same flight, a PUSH: before WELCOME could have arrived."""
 
     def _on_handshake_complete(self) -> list[Event]:
-        hello = make_hello(self.keys, self.handshake_hash, self.identity.device_id)
+        hello = make_hello(self.identity, self.handshake_hash, self.group_id, entries=self.entries)
         self._send_frame(hello, 1)
         self._send_frame(Push(blob_id=BlobId.random(), ciphertext=b"too early"), 2)
         self.state = SessionState.AWAIT_WELCOME
@@ -337,7 +335,7 @@ class _HelloOnly(ClientSession):
     """Sends HELLO and leaves what comes next to the test."""
 
     def _on_handshake_complete(self) -> list[Event]:
-        hello = make_hello(self.keys, self.handshake_hash, self.identity.device_id)
+        hello = make_hello(self.identity, self.handshake_hash, self.group_id, entries=self.entries)
         self._send_frame(hello, 1)
         self.state = SessionState.AWAIT_WELCOME
         return []
@@ -354,7 +352,7 @@ def test_frame_between_hello_and_welcome_gets_error_1000(relay: InProcessRelay) 
     PUSH arrives before any WELCOME can have been decided."""
 
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with raw_client(relay.url) as raw:
             result = await raw.handshake(keys, session_type=_PushRightAfterHello, hold=relay.paused)
             assert isinstance(result, ConnectionClosed), result
@@ -375,12 +373,15 @@ def test_frame_sent_before_welcome_arrived_is_answered_once_welcome_is_decided(
     sent WELCOME: a request like any other."""
 
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         loop = asyncio.get_running_loop()
         async with raw_client(relay.url) as raw:
+            identity = DeviceIdentity.generate()
+            keys.enroll(identity)
             session = _HelloOnly(
-                DeviceIdentity.generate(),
-                keys,
+                identity,
+                keys.group_id,
+                entries=keys.entries,
                 now=loop.time(),
                 variant=raw.variant,
                 heartbeat_interval=None,

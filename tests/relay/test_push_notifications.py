@@ -14,15 +14,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.relay.support import RelayLauncher, clients, push, run
-from zerok.crypto import DeviceIdentity, GroupKeys
+from tests.relay.support import RelayLauncher, clients, push, revoke, run
+from zerok.crypto import DeviceIdentity
 from zerok.errors import RemoteError
+from zerok.testing import TestGroup
 from zerok.wire import (
     ErrorCode,
     PushPlatform,
     RegisterPush,
-    RevokeDevice,
-    RevokeReason,
     UnregisterPush,
 )
 
@@ -61,7 +60,7 @@ def test_an_offline_device_with_a_token_is_woken_once_per_burst(launcher: RelayL
     async def scenario() -> None:
         async with webhook() as hook:
             relay = launcher.start("--push-webhook", hook.url)
-            keys = GroupKeys.generate()
+            keys = TestGroup()
             phone = DeviceIdentity.generate()
             async with clients(relay.url) as pool:
                 laptop = await pool.open(keys)
@@ -92,7 +91,7 @@ def test_no_wake_up_after_unregistering_or_revocation(launcher: RelayLauncher) -
     async def scenario() -> None:
         async with webhook() as hook:
             relay = launcher.start("--push-webhook", hook.url)
-            keys = GroupKeys.generate()
+            keys = TestGroup()
             quiet, lost = DeviceIdentity.generate(), DeviceIdentity.generate()
             async with clients(relay.url) as pool:
                 laptop = await pool.open(keys)
@@ -102,10 +101,8 @@ def test_no_wake_up_after_unregistering_or_revocation(launcher: RelayLauncher) -
                     if device is quiet:
                         await conn.request(UnregisterPush(reason="notifications off"))
                     await conn.close()
-                await laptop.request(
-                    RevokeDevice(device_id=lost.device_id, reason=RevokeReason.LOST)
-                )
-                await push(laptop, b"nobody should be woken")
+                await revoke(laptop, keys, lost)
+                await push(laptop, b"nobody should be woken", epoch=keys.epoch)
                 with pytest.raises(TimeoutError):
                     await hook.next_call(timeout=1.5)
 
@@ -117,7 +114,7 @@ def test_a_malformed_push_token_is_refused_with_2003(launcher: RelayLauncher) ->
 
     async def scenario() -> None:
         async with clients(relay.url) as pool:
-            conn = await pool.open(GroupKeys.generate())
+            conn = await pool.open(TestGroup())
             with pytest.raises(RemoteError) as refused:
                 await conn.request(RegisterPush(token="bad\x00token", platform=PushPlatform.WEB))
             assert refused.value.code == ErrorCode.INVALID_PUSH_TOKEN

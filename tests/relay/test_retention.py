@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.relay.support import RelayLauncher, clients, pull_all, push, run
-from zerok.crypto import DeviceIdentity, GroupKeys
-from zerok.testing import InProcessRelay, ManualClock
+from tests.relay.support import RelayLauncher, clients, pull_all, push, revoke, run
+from zerok.crypto import DeviceIdentity
+from zerok.testing import InProcessRelay, ManualClock, TestGroup
 from zerok.transport.connection import RelayConnection
-from zerok.wire import Ack, DeviceRevoked, RevokeDevice, RevokeReason
+from zerok.wire import Ack
 
 NO_CLEANUP = ("--cleanup-interval", "1h")  # the tests run every pass themselves
 
@@ -44,7 +44,7 @@ async def ack(conn: RelayConnection, cursor: int) -> None:
 
 def test_blob_is_gone_after_its_ttl(relay: InProcessRelay, clock: ManualClock) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(relay.url) as pool:
             conn = await pool.open(keys)
             other = await pool.open(keys)  # never ACKs: only the TTL can remove anything
@@ -68,7 +68,7 @@ def test_ttl_is_capped_by_max_ttl(launcher: RelayLauncher) -> None:
 
     async def scenario() -> None:
         async with clients(relay.url) as pool:
-            conn = await pool.open(GroupKeys.generate())
+            conn = await pool.open(TestGroup())
             assert conn.welcome is not None and conn.welcome.limits.max_ttl == 1
             await push(conn, b"asks for a day", ttl=86400)
             clock.advance(0.999)
@@ -81,7 +81,7 @@ def test_ttl_is_capped_by_max_ttl(launcher: RelayLauncher) -> None:
 
 def test_blob_acked_by_every_device_is_gone_but_not_before(relay: InProcessRelay) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(relay.url) as pool:
             a = await pool.open(keys)
             b = await pool.open(keys)
@@ -104,7 +104,7 @@ def test_blob_acked_by_every_device_is_gone_but_not_before(relay: InProcessRelay
 
 def test_lone_device_blobs_wait_for_the_devices_it_pairs(relay: InProcessRelay) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(relay.url) as pool:
             alone = await pool.open(keys)
             await push(alone, b"before pairing")
@@ -121,7 +121,7 @@ def test_lone_device_blobs_wait_for_the_devices_it_pairs(relay: InProcessRelay) 
 
 def test_revoked_device_does_not_hold_blobs_back(relay: InProcessRelay) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         lost = DeviceIdentity.generate()
         async with clients(relay.url) as pool:
             a = await pool.open(keys)
@@ -134,10 +134,7 @@ def test_revoked_device_does_not_hold_blobs_back(relay: InProcessRelay) -> None:
             await ack(phone, 1)
             await phone.close()
             assert await cleaned(relay, a) == [2]  # the phone holds blob 2 back
-            answer = await a.request(
-                RevokeDevice(device_id=lost.device_id, reason=RevokeReason.LOST)
-            )
-            assert isinstance(answer, DeviceRevoked)
+            await revoke(a, keys, lost)
             assert await cleaned(relay, a) == []
 
     run(scenario())
@@ -145,7 +142,7 @@ def test_revoked_device_does_not_hold_blobs_back(relay: InProcessRelay) -> None:
 
 def test_ack_of_a_future_cursor_does_not_acknowledge_future_blobs(relay: InProcessRelay) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(relay.url) as pool:
             a = await pool.open(keys)
             b = await pool.open(keys)

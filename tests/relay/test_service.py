@@ -17,11 +17,14 @@ from typing import Any, TypeVar
 
 import pytest
 
-from zerok.crypto import DeviceIdentity, GroupKeys
+from zerok.crypto import DeviceIdentity
+from zerok.crypto.entry import entry_hash
 from zerok.crypto.membership import make_hello
 from zerok.errors import LocalProtocolError
 from zerok.protocol import ConnectionClosed, HelloReceived, RequestReceived
+from zerok.protocol import entries as membership_entries
 from zerok.protocol.catalog import RELAY_MESSAGES
+from zerok.protocol.membership import GroupLog
 from zerok.relay.config import BLOB_OVERHEAD, RelayConfig
 from zerok.relay.metrics import LIMITS, RelayMetrics
 from zerok.relay.push import LoggingPushSender
@@ -29,21 +32,28 @@ from zerok.relay.service import USAGE_REFRESH, RelayService, ip_key
 from zerok.relay.storage import (
     BlobStored,
     DeviceRecord,
-    DeviceWasRevoked,
+    LogConflict,
+    LogRecord,
     Resync,
     SQLiteStorage,
 )
+from zerok.relay.storage import LogAppended as LogAppendedElsewhere
+from zerok.testing import TestGroup, member_of
 from zerok.wire import (
     Ack,
     BlobId,
     Delete,
     DeviceId,
-    DeviceRevoked,
     Devices,
     Error,
     ErrorCode,
     GroupId,
     ListDevices,
+    Log,
+    LogAppend,
+    LogAppended,
+    LogGet,
+    Membership,
     Message,
     Notify,
     Presence,
@@ -53,11 +63,10 @@ from zerok.wire import (
     PushAck,
     PushPlatform,
     RegisterPush,
-    RevokeDevice,
-    RevokeReason,
     UnregisterPush,
     Welcome,
 )
+from zerok.wire.log import decode_entry
 
 T = TypeVar("T")
 
@@ -106,8 +115,10 @@ class FakePeer:
         assert len(answers) == 1, f"expected one answer to {request_id}, got {answers}"
         return answers[0]
 
-    def unsolicited(self) -> list[Message]:
-        return [m for m, rid in self.sent if rid == 0]
+    def unsolicited(self, *, skip: tuple[type[Message], ...] = (Membership,)) -> list[Message]:
+        """Unasked messages, but (by default) MEMBERSHIP: devices of a test group enroll as
+        they join, and the others are told."""
+        return [m for m, rid in self.sent if rid == 0 and not isinstance(m, skip)]
 
 
 class Clocks:
@@ -122,29 +133,44 @@ class Clocks:
         self.mono += seconds
 
 
+def hello_from(
+    identity: DeviceIdentity, group: TestGroup, *, group_id: GroupId | None = None
+) -> HelloReceived:
+    """What the relay's session hands the service for this device's HELLO (with the whole
+    log, so the relay appends what it lacks)."""
+    handshake_hash = os.urandom(32)
+    hello = make_hello(identity, handshake_hash, group_id or group.group_id, entries=group.entries)
+    return HelloReceived(identity.device_id, hello, handshake_hash)
+
+
 @dataclass
 class Relay:
     service: RelayService
     storage: SQLiteStorage
     clocks: Clocks
     pushes: LoggingPushSender
-    keys: GroupKeys = field(default_factory=GroupKeys.generate)
+    keys: TestGroup = field(default_factory=TestGroup)
     _next_id: int = 1
 
     async def join(
         self,
         identity: DeviceIdentity | None = None,
         *,
-        keys: GroupKeys | None = None,
+        keys: TestGroup | None = None,
         remote: str = FakePeer.remote,
     ) -> FakePeer:
         """A device says HELLO (from ``remote``); the peer, accepted or refused."""
         identity = identity or DeviceIdentity.generate()
-        hello = make_hello(keys or self.keys, os.urandom(32), identity.device_id)
+        group = keys or self.keys
+        group.enroll(identity)
         peer = FakePeer(remote=remote)
         self.service.on_connect(peer)
-        await self.service.on_hello(peer, HelloReceived(identity.device_id, hello))
+        await self.service.on_hello(peer, hello_from(identity, group))
         return peer
+
+    async def revoke(self, by: FakePeer, *devices: DeviceIdentity) -> Message:
+        """An admin's Revoke entry, appended through ``by``'s session."""
+        return await self.ask(by, LogAppend(entries=[self.keys.revoke(*devices)]))
 
     async def request(self, peer: FakePeer, message: Message, *, answer: bool = True) -> int:
         self._next_id += 1
@@ -204,16 +230,27 @@ def test_a_first_hello_registers_the_group_and_is_welcomed(tmp_path: Path) -> No
     with_relay(tmp_path, test)
 
 
-def test_another_groups_key_for_a_known_group_id_is_refused(tmp_path: Path) -> None:
+def test_another_log_for_a_known_group_id_is_refused(tmp_path: Path) -> None:
     async def test(r: Relay) -> None:
         await r.join()
-        impostor = GroupKeys.generate()
-        hello_keys = GroupKeys(impostor.root_key)
-        # Same group id, another auth key: as if someone registered it first.
-        object.__setattr__(hello_keys, "group_id", r.keys.group_id)
-        peer = await r.join(keys=hello_keys)
+        impostor, stranger = TestGroup(), DeviceIdentity.generate()
+        impostor.enroll(stranger)
+        # A log of the stranger's own, presented under the group's id.
+        peer = FakePeer()
+        r.service.on_connect(peer)
+        await r.service.on_hello(peer, hello_from(stranger, impostor, group_id=r.keys.group_id))
         assert peer.welcome is None
-        assert peer.closed_with is not None and peer.closed_with[0] == ErrorCode.UNAUTHORIZED
+        assert peer.closed_with is not None and peer.closed_with[0] == ErrorCode.LOG_REJECTED
+        assert "genesis" in peer.closed_with[1]
+        # Nor does a device that is in no log get in by naming the group.
+        nobody = FakePeer()
+        r.service.on_connect(nobody)
+        empty = TestGroup()
+        await r.service.on_hello(nobody, hello_from(stranger, empty, group_id=r.keys.group_id))
+        assert nobody.closed_with is not None and nobody.closed_with[0] in {
+            ErrorCode.UNAUTHORIZED,
+            ErrorCode.LOG_REJECTED,
+        }
         assert len(r.service.online(r.keys.group_id)) == 1
 
     with_relay(tmp_path, test)
@@ -223,7 +260,8 @@ def test_a_revoked_device_is_refused_at_hello(tmp_path: Path) -> None:
     async def test(r: Relay) -> None:
         admin = await r.join()
         lost = DeviceIdentity.generate()
-        await r.ask(admin, RevokeDevice(device_id=lost.device_id, reason=RevokeReason.LOST))
+        await r.join(lost)
+        assert isinstance(await r.revoke(admin, lost), LogAppended)
         peer = await r.join(lost)
         assert peer.closed_with is not None
         assert peer.closed_with[0] == ErrorCode.DEVICE_REVOKED
@@ -238,10 +276,10 @@ def test_a_revoked_device_is_refused_at_hello(tmp_path: Path) -> None:
 def test_a_peer_gone_while_its_hello_was_decided_is_not_admitted(tmp_path: Path) -> None:
     async def test(r: Relay) -> None:
         identity = DeviceIdentity.generate()
-        hello = make_hello(r.keys, os.urandom(32), identity.device_id)
+        r.keys.enroll(identity)
         peer = FakePeer()
         peer.close(ErrorCode.INVALID_MESSAGE, "sent a frame before WELCOME")
-        await r.service.on_hello(peer, HelloReceived(identity.device_id, hello))
+        await r.service.on_hello(peer, hello_from(identity, r.keys))
         assert peer.welcome is None
         assert r.service.online(r.keys.group_id) == set()
 
@@ -335,17 +373,18 @@ def test_pull_pages_and_delete_rules(tmp_path: Path) -> None:
 
 def test_revocation_tells_everyone_and_ends_the_revoked_session(tmp_path: Path) -> None:
     async def test(r: Relay) -> None:
-        admin, lost, bystander = await r.join(), await r.join(), await r.join()
-        assert lost.device_id is not None
-        notice = await r.ask(
-            admin, RevokeDevice(device_id=lost.device_id, reason=RevokeReason.LOST)
-        )
-        assert isinstance(notice, DeviceRevoked)
-        assert notice.revoked_by == admin.device_id and notice.timestamp == r.clocks.wall
-        assert bystander.unsolicited() == [notice]
-        assert lost.unsolicited() == [notice]
+        phone = DeviceIdentity.generate()
+        admin, lost, bystander = await r.join(), await r.join(phone), await r.join()
+        before = len(admin.sent)
+        answer = await r.revoke(admin, phone)
+        assert isinstance(answer, LogAppended) and answer.head_seq == r.keys.log.head_seq
+        notice = Membership(start=r.keys.log.head_seq, entries=[r.keys.entries[-1]])
+        assert bystander.unsolicited(skip=())[-1] == notice
+        assert lost.unsolicited(skip=())[-1] == notice
         assert lost.closed_with is not None and lost.closed_with[0] == ErrorCode.DEVICE_REVOKED
-        assert admin.unsolicited() == []  # it has its answer
+        assert [m for m, rid in admin.sent[before:] if rid == 0] == []  # it has its answer
+        record = await r.storage.get_device(r.keys.group_id, phone.device_id)
+        assert record is not None and record.revoked
 
     with_relay(tmp_path, test)
 
@@ -390,7 +429,8 @@ def test_offline_devices_with_a_token_are_woken_once_per_burst(tmp_path: Path) -
 
 def test_events_from_other_relays_reach_the_devices_here(tmp_path: Path) -> None:
     async def test(r: Relay) -> None:
-        here = await r.join()
+        here_identity = DeviceIdentity.generate()
+        here = await r.join(here_identity)
         group = r.keys.group_id
         elsewhere = DeviceIdentity.generate().device_id
         blob = BlobStored(group, BlobId.random(), 7, elsewhere, r.clocks.wall, 3)
@@ -398,9 +438,16 @@ def test_events_from_other_relays_reach_the_devices_here(tmp_path: Path) -> None
         (notify,) = here.unsolicited()
         assert isinstance(notify, Notify) and notify.cursor == 7
         assert here.device_id is not None
-        r.service.on_storage_event(
-            DeviceWasRevoked(group, here.device_id, elsewhere, r.clocks.wall, "compromised")
+        # Another relay appended a revocation of this device to the shared log.
+        entry = r.keys.revoke(here_identity)
+        head = r.keys.log.head_seq
+        record = LogRecord(head, entry_hash(decode_entry(entry).body), entry)
+        assert not isinstance(
+            await r.storage.log_append(group, [record], r.clocks.wall), LogConflict
         )
+        r.service.on_storage_event(LogAppendedElsewhere(group, head))
+        assert await r.service.tasks.wait(5)
+        assert here.unsolicited(skip=())[-1] == Membership(start=head, entries=[entry])
         assert here.closed_with is not None
         assert here.closed_with[0] == ErrorCode.DEVICE_REVOKED
 
@@ -512,7 +559,7 @@ def test_push_targets_are_cached_for_a_bounded_number_of_groups(tmp_path: Path) 
     async def test(r: Relay) -> None:
         r.service.waker.cached_groups = 2
         for _ in range(3):
-            peer = await r.join(keys=GroupKeys.generate())
+            peer = await r.join(keys=TestGroup())
             await r.ask(peer, Push(blob_id=BlobId.random(), ciphertext=b"a"))
         assert len(r.service.waker._targets) == 2
 
@@ -551,7 +598,7 @@ def test_blobs_per_group_are_limited(tmp_path: Path) -> None:
             assert isinstance(ack, PushAck) and ack.cursor == cursor
         refused = await r.ask(peer, Push(blob_id=BlobId.random(), ciphertext=b"x"))
         assert isinstance(refused, Error) and refused.code == ErrorCode.GROUP_QUOTA_EXCEEDED
-        other = await r.join(keys=GroupKeys.generate())  # each group has its own count
+        other = await r.join(keys=TestGroup())  # each group has its own count
         assert isinstance(
             await r.ask(other, Push(blob_id=BlobId.random(), ciphertext=b"")), PushAck
         )
@@ -562,8 +609,8 @@ def test_blobs_per_group_are_limited(tmp_path: Path) -> None:
 def test_new_groups_per_ip_are_limited_per_hour(tmp_path: Path) -> None:
     async def test(r: Relay) -> None:
         assert (await r.join()).welcome is not None
-        assert (await r.join(keys=GroupKeys.generate())).welcome is not None
-        third = GroupKeys.generate()
+        assert (await r.join(keys=TestGroup())).welcome is not None
+        third = TestGroup()
         refused = await r.join(keys=third)
         assert refused.welcome is None and refused.closed_with is not None
         code, message = refused.closed_with
@@ -576,8 +623,8 @@ def test_new_groups_per_ip_are_limited_per_hour(tmp_path: Path) -> None:
         assert (await r.join(keys=third, remote="198.51.100.7")).welcome is not None
         # Half an hour later, the address has one more.
         r.clocks.advance(1800)
-        assert (await r.join(keys=GroupKeys.generate())).welcome is not None
-        assert (await r.join(keys=GroupKeys.generate())).closed_with is not None
+        assert (await r.join(keys=TestGroup())).welcome is not None
+        assert (await r.join(keys=TestGroup())).closed_with is not None
 
     with_relay(tmp_path, test, new_groups_per_hour=2, new_devices_per_hour=0)
 
@@ -619,7 +666,7 @@ def test_a_private_relay_refuses_unknown_groups(tmp_path: Path) -> None:
         assert await r.storage.get_group(r.keys.group_id) is None
         assert refusals(r, "allow_new_groups") == 1
         # A group the operator registered (or that existed before) is served.
-        await r.storage.register_group(r.keys.group_id, r.keys.auth_public, r.clocks.wall)
+        await r.storage.register_group(r.keys.group_id, b"", r.clocks.wall)
         assert (await r.join()).welcome is not None
 
     with_relay(tmp_path, test, allow_new_groups=False)
@@ -633,7 +680,7 @@ def test_push_bytes_are_limited_per_ip_across_devices_and_groups(tmp_path: Path)
 
     async def test(r: Relay) -> None:
         first = await r.join()
-        second = await r.join(keys=GroupKeys.generate())  # another group, same address
+        second = await r.join(keys=TestGroup())  # another group, same address
         stored = BlobId.random()
         assert isinstance(await r.ask(first, blob(stored)), PushAck)
         # A retry of a stored blob stores nothing and costs nothing.
@@ -658,7 +705,7 @@ def test_max_storage_caps_the_whole_relay(tmp_path: Path) -> None:
 
     async def test(r: Relay) -> None:
         owner = await r.join()
-        other = await r.join(keys=GroupKeys.generate())
+        other = await r.join(keys=TestGroup())
         ids = [BlobId.random() for _ in range(3)]
         for blob_id in ids:
             assert isinstance(
@@ -688,9 +735,9 @@ def test_racing_first_hellos_of_one_group_spend_one_token(tmp_path: Path) -> Non
     async def test(r: Relay) -> None:
         # Five devices of a new group say HELLO at once: one new group, five new devices.
         peers = await asyncio.gather(*(r.join() for _ in range(5)))
-        assert all(p.welcome is not None for p in peers)
+        assert all(p.welcome is not None for p in peers), [p.closed_with for p in peers]
         assert refusals(r, "new_groups_per_hour") == 0
-        assert (await r.join(keys=GroupKeys.generate())).closed_with is not None
+        assert (await r.join(keys=TestGroup())).closed_with is not None
         device = DeviceIdentity.generate()  # one device twice at once: charged once
         again = await asyncio.gather(*(r.join(device, keys=r.keys) for _ in range(2)))
         assert all(p.welcome is not None for p in again)
@@ -706,3 +753,134 @@ def test_limit_refusal_labels_are_a_fixed_set() -> None:
     with pytest.raises(ValueError, match="not a limit label"):
         metrics.refused("2000")
     assert b'sync_relay_limit_refusals_total{limit="max_storage"} 1.0' in metrics.render()
+
+
+# -- protocol 2: the membership log ------------------------------------------------------------
+
+
+def test_the_group_log_limits_refuse_with_1005_and_count(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        admin_identity = r.keys.creator
+        admin = await r.join(admin_identity)
+        r.keys.ticket()  # one more entry than the limit leaves room for
+        answer = await r.ask(admin, LogAppend(entries=[r.keys.entries[-1]]))
+        assert isinstance(answer, Error) and answer.code == ErrorCode.LOG_REJECTED
+        assert "limit of 1 entries" in answer.message
+        assert refusals(r, "max_log_entries") == 1
+
+    with_relay(tmp_path, test, max_log_entries=1)
+
+
+def test_a_ticket_opens_a_provisional_session_for_the_log_only(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        await r.join(r.keys.creator)
+        ticket = r.keys.ticket()
+        await r.ask(await r.join(r.keys.creator), LogAppend(entries=[r.keys.entries[-1]]))
+        newcomer = DeviceIdentity.generate()
+        hh = os.urandom(32)
+        hello = make_hello(newcomer, hh, r.keys.group_id, signer=(ticket.public, ticket.sign))
+        peer = FakePeer()
+        r.service.on_connect(peer)
+        await r.service.on_hello(peer, HelloReceived(newcomer.device_id, hello, hh))
+        assert peer.welcome is not None and peer.welcome.provisional
+        refused = await r.ask(peer, Push(blob_id=BlobId.random(), ciphertext=b"x"))
+        assert isinstance(refused, Error) and refused.code == ErrorCode.UNAUTHORIZED
+        log = await r.ask(peer, LogGet())
+        assert isinstance(log, Log) and log.entries == r.keys.entries
+        # It enrolls itself at the head; from then on it is a member.
+        r.keys.log.apply(
+            enroll := membership_entries.enroll(
+                r.keys.log, member_of(newcomer), newcomer.sign, ticket, now=r.clocks.wall
+            )
+        )
+        r.keys.entries.append(enroll)
+        assert isinstance(await r.ask(peer, LogAppend(entries=[enroll])), LogAppended)
+        stored = await r.ask(peer, Push(blob_id=BlobId.random(), ciphertext=b"x"))
+        assert isinstance(stored, PushAck)
+        # The ticket is used: a second device holding it is refused at HELLO.
+        other = DeviceIdentity.generate()
+        again = make_hello(other, hh, r.keys.group_id, signer=(ticket.public, ticket.sign))
+        late = FakePeer()
+        r.service.on_connect(late)
+        await r.service.on_hello(late, HelloReceived(other.device_id, again, hh))
+        assert late.closed_with is not None and late.closed_with[0] == ErrorCode.TICKET_USED
+
+    with_relay(tmp_path, test)
+
+
+def test_expired_and_cancelled_tickets_are_refused_with_their_codes(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        admin = await r.join(r.keys.creator)
+        expiring = r.keys.ticket(ttl_ms=1000)
+        cancelled = r.keys.ticket()
+        r.keys.append(
+            membership_entries.cancel(
+                r.keys.log,
+                r.keys.creator.sign_public,
+                r.keys.creator.sign,
+                cancelled.public,
+                now=r.keys.now,
+            )
+        )
+        assert isinstance(await r.ask(admin, LogAppend(entries=r.keys.entries[-3:])), LogAppended)
+        r.clocks.wall = r.keys.now + 2000
+        for ticket, code in (
+            (expiring, ErrorCode.TICKET_EXPIRED),
+            (cancelled, ErrorCode.TICKET_CANCELLED),
+        ):
+            device, hh = DeviceIdentity.generate(), os.urandom(32)
+            hello = make_hello(device, hh, r.keys.group_id, signer=(ticket.public, ticket.sign))
+            peer = FakePeer()
+            r.service.on_connect(peer)
+            await r.service.on_hello(peer, HelloReceived(device.device_id, hello, hh))
+            assert peer.closed_with is not None and peer.closed_with[0] == code
+
+    with_relay(tmp_path, test)
+
+
+def test_a_push_under_an_old_epoch_gets_2004_after_a_revocation(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        lost = DeviceIdentity.generate()
+        admin, _ = await r.join(r.keys.creator), await r.join(lost)
+        await r.revoke(admin, lost)
+        stale = await r.ask(admin, Push(blob_id=BlobId.random(), ciphertext=b"x", epoch=0))
+        assert isinstance(stale, Error) and stale.code == ErrorCode.EPOCH_STALE
+        assert "epoch 1" in stale.message
+        fresh = await r.ask(admin, Push(blob_id=BlobId.random(), ciphertext=b"x", epoch=1))
+        assert isinstance(fresh, PushAck)
+
+    with_relay(tmp_path, test)
+
+
+def test_a_repair_push_stores_a_retired_blob_again(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        owner = await r.join()
+        blob_id = BlobId.random()
+        assert isinstance(await r.ask(owner, Push(blob_id=blob_id, ciphertext=b"x")), PushAck)
+        assert await r.ask(owner, Delete(blob_id=blob_id, force=True)) == Delete(
+            blob_id=blob_id, force=True
+        )
+        retry = await r.ask(owner, Push(blob_id=blob_id, ciphertext=b"x"))
+        assert isinstance(retry, PushAck) and retry.cursor == 1  # still the first cursor
+        repaired = await r.ask(owner, Push(blob_id=blob_id, ciphertext=b"x", repair=True))
+        assert isinstance(repaired, PushAck) and repaired.cursor == 2
+
+    with_relay(tmp_path, test)
+
+
+def test_a_full_log_still_takes_the_revocation_of_the_device_that_filled_it(
+    tmp_path: Path,
+) -> None:
+    async def test(r: Relay) -> None:
+        thief_identity = DeviceIdentity.generate()
+        owner = await r.join(r.keys.creator)
+        thief = await r.join(thief_identity)  # the log now holds 3 entries: the limit
+        r.keys.ticket()  # what the thief would go on appending
+        answer = await r.ask(thief, LogAppend(entries=[r.keys.entries[-1]]))
+        assert isinstance(answer, Error) and answer.code == ErrorCode.LOG_REJECTED
+        r.keys.entries.pop()
+        r.keys.log = GroupLog.replay(r.keys.entries)
+        assert isinstance(await r.revoke(owner, thief_identity), LogAppended)
+        assert thief.closed_with is not None
+
+    with_relay(tmp_path, test, max_log_entries=3)

@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 
 from aiohttp.test_utils import make_mocked_request
 
-from tests.relay.test_service import Clocks, FakePeer
-from zerok.crypto import DeviceIdentity, GroupKeys
-from zerok.crypto.membership import make_hello
-from zerok.protocol import HelloReceived, RequestReceived
+from tests.relay.test_service import Clocks, FakePeer, hello_from
+from zerok.crypto import DeviceIdentity
+from zerok.protocol import RequestReceived
+from zerok.protocol.membership import GroupLog
 from zerok.relay.config import RelayConfig
 from zerok.relay.http import HttpApi
 from zerok.relay.push import LoggingPushSender
 from zerok.relay.service import RelayService
 from zerok.relay.storage.sqlite import SQLiteStorage
-from zerok.wire import Ack, BlobId, Error, ErrorCode, Message, Push, PushAck
+from zerok.testing import TestGroup
+from zerok.wire import Ack, BlobId, Error, ErrorCode, LogAppend, Message, Push, PushAck
 
 
 async def health(http: HttpApi) -> dict[str, object]:
@@ -51,15 +51,15 @@ def test_a_full_disk_refuses_pushes_with_storage_full_and_recovers(tmp_path: Pat
             monotonic=lambda: clocks.mono,
         )
         http = HttpApi(service, draining=lambda: False)
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         ids = iter(range(1, 10_000))
 
         async def join() -> FakePeer:
             identity = DeviceIdentity.generate()
+            keys.enroll(identity)
             peer = FakePeer()
             service.on_connect(peer)
-            hello = make_hello(keys, os.urandom(32), identity.device_id)
-            await service.on_hello(peer, HelloReceived(identity.device_id, hello))
+            await service.on_hello(peer, hello_from(identity, keys))
             assert peer.welcome is not None
             return peer
 
@@ -82,6 +82,13 @@ def test_a_full_disk_refuses_pushes_with_storage_full_and_recovers(tmp_path: Pat
             assert not ErrorCode.STORAGE_FULL.fatal and not sender.closed
             body = await health(http)
             assert body["status"] == "degraded" and "full" in str(body["reason"])
+            # The log takes nothing either, and says why without ending the session.
+            keys.ticket()
+            refused = await ask(sender, LogAppend(entries=[keys.entries[-1]]))
+            assert isinstance(refused, Error) and refused.code == ErrorCode.STORAGE_FULL
+            assert not sender.closed
+            keys.entries.pop()
+            keys.log = GroupLog.replay(keys.entries)
 
             # The reader catches up; cleanup (on the full disk) makes room.
             assert isinstance(await ask(reader, Ack(cursor=last)), Ack)

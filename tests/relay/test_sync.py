@@ -20,28 +20,35 @@ from tests.relay.support import (
     push,
     queued_events,
     raw_client,
+    revoke,
     run,
     wait_closed,
 )
-from zerok.crypto import DeviceIdentity, GroupKeys
+from zerok.crypto import DeviceIdentity
 from zerok.errors import RemoteError
 from zerok.protocol import CLASSIC, HYBRID, MessageReceived, Variant
-from zerok.testing import InProcessRelay
+from zerok.testing import InProcessRelay, TestGroup
 from zerok.transport.connection import RelayConnection
 from zerok.wire import (
     Ack,
     BlobId,
     Delete,
-    DeviceRevoked,
     Devices,
     ErrorCode,
     ListDevices,
+    Membership,
     Notify,
     Pull,
     PullResponse,
-    RevokeDevice,
-    RevokeReason,
 )
+
+
+async def _membership_at(conn: RelayConnection, start: int) -> Membership:
+    """The MEMBERSHIP notice of the entries from ``start`` (earlier ones passed over)."""
+    while True:
+        message = await next_message(conn, skip=())
+        if isinstance(message, Membership) and message.start == start:
+            return message
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +65,7 @@ def test_cursors_are_gap_free_under_concurrent_pushers(relay: InProcessRelay) ->
     pushers, per_pusher = 10, 50
 
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(relay.url) as pool:
             conns = [await pool.open(keys, name=f"pusher-{i}") for i in range(pushers)]
             sent = {
@@ -89,7 +96,7 @@ def test_cursors_are_gap_free_under_concurrent_pushers(relay: InProcessRelay) ->
 
 def test_push_is_idempotent_by_blob_id_also_after_reconnecting(relay: InProcessRelay) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         alice = DeviceIdentity.generate()
         async with clients(relay.url) as pool:
             conn = await pool.open(keys, alice)
@@ -131,10 +138,10 @@ def test_push_is_idempotent_by_blob_id_also_after_reconnecting(relay: InProcessR
 
 def test_notify_reaches_the_other_devices_and_not_the_sender(relay: InProcessRelay) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(relay.url) as pool:
             a, b, c = [await pool.open(keys, name=name) for name in "abc"]
-            stranger = await pool.open(GroupKeys.generate())  # another group
+            stranger = await pool.open(TestGroup())  # another group
             data = os.urandom(777)
             ack = await push(a, data)
             for device in (b, c):
@@ -156,7 +163,7 @@ def test_notify_reaches_the_other_devices_and_not_the_sender(relay: InProcessRel
 
 def test_pull_pages_by_limit_and_after(relay: InProcessRelay) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(relay.url) as pool:
             conn = await pool.open(keys)
             acks = [await push(conn, f"blob {i}".encode()) for i in range(7)]
@@ -186,7 +193,7 @@ def test_pull_pages_by_limit_and_after(relay: InProcessRelay) -> None:
 
 def test_blobs_larger_than_one_noise_message_round_trip(relay: InProcessRelay) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(relay.url) as pool:
             conn = await pool.open(keys)
             for size in (65_000, 65_518, 65_519, 200_000, 1024 * 1024):
@@ -203,7 +210,7 @@ def test_pull_pages_are_capped_by_bytes(relay: InProcessRelay) -> None:
     size, count = 200 * 1024, 8  # 1.6 MB in all, more than one 1 MiB frame
 
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(relay.url) as pool:
             conn = await pool.open(keys)
             assert conn.welcome is not None
@@ -217,7 +224,7 @@ def test_pull_pages_are_capped_by_bytes_with_small_frames(launcher: RelayLaunche
     relay = launcher.start("--max-blob-size", "20000", "--max-frame-size", "60000")
 
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(relay.url) as pool:
             conn = await pool.open(keys)
             assert conn.welcome is not None
@@ -258,7 +265,7 @@ def test_pull_response_frames_stay_within_the_announced_frame_limit(
     relay: InProcessRelay,
 ) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with raw_client(relay.url) as raw:
             welcome = await raw.open(keys)
             frame_limit = welcome.limits.max_frame_size
@@ -277,7 +284,7 @@ def test_pull_response_frames_stay_within_the_announced_frame_limit(
 @pytest.mark.parametrize("variant", [HYBRID, CLASSIC], ids=["hybrid", "classic"])
 def test_push_and_pull_with_each_handshake_variant(relay: InProcessRelay, variant: Variant) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(relay.url) as pool:
             writer = await pool.open(keys, variant=variant)
             reader = await pool.open(keys, variant=variant)
@@ -296,7 +303,7 @@ def test_push_and_pull_with_each_handshake_variant(relay: InProcessRelay, varian
 
 def test_devices_on_different_variants_share_a_group(relay: InProcessRelay) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(relay.url) as pool:
             hybrid = await pool.open(keys, variant=HYBRID)
             classic = await pool.open(keys, variant=CLASSIC)
@@ -312,31 +319,24 @@ def test_devices_on_different_variants_share_a_group(relay: InProcessRelay) -> N
 
 def test_revoked_device_is_told_disconnected_and_refused(relay: InProcessRelay) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         bob = DeviceIdentity.generate()
         async with clients(relay.url) as pool:
-            a = await pool.open(keys, name="alice")
+            a = await pool.open(keys, keys.creator, name="alice")  # the group's admin
             b = await pool.open(keys, bob, name="bob")
             c = await pool.open(keys, name="carol")
             a_id = a.session.identity.device_id
 
-            answer = await a.request(
-                RevokeDevice(device_id=bob.device_id, reason=RevokeReason.COMPROMISED)
-            )
-            assert isinstance(answer, DeviceRevoked), answer
-            assert answer.device_id == bob.device_id
-            assert answer.revoked_by == a_id
-            assert answer.reason == RevokeReason.COMPROMISED
-            assert answer.timestamp > 0
+            answer = await revoke(a, keys, bob)
+            assert (answer.head_seq, answer.head_hash) == (keys.log.head_seq, keys.log.head_hash)
+            notice = Membership(start=keys.log.head_seq, entries=[keys.entries[-1]])
 
-            notice = await next_message(b)
-            assert isinstance(notice, DeviceRevoked) and notice.device_id == bob.device_id
+            assert await _membership_at(b, notice.start) == notice
             closed = await wait_closed(b)
             assert closed.code == ErrorCode.DEVICE_REVOKED
             assert closed.by_peer
 
-            told = await next_message(c)
-            assert told == answer  # the others hear of it too
+            assert await _membership_at(c, notice.start) == notice  # the others hear of it
             assert not c.closed
 
             with pytest.raises(RemoteError) as refused:
@@ -350,8 +350,8 @@ def test_revoked_device_is_told_disconnected_and_refused(relay: InProcessRelay) 
             assert not info[bob.device_id].online
             assert info[bob.device_id].name == "bob"
             assert not info[a_id].revoked and info[a_id].online
-            # The group goes on without Bob.
-            ack = await push(c, b"still syncing")
+            # The group goes on without Bob, in its new epoch.
+            ack = await push(c, b"still syncing", epoch=keys.epoch)
             assert isinstance(await next_message(a), Notify)
             assert ack.cursor == 1
 
@@ -360,19 +360,23 @@ def test_revoked_device_is_told_disconnected_and_refused(relay: InProcessRelay) 
 
 def test_a_device_without_the_group_key_cannot_join(relay: InProcessRelay) -> None:
     async def scenario() -> None:
-        victim = GroupKeys.generate()
+        victim = TestGroup()
         async with clients(relay.url) as pool:
             owner = await pool.open(victim)
             await push(owner, b"private")
 
-            impostor = GroupKeys.generate()
-            impostor.group_id = victim.group_id  # knows the group id, not the root key
+            # Knowing the group id is not enough: a log of one's own under it is refused,
+            # and so is a device no log of the group knows.
+            impostor = TestGroup()
+            impostor.group_id = victim.group_id
             with pytest.raises(RemoteError) as refused:
-                await pool.open(impostor)
-            assert refused.value.code == ErrorCode.UNAUTHORIZED
-
+                async with clients(relay.url) as elsewhere:  # brings its whole log
+                    await elsewhere.open(impostor)
+            assert refused.value.code == ErrorCode.LOG_REJECTED
+            assert "genesis" in str(refused.value)
+            stranger = DeviceIdentity.generate()
             with pytest.raises(RemoteError) as refused:
-                await pool.open(impostor, variant=HYBRID)
+                await RelayConnection.open(relay.url, stranger, victim.group_id, variants=[HYBRID])
             assert refused.value.code == ErrorCode.UNAUTHORIZED
 
             # The group is untouched and its owner still served.
@@ -386,7 +390,7 @@ def test_a_device_without_the_group_key_cannot_join(relay: InProcessRelay) -> No
 
 def test_delete_is_for_the_owner_and_force_deletes_now(relay: InProcessRelay) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(relay.url) as pool:
             owner = await pool.open(keys)
             other = await pool.open(keys)
@@ -419,7 +423,7 @@ def test_delete_is_for_the_owner_and_force_deletes_now(relay: InProcessRelay) ->
 
 def test_list_devices_reports_names_online_and_pending(relay: InProcessRelay) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        keys = TestGroup()
         async with clients(relay.url) as pool:
             a = await pool.open(keys, name="laptop")
             phone = DeviceIdentity.generate()
@@ -466,5 +470,19 @@ def test_plain_http_get_and_upgrade_without_subprotocol(relay: InProcessRelay) -
             with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
                 await http.ws_connect(relay.url)
             assert refused.value.status == 400
+            # A client of protocol version 1 is told which version this relay speaks.
+            async with http.get(
+                relay.http_url + "/",
+                headers={
+                    "Upgrade": "websocket",
+                    "Connection": "Upgrade",
+                    "Sec-WebSocket-Version": "13",
+                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                    "Sec-WebSocket-Protocol": "0k-sync.v1.hfs, 0k-sync.v1.xx",
+                },
+            ) as response:
+                assert response.status == 400
+                text = await response.text()
+                assert "protocol version 2" in text and "offered protocol v1" in text
 
     run(scenario())

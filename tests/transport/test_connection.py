@@ -4,6 +4,9 @@ Open and WELCOME, requests and their answers, unsolicited messages, the ways a c
 ends (closed by the client with a request pending, a fatal ERROR from the relay, the
 relay shutting down) and the ways opening fails (refused, unreachable, no relay there,
 a relay that never answers the handshake).
+
+The relay admits a device that the group's log enrolls: the tests use ``TestGroup``,
+whose creator enrolls every device they connect, and bring the log in HELLO.
 """
 
 from __future__ import annotations
@@ -19,16 +22,20 @@ import pytest
 from aiohttp import web
 
 from tests.relay.support import RelayLauncher, run
-from zerok.crypto import DeviceIdentity, GroupKeys
+from zerok.crypto import DeviceIdentity
 from zerok.errors import ConnectError, FrameTooLargeError, RemoteError
 from zerok.protocol import CLASSIC, HYBRID, ConnectionClosed, Event, MessageReceived
-from zerok.testing import InProcessRelay
+from zerok.protocol import entries as log_entries
+from zerok.testing import InProcessRelay, TestGroup, member_of
 from zerok.transport.connection import RelayConnection
 from zerok.wire import (
     BlobId,
-    DeviceRevoked,
     ErrorCode,
+    GroupId,
     Limits,
+    LogAppend,
+    LogAppended,
+    Membership,
     Notify,
     Pull,
     PullResponse,
@@ -36,8 +43,6 @@ from zerok.wire import (
     PushAck,
     PushPlatform,
     RegisterPush,
-    RevokeDevice,
-    RevokeReason,
 )
 
 
@@ -47,10 +52,25 @@ def relay(module_launcher: RelayLauncher) -> InProcessRelay:
 
 
 async def connect(
-    url: str, keys: GroupKeys, identity: DeviceIdentity | None = None, *, timeout: float = 10.0
+    url: str, group: TestGroup, identity: DeviceIdentity | None = None, *, timeout: float = 10.0
 ) -> RelayConnection:
+    """Enroll the device (a new one by default) and connect it, bringing the group's log."""
+    identity = identity or DeviceIdentity.generate()
+    group.enroll(identity)
     return await RelayConnection.open(
-        url, identity or DeviceIdentity.generate(), keys, heartbeat=None, timeout=timeout
+        url,
+        identity,
+        group.group_id,
+        entries=group.entries,
+        heartbeat=None,
+        timeout=timeout,
+    )
+
+
+async def connect_stranger(url: str, *, timeout: float = 10.0) -> RelayConnection:
+    """A device of no group: for openings that fail before any HELLO is read."""
+    return await RelayConnection.open(
+        url, DeviceIdentity.generate(), GroupId.random(), heartbeat=None, timeout=timeout
     )
 
 
@@ -64,13 +84,19 @@ async def events_until_closed(conn: RelayConnection, timeout: float = 5.0) -> li
 
 def test_open_welcomes_and_requests_get_their_answers(relay: InProcessRelay) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
-        conn = await connect(relay.url, keys)
+        group = TestGroup()
+        conn = await connect(relay.url, group)
         try:
             assert conn.welcome is not None
             assert conn.welcome.relay_id == bytes(DeviceIdentity.load(relay.key_path).device_id)
             assert (conn.welcome.max_cursor, conn.welcome.pending) == (0, 0)
             assert conn.welcome.limits.max_blob_size == 1024
+            # The relay's log is the one HELLO brought: its head and the current epoch.
+            assert (conn.welcome.log_seq, conn.welcome.log_hash) == (
+                group.log.head_seq,
+                group.log.head_hash,
+            )
+            assert (conn.welcome.epoch, conn.welcome.provisional) == (0, False)
             assert conn.session.variant in (HYBRID, CLASSIC)
             pushes = [Push(blob_id=BlobId.random(), ciphertext=b"blob %d" % i) for i in range(5)]
             # Pipelined: every answer finds its own request.
@@ -104,11 +130,20 @@ def test_open_welcomes_and_requests_get_their_answers(relay: InProcessRelay) -> 
 
 def test_unsolicited_messages_are_events(relay: InProcessRelay) -> None:
     async def scenario() -> None:
-        keys = GroupKeys.generate()
-        a, b = await connect(relay.url, keys), await connect(relay.url, keys)
+        group = TestGroup()
+        a = await connect(relay.url, group)
+        known = len(group.entries)
+        b = await connect(relay.url, group)  # its HELLO brings its enrollment to the log
         try:
+            # The relay tells the group's other devices of what was appended.
+            event = await a.next_event(5)
+            assert isinstance(event, MessageReceived) and isinstance(event.message, Membership)
+            assert event.message.start == known
+            assert event.message.entries == group.entries[known:]
             ack = await a.request(Push(blob_id=BlobId.random(), ciphertext=b"news"))
             assert isinstance(ack, PushAck)
+            # b's first event is this NOTIFY: the device that brought the entries is not told
+            # of them (a MEMBERSHIP would have come first, on the same ordered channel).
             event = await b.next_event(5)
             assert isinstance(event, MessageReceived) and isinstance(event.message, Notify)
             assert (event.message.blob_id, event.message.cursor) == (ack.blob_id, ack.cursor)
@@ -126,7 +161,7 @@ def test_unsolicited_messages_are_events(relay: InProcessRelay) -> None:
 
 def test_close_while_a_request_is_pending_fails_it(relay: InProcessRelay) -> None:
     async def scenario() -> None:
-        conn = await connect(relay.url, GroupKeys.generate())
+        conn = await connect(relay.url, TestGroup())
         with relay.paused():  # the relay answers nothing while it is held
             pending = asyncio.create_task(conn.request(Pull(after=0, limit=1)))
             async with asyncio.timeout(5):
@@ -143,20 +178,23 @@ def test_close_while_a_request_is_pending_fails_it(relay: InProcessRelay) -> Non
 
 
 def test_a_fatal_error_from_the_relay_ends_the_connection(relay: InProcessRelay) -> None:
+    """An admin revokes a device (a Revoke entry in LOG_APPEND): the device hears of it by
+    MEMBERSHIP, then the relay ends its connection with ERROR 1003, and refuses it after."""
+
     async def scenario() -> None:
-        keys = GroupKeys.generate()
+        group = TestGroup()
         lost = DeviceIdentity.generate()
-        admin = await connect(relay.url, keys)
-        victim = await connect(relay.url, keys, lost)
+        admin = await connect(relay.url, group, group.creator)
+        victim = await connect(relay.url, group, lost)
         try:
-            revoked = await admin.request(
-                RevokeDevice(device_id=lost.device_id, reason=RevokeReason.LOST)
-            )
-            assert isinstance(revoked, DeviceRevoked)
+            revoke = group.revoke(lost)
+            appended = await admin.request(LogAppend(entries=[revoke]))
+            head = group.log
+            assert appended == LogAppended(head_seq=head.head_seq, head_hash=head.head_hash)
             events = await events_until_closed(victim)
             notice, closed = events
             assert isinstance(notice, MessageReceived)
-            assert isinstance(notice.message, DeviceRevoked)
+            assert notice.message == Membership(start=group.log.head_seq, entries=[revoke])
             assert isinstance(closed, ConnectionClosed)
             assert (closed.code, closed.by_peer) == (ErrorCode.DEVICE_REVOKED, True)
             assert victim.closed and await victim.wait_closed() == closed
@@ -164,8 +202,10 @@ def test_a_fatal_error_from_the_relay_ends_the_connection(relay: InProcessRelay)
                 await victim.request(Pull(after=0, limit=1))
             # Opening again is refused with the relay's ERROR.
             with pytest.raises(RemoteError) as refused:
-                await connect(relay.url, keys, lost)
+                await connect(relay.url, group, lost)
             assert refused.value.code == ErrorCode.DEVICE_REVOKED
+            assert not admin.closed  # the admin's connection goes on, in the new epoch
+            assert isinstance(await admin.request(Pull(after=0, limit=1)), PullResponse)
         finally:
             await admin.close()
             await victim.close()
@@ -179,7 +219,7 @@ def test_the_relay_shutting_down_ends_the_connection_with_3001(tmp_path: Path) -
         relay = launcher.start()
 
         async def scenario() -> None:
-            conn = await connect(relay.url, GroupKeys.generate())
+            conn = await connect(relay.url, TestGroup())
             relay.sigterm()
             closed = await asyncio.wait_for(conn.wait_closed(), 10)
             assert (closed.code, closed.by_peer) == (ErrorCode.RELAY_SHUTTING_DOWN, True)
@@ -191,16 +231,41 @@ def test_the_relay_shutting_down_ends_the_connection_with_3001(tmp_path: Path) -
         launcher.close()
 
 
-def test_wrong_group_key_is_refused(relay: InProcessRelay) -> None:
+def test_a_device_the_log_does_not_enroll_is_refused(relay: InProcessRelay) -> None:
+    """Knowing a group's id (and even its whole log) does not let a device in."""
+
     async def scenario() -> None:
-        keys = GroupKeys.generate()
-        conn = await connect(relay.url, keys)
+        group = TestGroup()
+        conn = await connect(relay.url, group)
         await conn.close()
-        impostor = GroupKeys.generate()
-        impostor.group_id = keys.group_id
         with pytest.raises(RemoteError) as refused:
-            await connect(relay.url, impostor)
+            await RelayConnection.open(
+                relay.url,
+                DeviceIdentity.generate(),
+                group.group_id,
+                entries=group.entries,
+                heartbeat=None,
+            )
         assert refused.value.code == ErrorCode.UNAUTHORIZED
+        assert "not enrolled" in refused.value.message
+
+    run(scenario())
+
+
+def test_a_proof_by_another_key_than_the_logs_is_refused(relay: InProcessRelay) -> None:
+    """The log names the signing key of each device: a device proving with any other key
+    (here the log has another key for it) is refused, as a wrong group key was in v1."""
+
+    async def scenario() -> None:
+        group = TestGroup()
+        device, other = DeviceIdentity.generate(), DeviceIdentity.generate()
+        ticket = group.ticket()
+        wrong = msgspec.structs.replace(member_of(device), sign=other.sign_public)
+        group.append(log_entries.enroll(group.log, wrong, other.sign, ticket, now=group.now))
+        with pytest.raises(RemoteError) as refused:
+            await connect(relay.url, group, device)
+        assert refused.value.code == ErrorCode.UNAUTHORIZED
+        assert "proof does not verify" in refused.value.message
 
     run(scenario())
 
@@ -249,7 +314,7 @@ def test_open_times_out_when_the_handshake_is_not_answered() -> None:
             loop = asyncio.get_running_loop()
             started = loop.time()
             with pytest.raises(ConnectError, match="deadline"):
-                await connect(url, GroupKeys.generate(), timeout=0.5)
+                await connect_stranger(url, timeout=0.5)
             assert 0.4 <= loop.time() - started <= 5.0
 
     run(scenario())
@@ -259,18 +324,20 @@ def test_open_fails_without_a_relay() -> None:
     async def scenario() -> None:
         url = f"ws://127.0.0.1:{closed_port()}/"
         with pytest.raises(ConnectError, match="cannot connect"):
-            await connect(url, GroupKeys.generate(), timeout=5)
+            await connect_stranger(url, timeout=5)
         async with websocket_server(("chat",)) as other:  # a WebSocket, but no relay
             with pytest.raises(ConnectError, match="not a 0k-Sync relay"):
-                await connect(other, GroupKeys.generate(), timeout=5)
+                await connect_stranger(other, timeout=5)
 
     run(scenario())
 
 
 def test_welcome_announces_the_relays_idle_timeout_and_heartbeat(relay: InProcessRelay) -> None:
     async def scenario() -> None:
-        conn = await RelayConnection.open(
-            relay.url, DeviceIdentity.generate(), GroupKeys.generate()
+        group, identity = TestGroup(), DeviceIdentity.generate()
+        group.enroll(identity)
+        conn = await RelayConnection.open(  # the default heartbeat, which WELCOME adjusts
+            relay.url, identity, group.group_id, entries=group.entries
         )
         try:
             assert conn.welcome is not None

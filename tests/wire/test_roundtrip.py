@@ -16,13 +16,17 @@ from zerok.wire import (
     Delete,
     DeviceId,
     DeviceInfo,
-    DeviceRevoked,
     Devices,
     Error,
     GroupId,
     Hello,
     Limits,
     ListDevices,
+    Log,
+    LogAppend,
+    LogAppended,
+    LogGet,
+    Membership,
     Message,
     MessageType,
     Notify,
@@ -33,8 +37,6 @@ from zerok.wire import (
     PushAck,
     PushPlatform,
     RegisterPush,
-    RevokeDevice,
-    RevokeReason,
     StoredBlob,
     UnregisterPush,
     Welcome,
@@ -60,6 +62,12 @@ device_ids = st.binary(min_size=32, max_size=32).map(DeviceId)
 group_ids = st.binary(min_size=32, max_size=32).map(GroupId)
 blob_ids = st.binary(min_size=16, max_size=16).map(BlobId)
 request_ids = st.integers(min_value=0, max_value=U32_MAX)
+epochs = st.integers(min_value=0, max_value=U32_MAX)
+log_seqs = st.integers(min_value=0, max_value=I64_MAX)
+digests = st.binary(min_size=32, max_size=32)
+signers = st.one_of(st.just(b""), public_keys)  # empty, or a whole key (Hello checks)
+# Entries of the size a log holds; the bound itself is checked in test_codec.py.
+log_entries = st.binary(max_size=600)
 
 limits = st.builds(
     Limits,
@@ -93,11 +101,12 @@ device_infos = st.builds(
 hellos = st.builds(
     Hello,
     group_id=group_ids,
-    auth_key=public_keys,
     proof=signatures,
+    signer=signers,
     device_name=names,
     last_cursor=cursors,
     client=names,
+    entries=st.lists(log_entries, max_size=64),
 )
 welcomes = st.builds(
     Welcome,
@@ -105,9 +114,20 @@ welcomes = st.builds(
     max_cursor=cursors,
     pending=counts,
     limits=limits,
+    log_seq=log_seqs,
+    log_hash=digests,
+    epoch=epochs,
     server_time=millis,
+    provisional=st.booleans(),
 )
-pushes = st.builds(Push, blob_id=blob_ids, ciphertext=ciphertexts, ttl=seconds)
+pushes = st.builds(
+    Push,
+    blob_id=blob_ids,
+    ciphertext=ciphertexts,
+    epoch=epochs,
+    ttl=seconds,
+    repair=st.booleans(),
+)
 push_acks = st.builds(PushAck, blob_id=blob_ids, cursor=cursors, timestamp=millis)
 pulls = st.builds(Pull, after=cursors, limit=st.integers(min_value=1, max_value=1000))
 pull_responses = st.builds(
@@ -122,14 +142,11 @@ notifies = st.builds(
 )
 acks = st.builds(Ack, cursor=cursors)
 deletes = st.builds(Delete, blob_id=blob_ids, force=st.booleans())
-revoke_devices = st.builds(RevokeDevice, device_id=device_ids, reason=st.sampled_from(RevokeReason))
-device_revokeds = st.builds(
-    DeviceRevoked,
-    device_id=device_ids,
-    revoked_by=device_ids,
-    timestamp=millis,
-    reason=st.sampled_from(RevokeReason),
-)
+log_gets = st.builds(LogGet, start=log_seqs, limit=st.integers(min_value=1, max_value=256))
+logs = st.builds(Log, start=log_seqs, entries=st.lists(log_entries, max_size=8), head_seq=log_seqs)
+log_appends = st.builds(LogAppend, entries=st.lists(log_entries, min_size=1, max_size=16))
+log_appendeds = st.builds(LogAppended, head_seq=log_seqs, head_hash=digests)
+memberships = st.builds(Membership, start=log_seqs, entries=st.lists(log_entries, max_size=16))
 list_devices = st.builds(ListDevices)
 devices = st.builds(Devices, devices=st.lists(device_infos, max_size=6))
 register_pushes = st.builds(
@@ -157,10 +174,13 @@ STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
     Notify: notifies,
     Ack: acks,
     Delete: deletes,
-    RevokeDevice: revoke_devices,
-    DeviceRevoked: device_revokeds,
     ListDevices: list_devices,
     Devices: devices,
+    LogGet: log_gets,
+    Log: logs,
+    LogAppend: log_appends,
+    LogAppended: log_appendeds,
+    Membership: memberships,
     RegisterPush: register_pushes,
     UnregisterPush: unregister_pushes,
     Error: errors,
@@ -170,7 +190,7 @@ any_message: st.SearchStrategy[Message] = st.one_of(*STRATEGIES.values())
 
 def test_all_messages_covers_every_message_type_once() -> None:
     types = [cls.TYPE for cls in ALL_MESSAGES]
-    assert len(types) == len(set(types)) == len(MessageType) == 17
+    assert len(types) == len(set(types)) == len(MessageType) == 20
     assert set(types) == set(MessageType)
     assert len(set(ALL_MESSAGES)) == len(ALL_MESSAGES)
     for cls in ALL_MESSAGES:

@@ -15,15 +15,16 @@ import re
 import sqlite3
 import sys
 import unicodedata
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from rich.console import Console
 from rich.markup import escape
 
+from zerok.cli.advice import explain
 from zerok.client import SyncClient, mailbox
 from zerok.client.events import Connected, Disconnected
 from zerok.errors import NotConnectedError, RelayUnreachableError, StateError, SyncError
@@ -54,6 +55,33 @@ def add_common(parser: argparse.ArgumentParser, *, nested: bool = False) -> None
         help="machine-readable output",
         **default,  # type: ignore[arg-type]
     )
+
+
+PASSPHRASE_GONE = (
+    "passphrase groups are gone in protocol version 2 (anyone holding the passphrase could "
+    "join): start a group with `zerok init --relay URL`, which shows its recovery words, "
+    "and join devices with an invite (`zerok pair create`, then `zerok pair join CODE`)"
+)
+
+
+class Removed(argparse.Action):
+    """An option zerok no longer has: a usage error saying why and what to use instead,
+    rather than argparse's bare "unrecognized arguments"."""
+
+    def __init__(
+        self, option_strings: Sequence[str], dest: str, *, why: str, **kwargs: Any
+    ) -> None:
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
+        self.why = why
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(f"{option_string}: {self.why}")
 
 
 def emit_json(doc: Any) -> None:
@@ -98,6 +126,19 @@ def ttl_arg(text: str) -> int:
     if not 1 <= value <= INVITE_TTL_MAX:
         raise argparse.ArgumentTypeError(f"seconds within 1..{INVITE_TTL_MAX}, not {text}")
     return value
+
+
+T = TypeVar("T")
+
+
+async def within(timeout: float, step: Awaitable[T], what: str) -> T:
+    """``step``, or SyncError once ``timeout`` seconds have passed."""
+    try:
+        return await asyncio.wait_for(step, timeout)
+    except TimeoutError:
+        raise SyncError(
+            f"{what}: no answer within {timeout:g} s; try again, or --timeout"
+        ) from None
 
 
 # -- text from others (device names, relay URLs, blobs): shown as it is, never obeyed -------
@@ -252,7 +293,7 @@ async def relay_health(url: str, timeout: float) -> Health:
 
 def check_state(home: Path) -> None:
     """Stop if a device key sits next to a missing, empty or unreadable state file: opening
-    it would silently make a new, empty state (no group key, cursor or outbox)."""
+    it would silently make a new, empty state (no group log, epoch keys, cursor or outbox)."""
     key, state = home / "device.key", home / "state.db"
     if not key.exists():
         return
@@ -264,8 +305,8 @@ def check_state(home: Path) -> None:
         if not state.exists() or state.stat().st_size == 0:
             what = "is missing" if not state.exists() else "is empty"
             raise StateError(
-                f"{state} {what} but {key} exists: this device's group key, cursor and "
-                f"outbox are lost; {recover}"
+                f"{state} {what} but {key} exists: this device's group log, epoch keys, "
+                f"cursor and outbox are lost; {recover}"
             )
         db = sqlite3.connect(f"{state.as_uri()}?mode=ro", uri=True)
         try:
@@ -305,7 +346,7 @@ def open_client(args: argparse.Namespace, *, need_group: bool = True) -> SyncCli
     client = new_client(home, getattr(args, "name", None))
     if need_group and client.group_id is None:
         raise SyncError(
-            "this device is in no group yet: `zerok pair create --relay URL` starts one, "
+            "this device is in no group yet: `zerok init --relay URL` starts one, "
             "`zerok pair join CODE` joins one"
         )
     return client
@@ -331,7 +372,7 @@ async def _guarded(main: Callable[[], Awaitable[int]]) -> int:
     try:
         return await _closing(main)
     except SyncError as exc:
-        err.print(f"[bold red]zerok:[/] {safe(friendly(str(exc)))}", markup=True)
+        err.print(f"[bold red]zerok:[/] {safe(explain(exc, friendly(str(exc))))}", markup=True)
         return 1
     except OSError as exc:  # a file to read or write: the user's to fix, not a crash
         where = f" {exc.filename}" if exc.filename else ""

@@ -21,11 +21,13 @@ from zerok.cli.common import (
     safe,
     timeout_arg,
 )
-from zerok.client.state import LocalState
-from zerok.crypto import DeviceIdentity, GroupKeys
-from zerok.errors import RemoteError, SyncError
+from zerok.client.membership import Membership
+from zerok.client.state import LocalState, LogRow
+from zerok.crypto import DeviceIdentity
+from zerok.errors import EpochKeyError, RemoteError, SyncError
 from zerok.transport.connection import RelayConnection
 from zerok.version import __version__
+from zerok.wire import DeviceId, ErrorCode, GroupId, Welcome
 
 MAX_SKEW = 60.0  # seconds between this clock and a relay's before it is a problem
 
@@ -41,10 +43,12 @@ class Check:
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     doctor = commands.add_parser(
         "doctor",
-        help="check the data directory and the relays; say how to fix what is wrong",
+        help="check the data directory, the group's log and the relays; say how to fix "
+        "what is wrong",
         description="Checks the data directory (0700), the device key (0600), the local "
-        "state, and for each relay: /health, its version, the clock skew and a full "
-        "handshake. Exit code 0 when all is well, 1 otherwise. Creates nothing.",
+        "state, the group's log (verified from its genesis), this device's membership and "
+        "its epoch key, and for each relay: /health, its version, the clock skew, a full "
+        "handshake and its log. Exit code 0 when all is well, 1 otherwise. Creates nothing.",
     )
     add_common(doctor)
     doctor.add_argument(
@@ -70,7 +74,7 @@ class Device:
     """What the handshake needs, from the data directory."""
 
     identity: DeviceIdentity | None = None
-    keys: GroupKeys | None = None
+    members: Membership | None = None
     relays: tuple[str, ...] = ()
     name: str = ""
     cursor: int = 0
@@ -106,22 +110,80 @@ def _local(home: Path, checks: list[Check]) -> Device:
                     "state",
                     False,
                     f"{state.path}: this device is in no group",
-                    "zerok pair create --relay URL, or zerok pair join CODE",
+                    "zerok init --relay URL starts one, zerok pair join CODE joins one",
                 )
             )
             return found
         group = state.load_group()
         found.cursor = state.cursor
         found.name = state.get_value("device_name") or ""
+        rows, keys = state.log_load(), state.keys_load()
     except SyncError as exc:
         checks.append(Check("state", False, str(exc), f"restore {state.path} from a backup"))
         return found
     finally:
         state.close()
-    shown = f"{state.path}: group {group.keys.group_id.short()}, cursor {found.cursor}"
+    shown = f"{state.path}: group {group.group_id.short()}, cursor {found.cursor}"
     checks.append(Check("state", True, shown))
-    found.keys, found.relays = group.keys, tuple(group.relays)
+    found.relays = tuple(group.relays)
+    if found.identity is not None:
+        found.members = _log(found.identity, group.group_id, rows, keys, checks)
     return found
+
+
+def _log(
+    identity: DeviceIdentity,
+    group_id: GroupId,
+    rows: list[LogRow],
+    keys: dict[int, bytes],
+    checks: list[Check],
+) -> Membership | None:
+    """The saved log, verified again from its genesis; this device's place in it; the key
+    of its current epoch."""
+    fix = "restore state.db from a backup, or start over as a new device and pair again"
+    try:
+        members = Membership.load(identity, rows, keys)
+    except SyncError as exc:
+        checks.append(Check("log", False, f"the saved log does not verify: {exc}", fix))
+        return None
+    if members.group_id != group_id:
+        checks.append(Check("log", False, "the saved log is another group's", fix))
+        return None
+    entries = "1 entry" if len(rows) == 1 else f"{len(rows)} entries"
+    detail = f"{entries}, verified from the genesis; epoch {members.epoch}"
+    checks.append(Check("log", True, detail))
+    checks.append(_membership(members))
+    if members.active:
+        try:
+            members.key_for(members.epoch)
+            checks.append(
+                Check("epoch key", True, f"this device holds epoch {members.epoch}'s key")
+            )
+        except EpochKeyError as exc:
+            fix = "ask a device of the group to rotate the keys (zerok group rotate)"
+            checks.append(Check("epoch key", False, str(exc), fix))
+    return members
+
+
+def _membership(members: Membership) -> Check:
+    me = members.log.member(members.me)
+    if me is None:
+        return Check("membership", False, "this device is not in its group's log", "pair again")
+    if me.active:
+        return Check("membership", True, f"{me.role.value}, enrolled at #{me.since}")
+    by = members.device_of(me.revoked_by) if me.revoked_by else None
+    author = "the recovery key" if by is None else _name(members, by)
+    why = f" ({me.reason})" if me.reason else ""
+    fix = (
+        "if nobody you trust did this (a stolen device?), take the group back: zerok group "
+        "recover; else start over as a new device (zerok init in a new --home)"
+    )
+    return Check("membership", False, f"revoked at #{me.revoked_at} by {author}{why}", fix)
+
+
+def _name(members: Membership, device: DeviceId) -> str:
+    state = members.log.member(device)
+    return f"{state.name or '?'} ({device.short()})" if state else device.short()
 
 
 def _skew(name: str, relay_time: float) -> Check:
@@ -149,7 +211,8 @@ async def _relay(url: str, device: Device, timeout: float) -> list[Check]:
         checks.append(
             Check("  version", True, f"relay {version}, this client {__version__} (they differ)")
         )
-    if device.identity is None or device.keys is None:
+    members = device.members
+    if device.identity is None or members is None or not members.active:
         if health.date is not None:
             checks.append(_skew("  clock", health.date))
         return checks
@@ -158,7 +221,7 @@ async def _relay(url: str, device: Device, timeout: float) -> list[Check]:
         conn = await RelayConnection.open(
             url,
             device.identity,
-            device.keys,
+            members.group_id,
             timeout=timeout,
             heartbeat=None,
             device_name=device.name,
@@ -177,6 +240,7 @@ async def _relay(url: str, device: Device, timeout: float) -> list[Check]:
         elapsed = time.time() - started
         assert welcome is not None
         checks.append(Check("  handshake", True, f"WELCOME after {elapsed * 1000:.0f} ms"))
+        checks.append(_relay_log(members, welcome))
         if welcome.server_time:
             checks.append(_skew("  clock", welcome.server_time / 1000))
         elif health.date is not None:
@@ -186,9 +250,32 @@ async def _relay(url: str, device: Device, timeout: float) -> list[Check]:
     return checks
 
 
+def _relay_log(members: Membership, welcome: Welcome) -> Check:
+    """The relay's log head against this device's: behind or ahead heals itself when the
+    device syncs; another entry at a position both hold is a fork."""
+    ours = members.head_seq
+    theirs = welcome.log_seq
+    if theirs <= ours and members.log.hashes[theirs] != welcome.log_hash:
+        fix = "stop using this relay (zerok relays remove URL) and tell its operator"
+        detail = f"its log differs from this device's at #{theirs}: it showed another history"
+        return Check("  relay log", False, detail, fix)
+    if theirs == ours:
+        return Check("  relay log", True, f"at #{theirs} as this device, epoch {welcome.epoch}")
+    if theirs < ours:
+        detail = f"at #{theirs}, behind this device (#{ours}): it gets the rest on the next sync"
+    else:
+        detail = f"at #{theirs}, ahead of this device (#{ours}): the next sync reads it"
+    return Check("  relay log", True, detail)
+
+
 def _fix_remote(exc: RemoteError) -> str:
-    if "revoked" in exc.message.lower():
-        return "this device was revoked: start over as a new device (zerok init in a new --home)"
+    if exc.code == ErrorCode.DEVICE_REVOKED:
+        return (
+            "this device was revoked: if nobody you trust did it, zerok group recover; else "
+            "start over as a new device (zerok init in a new --home)"
+        )
+    if exc.code in (ErrorCode.UNKNOWN_GROUP, ErrorCode.UNAUTHORIZED):
+        return "the relay lacks the group's log: zerok pull brings it (then run doctor again)"
     return "see the relay's log"
 
 

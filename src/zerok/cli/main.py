@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from zerok.cli import data, device, doctor, group, pair, relay
+from zerok.cli import data, device, devices, doctor, group, pair, relay, relays
 from zerok.version import __version__
 
 
@@ -19,7 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     device.add_parsers(commands)
     pair.add_parsers(commands)
     data.add_parsers(commands)
+    devices.add_parsers(commands)
     group.add_parsers(commands)
+    relays.add_parsers(commands)
     doctor.add_parser(commands)
     relay.add_parser(commands)
     return parser

@@ -1,15 +1,16 @@
-"""``zerok pair create | join | cancel``."""
+"""``zerok pair create | join | cancel``, and starting a group (``zerok init --relay``),
+which shows the group's recovery key once."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
-from typing import TypeVar
 
 from zerok.cli.common import (
+    PASSPHRASE_GONE,
+    ConnectionWatch,
+    Removed,
     add_common,
     emit_json,
     err,
@@ -22,23 +23,36 @@ from zerok.cli.common import (
     safe,
     timeout_arg,
     ttl_arg,
+    within,
 )
+from zerok.client import NewGroup, Role, SyncClient
 from zerok.errors import SyncError
+
+WORDS_PER_ROW = 4
+RELAY_GONE = (
+    "`pair create` no longer starts a group: `zerok init --relay URL` does (and shows its "
+    "recovery words); `zerok relays` changes the relays of a group"
+)
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pair = commands.add_parser("pair", help="invite a device, or join a group")
     actions = pair.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    create = actions.add_parser("create", help="make an invite (creates the group on first use)")
+    create = actions.add_parser(
+        "create",
+        help="invite another device into this device's group (admins only)",
+        description="Makes a one-use invite: a ticket in the group's log, shown as a QR "
+        "code, a URL and a short code. `zerok pair cancel` withdraws it, in all three forms.",
+    )
     add_common(create)
     create.add_argument(
-        "--relay",
-        metavar="URL",
-        action="append",
-        help="relay of a new group (ws://HOST:PORT); repeat for several, tried in order",
+        "--role",
+        choices=[r.value for r in Role],
+        default=Role.MEMBER.value,
+        help="what the new device may do: admin (invite, revoke, change roles) or member "
+        "(sync; the default)",
     )
-    create.add_argument("--passphrase", help="derive the group key from a passphrase (Argon2id)")
     create.add_argument("--qr-png", metavar="FILE", help="also write the QR code as PNG")
     create.add_argument("--qr-svg", metavar="FILE", help="also write the QR code as SVG")
     create.add_argument(
@@ -47,6 +61,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     create.add_argument(
         "--timeout", type=timeout_arg, default=15.0, help="seconds to wait for the relay (15)"
     )
+    create.add_argument("--relay", action=Removed, why=RELAY_GONE)
+    create.add_argument("--passphrase", action=Removed, why=PASSPHRASE_GONE)
     create.set_defaults(run=cmd_create)
 
     join = actions.add_parser("join", help="join a group with a short code or invite URL")
@@ -59,9 +75,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     join.add_argument(
         "--timeout", type=timeout_arg, default=15.0, help="seconds to wait for the relay (15)"
     )
+    join.add_argument("--passphrase", action=Removed, why=PASSPHRASE_GONE)
     join.set_defaults(run=cmd_join)
 
-    cancel = actions.add_parser("cancel", help="withdraw the last short code made here")
+    cancel = actions.add_parser(
+        "cancel", help="withdraw the last invite made here (its code, URL and QR code)"
+    )
     add_common(cancel)
     cancel.add_argument(
         "--timeout", type=timeout_arg, default=15.0, help="seconds to wait for the relay (15)"
@@ -69,48 +88,67 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     cancel.set_defaults(run=cmd_cancel)
 
 
-T = TypeVar("T")
+# -- a new group ------------------------------------------------------------------------------
 
 
-async def within(timeout: float, step: Awaitable[T], what: str) -> T:
-    """``step``, or SyncError once ``timeout`` seconds have passed."""
+async def check_relays(relays: list[str], timeout: float, *, quiet: bool) -> None:
+    """Every relay answers before a group is started on it: a mistyped URL creates nothing."""
+    with contextlib.ExitStack() as stack:
+        if not quiet:
+            stack.enter_context(err.status(f"checking {safe(', '.join(relays))}…"))
+        for relay in relays:
+            await relay_health(relay, timeout)
+
+
+async def register(client: SyncClient, timeout: float) -> str:
+    """Bring the new group's log to its relays now (the first connection does), so that a
+    relay refusing new groups says so at once: "" once one holds it, else why not. Never
+    raises: the group exists on this device whatever the relays say."""
+    watch = ConnectionWatch(client, quiet=True)
     try:
-        return await asyncio.wait_for(step, timeout)
-    except TimeoutError:
-        raise SyncError(
-            f"{what}: no answer within {timeout:g} s; try again, or --timeout"
-        ) from None
+        async with client, watch:
+            await client.wait_connected(timeout)
+    except SyncError as exc:
+        return watch.reasons[-1] if watch.reasons else str(exc)
+    return ""
+
+
+def show_recovery(created: NewGroup) -> None:
+    """The recovery key, this once: numbered words to copy on paper, and its QR code."""
+    words = created.recovery.words()
+    out.print()
+    out.print("[bold]RECOVERY KEY[/] — write these 24 words down now, on paper, in order:")
+    out.print()
+    for start in range(0, len(words), WORDS_PER_ROW):
+        row = words[start : start + WORDS_PER_ROW]
+        cells = (f"{start + i + 1:>2}. {word:<10}" for i, word in enumerate(row))
+        out.print("  " + "  ".join(cells).rstrip(), markup=False)
+    out.print()
+    out.print(created.recovery.qr(), markup=False)
+    out.print(
+        "They are the only way to take the group back if a device is lost or stolen "
+        "(`zerok group recover`). They are shown this once and never stored on this "
+        "device: keep them offline, not in a photo, a file or a password manager on a "
+        "device of the group.",
+        markup=False,
+    )
+    out.print(f"Keep the group id with them: {created.group_id}", markup=False)
+    out.print()
+
+
+# -- the commands -------------------------------------------------------------------------------
 
 
 def cmd_create(args: argparse.Namespace) -> int:
     async def main() -> int:
-        home = home_dir(args)
-        client = new_client(home)
-        relays = list(dict.fromkeys(r.strip() for r in args.relay or []))  # in order, once each
-        if client.group_id is None:
-            if not relays:
-                raise SyncError("a new group needs a relay: pass --relay ws://HOST:PORT")
-            # Every relay answers before the group exists: a mistyped URL creates nothing.
-            with contextlib.ExitStack() as stack:
-                if not args.json:
-                    stack.enter_context(err.status(f"checking {safe(', '.join(relays))}…"))
-                for relay in relays:
-                    await relay_health(relay, args.timeout)
-            await client.create_group(relays, args.passphrase)
-        else:
-            if relays and relays != client.relays:
-                err.print(
-                    f"note: this group syncs through {safe(', '.join(client.relays))}; --relay "
-                    "ignored (change them with `zerok relays add|remove URL`)"
-                )
-            if args.passphrase:
-                err.print("note: this device already has its group; --passphrase ignored")
+        client = open_client(args)
+        role = Role(args.role)
         with contextlib.ExitStack() as stack:
             if not args.json:
-                stack.enter_context(err.status("sealing the invite and storing it at the relay…"))
+                stack.enter_context(err.status("writing the invite to the group's log…"))
             invite = await within(
                 args.timeout,
-                client.create_invite(args.ttl),
+                client.create_invite(args.ttl, role=role),
                 f"storing the invite at {client.relays[0]}",
             )
         if args.qr_png:
@@ -124,20 +162,28 @@ def cmd_create(args: argparse.Namespace) -> int:
                     "url": invite.url,
                     "expires_at": invite.expires_at,
                     "relay": invite.relay,
+                    "role": role.value,
                     "group_id": str(client.group_id),
                 }
             )
             return 0
         minutes = max(1, round((invite.expires_at - time.time()) / 60))
-        out.print(invite.qr())
-        out.print(f"Short code  [bold]{invite.short_code}[/]   (valid {minutes} min, single use)")
+        out.print(invite.qr(), markup=False)
+        out.print(
+            f"Short code  [bold]{invite.short_code}[/]   (valid {minutes} min, single use, "
+            f"joins as {role.value})"
+        )
         out.print(
             f"On the other device: zerok pair join {invite.short_code} --relay {safe(invite.relay)}"
         )
         out.print(f"Or scan the QR code, or use the URL:\n{safe(invite.url)}")
-        err.print("The QR code and URL hold the group's key: show them only to your own devices.")
-        if args.qr_png:
-            out.print(f"QR code written to {args.qr_png}")
+        err.print(
+            "The QR code and URL hold the group's current key: show them only to your own "
+            "devices. `zerok pair cancel` withdraws the invite."
+        )
+        for path in (args.qr_png, args.qr_svg):
+            if path:
+                out.print(f"QR code written to {safe(path)}")
         return 0
 
     return run_async(main)
@@ -149,16 +195,16 @@ def cmd_join(args: argparse.Namespace) -> int:
         client = new_client(home, args.name)
         with contextlib.ExitStack() as stack:
             if not args.json:
-                stack.enter_context(err.status("fetching and opening the invite…"))
+                stack.enter_context(err.status("fetching the invite and enrolling…"))
             group_id = await within(
-                args.timeout, client.join(args.code, relay=args.relay), "fetching the invite"
+                args.timeout, client.join(args.code, relay=args.relay), "joining the group"
             )
         if args.json:
-            emit_json({"group_id": str(group_id), "relays": client.relays})
+            emit_json({"group_id": str(group_id), "relays": client.relays, "epoch": client.epoch})
         else:
             relays = safe(", ".join(client.relays))
             out.print(f"Joined group {group_id.short()} (relays {relays})")
-            out.print("Try: zerok pull, zerok push --text hello")
+            out.print("Try: zerok pull, zerok push --text hello, zerok devices")
         return 0
 
     return run_async(main)
@@ -171,14 +217,17 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         if invite is None:
             raise SyncError("this device has made no invite")
         cancelled = await within(
-            args.timeout, client.cancel_invite(invite), f"cancelling at {invite.relay}"
+            args.timeout, client.cancel_invite(invite), "cancelling the invite"
         )
         if args.json:
             emit_json({"short_code": invite.short_code, "cancelled": cancelled})
         elif cancelled:
-            out.print(f"Cancelled {invite.short_code}")
+            out.print(
+                f"Cancelled the invite {invite.short_code}: its short code, URL and QR code "
+                "enroll nobody now"
+            )
         else:
-            out.print(f"{invite.short_code} was already used, cancelled or expired")
+            out.print(f"The invite {invite.short_code} was already used, cancelled or expired")
         return 0
 
     return run_async(main)

@@ -52,7 +52,7 @@ def _banner(config: RelayConfig, address: str, relay_id: str) -> str:
         f"  relay id   {relay_id}\n"
         f"  database   {config.database_display}\n"
         f"  health     http://{address}/health    metrics  http://{address}/metrics\n"
-        f"Pair a device: {_prog()} init && {_prog()} pair create --relay ws://{address}\n"
+        f"Start a group: {_prog()} init --relay ws://{address}, then {_prog()} pair create\n"
         "Stop with Ctrl-C: connections are told and drained first."
     )
 

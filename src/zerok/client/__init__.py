@@ -1,4 +1,4 @@
-"""Client layer: SyncClient, local state, pairing."""
+"""Client layer: SyncClient, local state, pairing, membership."""
 
 from zerok.client.events import (
     BlobAvailable,
@@ -8,10 +8,15 @@ from zerok.client.events import (
     Disconnected,
     Error,
     EventsDropped,
+    IntegrityAlert,
+    KeyRotated,
+    MembershipChanged,
     StatusChanged,
     SyncEvent,
     SyncStatus,
 )
+from zerok.client.groups import NewGroup
+from zerok.client.membership import Device
 from zerok.client.pairing import Invite
 from zerok.client.sync import (
     Blob,
@@ -19,13 +24,17 @@ from zerok.client.sync import (
     PushResult,
     SyncClient,
 )
+from zerok.crypto.recovery import RecoveryKey
 from zerok.errors import (
     BlobTooLargeError,
     DeviceRevokedError,
     InviteError,
+    MembershipError,
     NotConnectedError,
     StateError,
 )
+from zerok.protocol.integrity import KeepPolicy
+from zerok.wire.log import Role
 
 __all__ = [
     "Blob",
@@ -33,16 +42,25 @@ __all__ = [
     "BlobPushed",
     "BlobTooLargeError",
     "Connected",
+    "Device",
     "DeviceRevoked",
     "DeviceRevokedError",
     "Disconnected",
     "Error",
     "EventsDropped",
+    "IntegrityAlert",
     "Invite",
     "InviteError",
+    "KeepPolicy",
+    "KeyRotated",
+    "MembershipChanged",
+    "MembershipError",
+    "NewGroup",
     "NotConnectedError",
     "PullResult",
     "PushResult",
+    "RecoveryKey",
+    "Role",
     "StateError",
     "StatusChanged",
     "SyncClient",

@@ -10,18 +10,22 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, TypeVar
 
 from zerok.client import sync
 from zerok.client.events import SyncEvent, SyncStatus
+from zerok.client.groups import MAX_INVITE_TTL, NewGroup
+from zerok.client.membership import Device
 from zerok.client.pairing import Invite
-from zerok.crypto.keys import KdfParams
+from zerok.crypto.recovery import RecoveryKey
 from zerok.errors import StateError
 from zerok.protocol.backoff import ClientTiming
-from zerok.wire import BlobId, DeviceId, DeviceInfo, GroupId
+from zerok.protocol.integrity import KeepPolicy
+from zerok.wire import BlobId, DeviceId, GroupId
+from zerok.wire.log import Role
 
 T = TypeVar("T")
 
@@ -36,22 +40,18 @@ class SyncClient:
         device_name: str | None = None,
         pad: bool = True,
         timing: ClientTiming | None = None,
+        keep: KeepPolicy | None = None,
+        clock: Callable[[], int] | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
-        self._client: sync.SyncClient = self._call(
-            self._make(data_dir, device_name=device_name, pad=pad, timing=timing)
-        )
 
-    @staticmethod
-    async def _make(
-        data_dir: str | os.PathLike[str],
-        *,
-        device_name: str | None,
-        pad: bool,
-        timing: ClientTiming | None,
-    ) -> sync.SyncClient:
-        return sync.SyncClient(data_dir, device_name=device_name, pad=pad, timing=timing)
+        async def make() -> sync.SyncClient:
+            return sync.SyncClient(
+                data_dir, device_name=device_name, pad=pad, timing=timing, keep=keep, clock=clock
+            )
+
+        self._client: sync.SyncClient = self._call(make())
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         if self._loop.is_closed():
@@ -136,6 +136,14 @@ class SyncClient:
         return self._client.relays
 
     @property
+    def epoch(self) -> int | None:
+        return self._client.epoch
+
+    @property
+    def log_head(self) -> tuple[int, bytes] | None:
+        return self._client.log_head
+
+    @property
     def status(self) -> SyncStatus:
         return self._client.status
 
@@ -149,13 +157,14 @@ class SyncClient:
 
     # -- operations -----------------------------------------------------------------------
 
-    def create_group(
-        self, relays: list[str], passphrase: str | None = None, *, kdf: KdfParams | None = None
-    ) -> GroupId:
-        return self._call(self._client.create_group(relays, passphrase, kdf=kdf))
+    def create_group(self, relays: list[str], *, name: str = "") -> NewGroup:
+        return self._call(self._client.create_group(relays, name=name))
 
-    def create_invite(self, ttl: float = 600) -> Invite:
-        return self._call(self._client.create_invite(ttl))
+    def create_invite(self, ttl: float = MAX_INVITE_TTL, *, role: Role = Role.MEMBER) -> Invite:
+        return self._call(self._client.create_invite(ttl, role=role))
+
+    def last_invite(self) -> Invite | None:
+        return self._client.last_invite()
 
     def cancel_invite(self, invite: Invite) -> bool:
         return self._call(self._client.cancel_invite(invite))
@@ -183,11 +192,29 @@ class SyncClient:
     async def _subscribe(self) -> AsyncIterator[SyncEvent]:
         return self._client.events()
 
-    def list_devices(self) -> list[DeviceInfo]:
+    def list_devices(self) -> list[Device]:
         return self._call(self._client.list_devices())
 
-    def revoke_device(self, device_id: DeviceId | str, reason: str = "lost") -> None:
-        self._call(self._client.revoke_device(device_id, reason))
+    def revoke_device(self, device: DeviceId | str, reason: str = "lost") -> None:
+        self._call(self._client.revoke_device(device, reason))
+
+    def rotate_keys(self, reason: str = "") -> int:
+        return self._call(self._client.rotate_keys(reason))
+
+    def set_role(self, device: DeviceId | str, role: Role | str) -> None:
+        self._call(self._client.set_role(device, role))
+
+    def recover(
+        self,
+        recovery: RecoveryKey | str,
+        *,
+        keep: Sequence[DeviceId | str] | None = None,
+        relays: Sequence[str] = (),
+        group_id: GroupId | None = None,
+    ) -> GroupId:
+        return self._call(
+            self._client.recover(recovery, keep=keep, relays=relays, group_id=group_id)
+        )
 
     def force_delete(self, blob_id: BlobId | str) -> None:
         self._call(self._client.force_delete(blob_id))

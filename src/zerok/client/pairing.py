@@ -1,10 +1,16 @@
 """Pairing: invite URLs (for QR codes) and short codes with the relay's invite mailbox.
 
-An invite carries what a new device needs to join: protocol version, relay URLs, the
-group root key, the creator's device id, the expiry and the KDF parameters.
+An invite (payload version 2) carries what a new device needs to join: the relay URLs, the
+group id, the seed of a one-use ticket key (whose public key an admin put in the group's
+log with an Invite entry, with a role and an expiry), the epoch current when the invite
+was made and that epoch's key, the expiry and the inviting device's id. The new device
+enrolls itself with the ticket (an Enroll entry signed by it and by the ticket) and reads
+the group's history by walking back from the epoch key.
 
-- URL: ``zerok://sync?invite=<base64url(MessagePack invite)>``. It holds the root key
-  itself, so it is shown only as a QR code or passed over a trusted channel.
+- URL: ``zerok://sync?invite=<base64url, no padding, of the MessagePack payload>``. It
+  holds an epoch key and the ticket, so it is shown only as a QR code or passed over a
+  trusted channel; cancelling the invite (a Cancel entry) makes the ticket worthless, and
+  so does any key rotation.
 - Short code ``XXXX-XXXX-XXXX-XXXX`` (Crockford base32, 75 random bits and a Luhn mod 32
   check character): the first 8 characters are the mailbox lookup key sent to the relay;
   the whole code, stretched with Argon2id, is the key that seals the invite in the
@@ -33,10 +39,10 @@ from nacl.bindings import (
 )
 from nacl.exceptions import CryptoError as NaclCryptoError
 
-from zerok.crypto.keys import GroupKeys, KdfParams
-from zerok.errors import CryptoError, InviteError
+from zerok.crypto.keys import KdfParams
+from zerok.errors import InviteError
 
-INVITE_VERSION = 1
+INVITE_VERSION = 2
 URL_PREFIX = "zerok://sync?invite="
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford: no I, L, O, U
 _DECODE = {c: i for i, c in enumerate(ALPHABET)} | {"O": 0, "I": 1, "L": 1}
@@ -49,17 +55,30 @@ _CODE_SALT = b"0k-sync/v1/invite-salt"
 _CODE_AAD = b"0k-sync/v1/invite"
 
 
+Bytes32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+MAX_RELAYS = 16
+
+
 class InvitePayload(msgspec.Struct, frozen=True, kw_only=True):
     v: int
-    relays: list[str]
-    root_key: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
-    creator: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
-    expires_at: int  # milliseconds since the Unix epoch
-    kdf: dict[str, str | int] | None = None
+    relays: Annotated[
+        list[Annotated[str, msgspec.Meta(max_length=2048)]], msgspec.Meta(max_length=MAX_RELAYS)
+    ]
+    group: Bytes32  # the group id (the hash of its genesis entry)
+    ticket: Bytes32  # the ticket key's Ed25519 seed
+    epoch: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+    key: Bytes32  # that epoch's key
+    expires_at: Annotated[int, msgspec.Meta(ge=0)]  # milliseconds since the Unix epoch
+    inviter: Bytes32  # the device id of the admin who made it
+
+
+class _Version(msgspec.Struct):
+    v: int
 
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(InvitePayload)
+_version_decoder = msgspec.msgpack.Decoder(_Version)
 
 
 def encode_payload(payload: InvitePayload) -> bytes:
@@ -67,33 +86,29 @@ def encode_payload(payload: InvitePayload) -> bytes:
 
 
 def decode_payload(data: bytes, *, now_ms: int | None = None) -> InvitePayload:
-    """Decode and check an invite; InviteError if it is malformed, from the future or expired."""
+    """Decode and check an invite; InviteError if it is malformed, of another version or
+    expired."""
+    try:
+        version = _version_decoder.decode(data).v
+    except (msgspec.DecodeError, ValueError, RecursionError) as exc:
+        raise InviteError("invalid", f"the invite is damaged: {exc}") from None
+    if version != INVITE_VERSION:
+        made = "zerok 0.1 (protocol 1)" if version == 1 else f"invite version {version}"
+        raise InviteError(
+            "invalid",
+            f"the invite was made by {made}; this zerok reads invite version "
+            f"{INVITE_VERSION}: ask for an invite from an up-to-date device",
+        )
     try:
         payload = _decoder.decode(data)
     except (msgspec.DecodeError, ValueError, RecursionError) as exc:
         raise InviteError("invalid", f"the invite is damaged: {exc}") from None
-    if payload.v != INVITE_VERSION:
-        raise InviteError(
-            "invalid", f"the invite has version {payload.v}; this zerok reads version 1"
-        )
     if not payload.relays:
         raise InviteError("invalid", "the invite names no relay")
     now = int(time.time() * 1000) if now_ms is None else now_ms
     if payload.expires_at <= now:
         raise InviteError("expired", "the invite has expired: ask for a new one")
     return payload
-
-
-def payload_keys(payload: InvitePayload) -> GroupKeys:
-    kdf = None
-    if payload.kdf is not None:
-        try:
-            kdf = KdfParams.from_dict(dict(payload.kdf))
-        except CryptoError as exc:
-            raise InviteError(
-                "invalid", f"the invite's KDF parameters are unusable: {exc}"
-            ) from None
-    return GroupKeys(payload.root_key, kdf)
 
 
 # -- URLs ------------------------------------------------------------------------------------
@@ -209,6 +224,7 @@ class Invite:
     short_code: str
     expires_at: float  # seconds since the Unix epoch
     relay: str  # the relay whose mailbox holds the short code's sealed invite
+    ticket: bytes = b""  # the ticket's public key, as in the log's Invite entry (to cancel)
 
     def qr(self) -> str:
         """The URL as a QR code drawn with block characters, for a terminal."""

@@ -1,17 +1,22 @@
 """A device's local state in its data directory: one SQLite file, readable only by its owner.
 
-It holds the group (root key, KDF parameters, relay URLs), the saved cursor, the durable
-outbox and the ids of blobs already handed to the app (so a blob delivered twice by the
-relay reaches the app once). The client reads the last three once, when it starts, into
-its ClientCore, and writes every change back.
+It holds the group (its id, relays and name), the verified membership log and the epoch
+keys this device holds, the saved cursor, the durable outbox, the ids of blobs already
+handed to the app (so a blob delivered twice by the relay reaches the app once), this
+device's own chain of blobs (the next sequence number and the hash of the last blob) with
+the blobs it keeps for re-pushing (the keep window), and what it learnt of the other
+devices' chains (``SenderChains``). The client reads all of it once, when it starts, and
+writes every change back.
 
 Writes from a running client do not block its event loop: they go to one writer thread
 (``submit``), which runs whatever is queued in one transaction with ``synchronous=FULL``
 (group commit: several pushes' outbox inserts, a page of delivered ids and its cursor, one
 fsync). The futures ``submit`` returns are done once their write is durable. The in-memory
-outbox is the ClientCore's; this file is its journal. The synchronous methods (group, key
-and value, the outbox and the cursor for tools and tests) write at once under the same
-lock.
+outbox is the ClientCore's; this file is its journal. The synchronous methods (key and
+value, the outbox and the cursor for tools and tests) write at once under the same lock.
+
+A file made by zerok 0.1 (state version 1, protocol 1: a group root key, no log) is
+refused: v2 groups are joined with an invite, there is nothing to carry over.
 """
 
 from __future__ import annotations
@@ -24,31 +29,62 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from zerok.crypto.keys import GroupKeys, KdfParams
 from zerok.errors import StateError
 from zerok.protocol.client_core import DELIVERED_KEEP, OutboxEntry
-from zerok.wire import BlobId
+from zerok.wire import BlobId, GroupId
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
     blob_id    BLOB NOT NULL UNIQUE,
     ciphertext BLOB NOT NULL,
     ttl        INTEGER NOT NULL,
     attempts   INTEGER NOT NULL DEFAULT 0,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    epoch      INTEGER NOT NULL,
+    seq        INTEGER NOT NULL,
+    repair     INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS delivered (
     blob_id BLOB PRIMARY KEY,
     cursor  INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS log (
+    seq   INTEGER PRIMARY KEY,
+    hash  BLOB NOT NULL,
+    entry BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS epoch_keys (
+    epoch INTEGER PRIMARY KEY,
+    key   BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sent (
+    seq        INTEGER PRIMARY KEY,
+    blob_id    BLOB NOT NULL,
+    epoch      INTEGER NOT NULL,
+    ciphertext BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    size       INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sender (
+    id        INTEGER PRIMARY KEY CHECK (id = 0),
+    next_seq  INTEGER NOT NULL,
+    last_hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chains (
+    id   INTEGER PRIMARY KEY CHECK (id = 0),
+    data BLOB NOT NULL
+);
 """
-STATE_VERSION = "1"
+STATE_VERSION = "2"
 MAX_BATCH = 512  # writes per group commit
+FIRST_SEQ = 1
+NO_HASH = bytes(32)
 
 log = logging.getLogger("zerok.client.state")
 
@@ -56,10 +92,61 @@ Write = Callable[[sqlite3.Connection], object]
 
 
 @dataclass(frozen=True)
-class GroupConfig:
-    keys: GroupKeys
+class GroupMeta:
+    """The group this device belongs to, as it is kept locally."""
+
+    group_id: GroupId
     relays: list[str]
-    kdf: KdfParams | None
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class LogRow:
+    """One verified entry of the group's log."""
+
+    seq: int
+    hash: bytes
+    entry: bytes
+
+
+@dataclass(frozen=True)
+class SentRow:
+    """A blob this device pushed and keeps for re-pushing (its ciphertext stays on disk)."""
+
+    seq: int
+    blob_id: BlobId
+    epoch: int
+    created_at: int  # ms
+    size: int
+
+
+@dataclass
+class JournalBatch:
+    """What one loop turn changed in the outbox and this device's chain, written at once.
+
+    ``adds`` are new outbox entries with their creation time (ms), ``reseals`` entries
+    sealed again under a newer epoch, ``sent`` new keep-window rows with their ciphertext,
+    ``forget`` the keep-window seqs to drop, ``sender`` the chain's new (next seq, last
+    hash)."""
+
+    adds: list[tuple[OutboxEntry, int]] = field(default_factory=list)
+    removes: list[BlobId] = field(default_factory=list)
+    attempts: list[BlobId] = field(default_factory=list)
+    reseals: list[OutboxEntry] = field(default_factory=list)
+    sent: list[tuple[SentRow, bytes]] = field(default_factory=list)
+    forget: list[int] = field(default_factory=list)
+    sender: tuple[int, bytes] | None = None
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.adds
+            or self.removes
+            or self.attempts
+            or self.reseals
+            or self.sent
+            or self.forget
+            or self.sender is not None
+        )
 
 
 class LocalState:
@@ -69,7 +156,7 @@ class LocalState:
         self.path = self.dir / "state.db"
         new = not self.path.exists()
         if new:
-            # Created 0600 before SQLite opens it: it will hold the group's root key.
+            # Created 0600 before SQLite opens it: it will hold the group's epoch keys.
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._lock = threading.Lock()
         self._writes: queue.SimpleQueue[tuple[Write, Future[object]] | None] = queue.SimpleQueue()
@@ -79,13 +166,32 @@ class LocalState:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
+            self._check_version()
             self._db.executescript(SCHEMA)
         except sqlite3.Error as exc:
+            self._db.close()
             raise StateError(f"cannot open the local state {self.path}: {exc}") from None
-        version = self.get_value("state_version")
-        if version is None:
+        except StateError:
+            self._db.close()
+            raise
+        if self.get_value("state_version") is None:
             self.set_value("state_version", STATE_VERSION)
-        elif version != STATE_VERSION:
+
+    def _check_version(self) -> None:
+        """Before any table is made: an older file must stay as it is, for the user to move."""
+        has_meta = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()
+        if not has_meta:
+            return
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'state_version'").fetchone()
+        version = None if row is None else str(row[0])
+        if version == "1":
+            raise StateError(
+                f"{self.path} was made by zerok 0.1 for protocol 1; move it away and pair "
+                "this device again"
+            )
+        if version is not None and version != STATE_VERSION:
             raise StateError(
                 f"{self.path} was written by a newer zerok (state version {version}); upgrade"
             )
@@ -100,7 +206,8 @@ class LocalState:
 
     def submit(self, write: Write) -> Future[object]:
         """Run ``write(db)`` on the writer thread, in a transaction with whatever else is
-        queued; the future is done once it is committed (or failed: StateError)."""
+        queued; the future is done once it is committed (or failed: StateError, which a
+        write may also raise to refuse)."""
         future: Future[object] = Future()
         with self._writer_guard:
             if self._writer is None:
@@ -151,80 +258,109 @@ class LocalState:
                     try:
                         results.append((future, write(self._db), None))
                         self._db.execute("RELEASE one")
-                    except sqlite3.Error as exc:
+                    except (sqlite3.Error, StateError) as exc:
+                        # A write that fails (or refuses: StateError) fails alone.
                         self._db.execute("ROLLBACK TO one")
                         self._db.execute("RELEASE one")
-                        results.append((future, None, StateError(f"local state: {exc}")))
+                        refused = exc if isinstance(exc, StateError) else None
+                        failure = refused or StateError(f"local state: {exc}")
+                        results.append((future, None, failure))
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-                failure = StateError(f"cannot write the local state {self.path}: {exc}")
-                log.error("%s", failure)
-                results = [(future, None, failure) for _, future in batch]
+                broken = StateError(f"cannot write the local state {self.path}: {exc}")
+                log.error("%s", broken)
+                results = [(future, None, broken) for _, future in batch]
         for future, result, error in results:
             if error is None:
                 future.set_result(result)
             else:
                 future.set_exception(error)
 
+    def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self._db.execute(sql, args).fetchall())
+
     # -- key/value ------------------------------------------------------------------------
 
     def get_value(self, key: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        rows = self._rows("SELECT value FROM meta WHERE key = ?", (key,))
+        return None if not rows else str(rows[0][0])
 
     def set_value(self, key: str, value: str) -> None:
         with self._lock:
-            self._db.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )
+            _set(self._db, key, value)
 
-    # -- group ----------------------------------------------------------------------------
+    # -- group, log and epoch keys ----------------------------------------------------------
 
     def has_group(self) -> bool:
         return self.get_value("group") is not None
 
-    def save_group(self, keys: GroupKeys, relays: list[str]) -> None:
-        doc = {
-            "root_key": keys.root_key.hex(),
-            "relays": relays,
-            "kdf": keys.kdf.to_dict() if keys.kdf else None,
-        }
-        self.set_value("group", json.dumps(doc))
-
-    def load_group(self) -> GroupConfig:
+    def load_group(self) -> GroupMeta:
         raw = self.get_value("group")
         if raw is None:
             raise StateError("this device is in no group yet: create one or join one")
+        corrupt = f"the group record in {self.path} is corrupt"
         try:
             doc = json.loads(raw)
-            kdf = KdfParams.from_dict(doc["kdf"]) if doc.get("kdf") else None
-            keys = GroupKeys(bytes.fromhex(doc["root_key"]), kdf)
-            relays = [str(r) for r in doc["relays"]]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StateError(f"the group record in {self.path} is corrupt: {exc}") from None
-        return GroupConfig(keys, relays, kdf)
+            group_id = GroupId(bytes.fromhex(doc["group_id"]))
+            relays = doc["relays"]
+            name = str(doc.get("name", ""))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StateError(f"{corrupt}: {exc}") from None
+        if not isinstance(relays, list) or not all(isinstance(r, str) for r in relays):
+            raise StateError(f"{corrupt}: its relays are not a list of URLs")
+        return GroupMeta(group_id, relays, name)
 
     def set_relays(self, relays: list[str]) -> None:
         group = self.load_group()
-        self.save_group(group.keys, relays)
+        self.set_value("group", _group_doc(GroupMeta(group.group_id, relays, group.name)))
 
-    # -- cursor and delivered ids -----------------------------------------------------------
+    def start_group_later(
+        self, group: GroupMeta, rows: Iterable[LogRow], keys: dict[int, bytes]
+    ) -> Future[object]:
+        """The group record, its log and keys, in one commit: a device is in a group, with
+        all it needs, or in none."""
+        records = list(rows)
+
+        def write(db: sqlite3.Connection) -> None:
+            if db.execute("SELECT 1 FROM meta WHERE key = 'group'").fetchone():
+                raise StateError(f"{self.dir} already belongs to a group")
+            _set(db, "group", _group_doc(group))
+            _write_membership(db, records, keys)
+
+        return self.submit(write)
+
+    def save_membership_later(
+        self, rows: Iterable[LogRow], keys: dict[int, bytes]
+    ) -> Future[object]:
+        """New log entries and epoch keys (existing ones are kept as they are)."""
+        records = list(rows)
+        return self.submit(lambda db: _write_membership(db, records, keys))
+
+    def log_load(self) -> list[LogRow]:
+        rows = self._rows("SELECT seq, hash, entry FROM log ORDER BY seq")
+        return [LogRow(int(r[0]), bytes(r[1]), bytes(r[2])) for r in rows]
+
+    def keys_load(self) -> dict[int, bytes]:
+        rows = self._rows("SELECT epoch, key FROM epoch_keys")
+        return {int(r[0]): bytes(r[1]) for r in rows}
+
+    # -- cursor, delivered ids and the other devices' chains --------------------------------
 
     @property
     def cursor(self) -> int:
         return int(self.get_value("cursor") or 0)
 
+    @property
+    def quiet_until(self) -> int:
+        """After a relay rollback: replays are expected up to this cursor (0: none)."""
+        return int(self.get_value("quiet_until") or 0)
+
     def delivered_load(self) -> list[tuple[BlobId, int]]:
         """The remembered ids of delivered blobs with their cursors, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT blob_id, cursor FROM delivered ORDER BY cursor"
-            ).fetchall()
+        rows = self._rows("SELECT blob_id, cursor FROM delivered ORDER BY cursor")
         return [(BlobId(r[0]), int(r[1])) for r in rows]
 
     def mark_delivered(self, blob_id: bytes, cursor: int) -> None:
@@ -245,14 +381,43 @@ class LocalState:
                 self._db.execute("ROLLBACK")
                 raise
 
-    # -- outbox ---------------------------------------------------------------------------
+    def save_page_later(
+        self,
+        delivered: Iterable[tuple[BlobId, int]],
+        cursor: int | None,
+        chains: bytes | None = None,
+    ) -> Future[object]:
+        """Delivered ids, the new cursor (None: unchanged) and the other devices' chains
+        (None: unchanged), in one commit: the three must agree after a crash."""
+        rows = list(delivered)
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany("INSERT OR IGNORE INTO delivered (blob_id, cursor) VALUES (?, ?)", rows)
+            if cursor is not None:
+                _advance_cursor(db, cursor)
+            if chains is not None:
+                db.execute("INSERT OR REPLACE INTO chains (id, data) VALUES (0, ?)", (chains,))
+
+        return self.submit(write)
+
+    def rewind_later(self, cursor: int, quiet_until: int) -> Future[object]:
+        """The relay rolled back: read again from ``cursor`` (the only move backwards)."""
+
+        def write(db: sqlite3.Connection) -> None:
+            _set(db, "cursor", str(cursor))
+            _set(db, "quiet_until", str(quiet_until))
+
+        return self.submit(write)
+
+    def chains_load(self) -> bytes | None:
+        rows = self._rows("SELECT data FROM chains WHERE id = 0")
+        return None if not rows else bytes(rows[0][0])
+
+    # -- outbox, keep window and this device's chain ----------------------------------------
 
     def outbox_add(self, entry: OutboxEntry, now_ms: int) -> None:
         with self._lock:
-            self._db.execute(
-                "INSERT INTO outbox (blob_id, ciphertext, ttl, created_at) VALUES (?, ?, ?, ?)",
-                (entry.blob_id, entry.ciphertext, entry.ttl, now_ms),
-            )
+            _insert_outbox(self._db, [(entry, now_ms)])
 
     def outbox_attempt(self, blob_id: BlobId) -> None:
         with self._lock:
@@ -264,49 +429,112 @@ class LocalState:
         with self._lock:
             self._db.execute("DELETE FROM outbox WHERE blob_id = ?", (blob_id,))
 
-    def save_page_later(
-        self, delivered: Iterable[tuple[BlobId, int]], cursor: int | None
-    ) -> Future[object]:
-        """Delivered ids and the new cursor (None: unchanged) in one commit."""
-        rows = list(delivered)
-
-        def write(db: sqlite3.Connection) -> None:
-            db.executemany("INSERT OR IGNORE INTO delivered (blob_id, cursor) VALUES (?, ?)", rows)
-            if cursor is not None:
-                _advance_cursor(db, cursor)
-
-        return self.submit(write)
-
-    def journal_later(
-        self,
-        adds: list[tuple[OutboxEntry, int]],
-        removes: list[BlobId],
-        attempts: list[BlobId],
-    ) -> Future[object]:
-        """Outbox inserts (entry, created_at ms), deletes and send counts, in one write."""
-
-        def write(db: sqlite3.Connection) -> None:
-            if adds:
-                db.executemany(
-                    "INSERT INTO outbox (blob_id, ciphertext, ttl, created_at) VALUES (?, ?, ?, ?)",
-                    [(e.blob_id, e.ciphertext, e.ttl, at) for e, at in adds],
-                )
-            if attempts:
-                db.executemany(
-                    "UPDATE outbox SET attempts = attempts + 1 WHERE blob_id = ?",
-                    [(b,) for b in attempts],
-                )
-            if removes:
-                db.executemany("DELETE FROM outbox WHERE blob_id = ?", [(b,) for b in removes])
-
-        return self.submit(write)
-
     def outbox_load(self) -> list[OutboxEntry]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT blob_id, ciphertext, ttl, attempts FROM outbox ORDER BY seq"
-            ).fetchall()
-        return [OutboxEntry(BlobId(r[0]), bytes(r[1]), r[2], r[3]) for r in rows]
+        rows = self._rows(
+            "SELECT blob_id, ciphertext, ttl, attempts, epoch, seq, repair FROM outbox ORDER BY id"
+        )
+        return [
+            OutboxEntry(BlobId(r[0]), bytes(r[1]), r[2], r[3], r[4], r[5], bool(r[6])) for r in rows
+        ]
+
+    def journal_later(self, batch: JournalBatch) -> Future[object]:
+        """One loop turn's outbox and chain changes, in one write."""
+        return self.submit(lambda db: _write_journal(db, batch))
+
+    def sender_load(self) -> tuple[int, bytes]:
+        """This device's chain: the seq its next blob gets and the last blob's chain hash."""
+        rows = self._rows("SELECT next_seq, last_hash FROM sender WHERE id = 0")
+        if not rows:
+            return FIRST_SEQ, NO_HASH
+        return int(rows[0][0]), bytes(rows[0][1])
+
+    def sent_load(self) -> list[SentRow]:
+        """The keep window, without the ciphertexts, oldest first."""
+        rows = self._rows("SELECT seq, blob_id, epoch, created_at, size FROM sent ORDER BY seq")
+        return [SentRow(int(r[0]), BlobId(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]
+
+    def sent_ciphertexts(self, seqs: Iterable[int]) -> dict[int, bytes]:
+        """The sealed blobs of these keep-window seqs (those still kept)."""
+        wanted = list(seqs)
+        found: dict[int, bytes] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for seq, data in self._rows(
+                f"SELECT seq, ciphertext FROM sent WHERE seq IN ({marks})", tuple(chunk)
+            ):
+                found[int(seq)] = bytes(data)
+        return found
+
+
+def log_failure(written: Future[object]) -> None:
+    """A done-callback for writes nobody waits for: their failure is logged, not lost."""
+    error = written.exception()
+    if error is not None:
+        log.error("the local state could not be written: %s", error)
+
+
+def _set(db: sqlite3.Connection, key: str, value: str) -> None:
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+def _group_doc(group: GroupMeta) -> str:
+    return json.dumps(
+        {"group_id": bytes(group.group_id).hex(), "relays": group.relays, "name": group.name}
+    )
+
+
+def _write_membership(db: sqlite3.Connection, rows: list[LogRow], keys: dict[int, bytes]) -> None:
+    # An entry already held at a seq is the same entry (the log was verified before): keep.
+    db.executemany(
+        "INSERT OR IGNORE INTO log (seq, hash, entry) VALUES (?, ?, ?)",
+        [(r.seq, r.hash, r.entry) for r in rows],
+    )
+    db.executemany(
+        "INSERT OR IGNORE INTO epoch_keys (epoch, key) VALUES (?, ?)", list(keys.items())
+    )
+
+
+def _insert_outbox(db: sqlite3.Connection, adds: list[tuple[OutboxEntry, int]]) -> None:
+    db.executemany(
+        "INSERT INTO outbox (blob_id, ciphertext, ttl, created_at, epoch, seq, repair)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(e.blob_id, e.ciphertext, e.ttl, at, e.epoch, e.seq, int(e.repair)) for e, at in adds],
+    )
+
+
+def _write_journal(db: sqlite3.Connection, batch: JournalBatch) -> None:
+    if batch.sent:
+        db.executemany(
+            "INSERT OR REPLACE INTO sent (seq, blob_id, epoch, ciphertext, created_at, size)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(r.seq, r.blob_id, r.epoch, data, r.created_at, r.size) for r, data in batch.sent],
+        )
+    if batch.sender is not None:
+        db.execute(
+            "INSERT OR REPLACE INTO sender (id, next_seq, last_hash) VALUES (0, ?, ?)",
+            batch.sender,
+        )
+    if batch.adds:
+        _insert_outbox(db, batch.adds)
+    if batch.reseals:
+        db.executemany(
+            "UPDATE outbox SET ciphertext = ?, epoch = ? WHERE blob_id = ?",
+            [(e.ciphertext, e.epoch, e.blob_id) for e in batch.reseals],
+        )
+    if batch.attempts:
+        db.executemany(
+            "UPDATE outbox SET attempts = attempts + 1 WHERE blob_id = ?",
+            [(b,) for b in batch.attempts],
+        )
+    if batch.removes:
+        db.executemany("DELETE FROM outbox WHERE blob_id = ?", [(b,) for b in batch.removes])
+    if batch.forget:
+        db.executemany("DELETE FROM sent WHERE seq = ?", [(s,) for s in batch.forget])
 
 
 def _advance_cursor(db: sqlite3.Connection, cursor: int) -> None:
@@ -314,11 +542,7 @@ def _advance_cursor(db: sqlite3.Connection, cursor: int) -> None:
     and the delivered ids below it forgotten, but for the last ``DELIVERED_KEEP``."""
     row = db.execute("SELECT value FROM meta WHERE key = 'cursor'").fetchone()
     if cursor > int(row[0] if row else 0):
-        db.execute(
-            "INSERT INTO meta (key, value) VALUES ('cursor', ?)"
-            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (str(cursor),),
-        )
+        _set(db, "cursor", str(cursor))
     db.execute(
         "DELETE FROM delivered WHERE cursor <= ? AND blob_id NOT IN"
         " (SELECT blob_id FROM delivered ORDER BY cursor DESC LIMIT ?)",

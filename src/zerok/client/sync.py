@@ -7,54 +7,54 @@ every retry carries the same blob id, so the relay stores each push once. ``chan
 a background task keeps a connection to the first reachable relay, reconnecting with
 backoff.
 
-The rules (what to send, what a refusal means, which blob is new, when the cursor moves,
-which relay next and when, the status) are ``zerok.protocol.ClientCore``'s. This module is
-the asyncio shell around it: it runs the connection and the tasks, tells the core what
-happened, does what the core decides, and writes each change to the local state.
+Each connection starts by bringing the relay's membership log and this device's to the
+same head (``zerok.client.logsync``); blobs are sealed under the current epoch's key and
+carry this device's sequence number and chain hash, which receivers check
+(``zerok.client.integrity``). The rules (what to send, what a refusal means, which blob is
+new, when the cursor moves, which relay next and when, the status) are
+``zerok.protocol.ClientCore``'s. This module is the asyncio shell around them: it runs the
+connection and the tasks, tells the core what happened, does what the core decides, and
+writes each change to the local state. Group management is ``zerok.client.groups``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import json
 import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, overload
+from typing import Any
 
-from zerok.client import mailbox, pairing
+from zerok.client import logsync, mailbox
 from zerok.client.events import (
     BlobAvailable,
-    BlobPushed,
     Connected,
     DeviceRevoked,
     Disconnected,
     Error,
-    EventsDropped,
+    IntegrityAlert,
     StatusChanged,
     SyncEvent,
     SyncStatus,
 )
-from zerok.client.pairing import Invite, InvitePayload
-from zerok.client.state import LocalState
-from zerok.crypto.blob import BlobCipher
+from zerok.client.groups import GroupOps
+from zerok.client.integrity import Healing, rollback_event
+from zerok.client.membership import Ingested, Membership
+from zerok.client.receiving import Blob, PullResult, Receiving
+from zerok.client.sending import PushResult, Sending
+from zerok.client.state import LocalState, log_failure
+from zerok.client.streams import EVENT_QUEUE_SIZE, EventStream, Journal
+from zerok.crypto.entry import Signer
 from zerok.crypto.identity import DeviceIdentity
-from zerok.crypto.keys import GroupKeys, KdfParams
 from zerok.errors import (
-    BlobTooLargeError,
     ConnectError,
-    DecryptionError,
     DeviceRevokedError,
-    FrameTooLargeError,
-    InviteError,
+    MembershipError,
     NotConnectedError,
     RemoteError,
     StateError,
@@ -62,64 +62,40 @@ from zerok.errors import (
 )
 from zerok.protocol import MessageReceived
 from zerok.protocol.backoff import ClientTiming
-from zerok.protocol.client_core import ClientCore, OutboxEntry
+from zerok.protocol.client_core import ClientCore
 from zerok.protocol.events import ConnectionClosed
+from zerok.protocol.integrity import IntegrityAlert as Alert
+from zerok.protocol.integrity import (
+    KeepPolicy,
+    SenderChains,
+    detect_reused_cursor,
+    detect_rollback,
+)
 from zerok.transport import RelayConnection
 from zerok.wire import (
-    Ack,
     BlobId,
     Delete,
     DeviceId,
-    DeviceInfo,
-    Devices,
     ErrorCode,
     GroupId,
-    ListDevices,
     Message,
     Notify,
     Pull,
     PullResponse,
-    Push,
-    PushAck,
     PushPlatform,
     RegisterPush,
-    RevokeDevice,
-    RevokeReason,
-    StoredBlob,
     UnregisterPush,
 )
-from zerok.wire import DeviceRevoked as DeviceRevokedMessage
 from zerok.wire import Error as ErrorMessage
-from zerok.wire.messages import MAX_PULL_LIMIT
+from zerok.wire import Membership as MembershipMessage
+from zerok.wire.messages import MAX_HELLO_ENTRIES
+
+__all__ = ["EVENT_QUEUE_SIZE", "Blob", "EventStream", "PullResult", "PushResult", "SyncClient"]
 
 log = logging.getLogger("zerok.client")
 
 KEY_FILE = "device.key"
 DEFAULT_TIMEOUT = 30.0
-EVENT_QUEUE_SIZE = 1000  # events kept for a subscriber that does not keep up
-CHANGES_PAGE = MAX_PULL_LIMIT  # blobs per PULL in changes(): one commit per page
-
-
-@dataclass(frozen=True, slots=True)
-class PushResult:
-    blob_id: BlobId
-    cursor: int
-
-
-@dataclass(frozen=True, slots=True)
-class Blob:
-    blob_id: BlobId
-    cursor: int
-    sender: DeviceId
-    data: bytes
-    timestamp: int  # when the relay stored it, milliseconds since the Unix epoch
-
-
-@dataclass(frozen=True, slots=True)
-class PullResult:
-    blobs: list[Blob]
-    has_more: bool
-    max_cursor: int
 
 
 _REFUSAL_REASONS: dict[int, str] = {
@@ -128,115 +104,25 @@ _REFUSAL_REASONS: dict[int, str] = {
 }
 
 
-def _now_ms() -> int:
+def _wall_clock() -> int:
     return int(time.time() * 1000)
 
 
-def _ignore_result(task: asyncio.Task[None]) -> None:
-    # An ACK lost with its connection is not lost: HELLO carries the saved cursor, which the
-    # relay records as this device's ACK.
-    if not task.cancelled():
-        task.exception()
+def _hello_entries(refusal: RemoteError, brought: str | None) -> str | None:
+    """Which entries to bring in a new HELLO after this refusal of one that brought
+    ``brought``: the log from its genesis (the relay does not know the group), its latest
+    entries (it does not know this device: it lost them), the same again (another
+    connection registered the group meanwhile), or None (entries would not help)."""
+    if refusal.code == ErrorCode.LOG_OUTDATED and brought is not None:
+        return brought
+    if refusal.code == ErrorCode.UNKNOWN_GROUP and brought != "first":
+        return "first"
+    if refusal.code == ErrorCode.UNAUTHORIZED and "not enrolled" in refusal.message:
+        return "last" if brought != "last" else None
+    return None
 
 
-class EventStream:
-    """An async iterator over a client's events, subscribed from its creation.
-
-    Its queue is bounded: past ``limit`` unread events the oldest are dropped, and the
-    next read returns ``EventsDropped(count)`` before the events that were kept. An
-    abandoned stream therefore holds at most ``limit`` events; ``aclose()`` unsubscribes.
-    """
-
-    def __init__(self, subscribers: set[EventStream], limit: int = EVENT_QUEUE_SIZE) -> None:
-        self._subscribers = subscribers
-        self._events: collections.deque[SyncEvent] = collections.deque()
-        self._limit = limit
-        self._ready = asyncio.Event()
-        self.dropped = 0  # dropped since the last EventsDropped was returned
-        subscribers.add(self)
-
-    def put(self, event: SyncEvent) -> None:
-        if len(self._events) >= self._limit:
-            self._events.popleft()
-            self.dropped += 1
-        self._events.append(event)
-        self._ready.set()
-
-    def __aiter__(self) -> EventStream:
-        return self
-
-    async def __anext__(self) -> SyncEvent:
-        while not self._events and not self.dropped:
-            self._ready.clear()
-            await self._ready.wait()
-        if self.dropped:
-            count, self.dropped = self.dropped, 0
-            return EventsDropped(count)
-        return self._events.popleft()
-
-    async def aclose(self) -> None:
-        self._subscribers.discard(self)
-
-
-class _Journal:
-    """The outbox's writes of one loop turn, gathered into one write for the state's
-    writer thread (which commits several of them at once). ``add`` returns a future done
-    once the insert is durable, shared by every push of the same turn."""
-
-    def __init__(self, state: LocalState) -> None:
-        self._state = state
-        self._adds: list[tuple[OutboxEntry, int]] = []
-        self._removes: list[BlobId] = []
-        self._attempts: list[BlobId] = []
-        self._durable: asyncio.Future[object] | None = None
-        self._scheduled = False
-
-    def add(self, entry: OutboxEntry) -> asyncio.Future[object]:
-        self._adds.append((entry, _now_ms()))
-        if self._durable is None:
-            self._durable = asyncio.get_running_loop().create_future()
-        self._schedule()
-        return self._durable
-
-    def remove(self, blob_id: BlobId) -> None:
-        self._removes.append(blob_id)
-        self._schedule()
-
-    def attempted(self, blob_ids: list[BlobId]) -> None:
-        self._attempts += blob_ids
-        self._schedule()
-
-    def _schedule(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._submit)
-
-    def _submit(self) -> None:
-        self._scheduled = False
-        written = self._state.journal_later(self._adds, self._removes, self._attempts)
-        durable, self._durable = self._durable, None
-        self._adds, self._removes, self._attempts = [], [], []
-        if durable is not None:
-            loop = asyncio.get_running_loop()
-
-            def back_on_loop(done: Future[object]) -> None:
-                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
-                    loop.call_soon_threadsafe(_copy_outcome, done, durable)
-
-            written.add_done_callback(back_on_loop)
-
-
-def _copy_outcome(source: Future[object], target: asyncio.Future[object]) -> None:
-    if target.done():
-        return
-    error = source.exception()
-    if error is None:
-        target.set_result(source.result())
-    else:
-        target.set_exception(error)
-
-
-class SyncClient:
+class SyncClient(Sending, Receiving, GroupOps):
     """One device's membership of one sync group, kept in ``data_dir``."""
 
     def __init__(
@@ -246,11 +132,16 @@ class SyncClient:
         device_name: str | None = None,
         pad: bool = True,
         timing: ClientTiming | None = None,
+        keep: KeepPolicy | None = None,
+        clock: Callable[[], int] | None = None,
     ) -> None:
-        """``timing`` replaces the client's own delays (backoff, retries): a testing knob."""
+        """``keep`` bounds the blobs this device keeps for re-pushing (docs/client.md).
+        ``timing`` replaces the client's own delays (backoff, retries) and ``clock`` its
+        wall clock (milliseconds: entry times, invite expiry): testing knobs."""
         self.data_dir = Path(data_dir).expanduser()
         self._state = LocalState(self.data_dir)
         self._identity = DeviceIdentity.load_or_create(self.data_dir / KEY_FILE)
+        self._clock = clock or _wall_clock
         if device_name:
             self._state.set_value("device_name", device_name[:64])
         self.device_name = (
@@ -266,9 +157,17 @@ class SyncClient:
             delivered=self._state.delivered_load(),
             timing=timing,
         )
-        self._keys: GroupKeys | None = None
-        self._cipher: BlobCipher | None = None
+        saved_chains = self._state.chains_load()
+        self._healing = Healing(
+            SenderChains() if saved_chains is None else SenderChains.from_bytes(saved_chains),
+            self._state.sent_load(),
+            policy=keep or KeepPolicy(),
+            quiet_until=self._state.quiet_until,
+        )
+        self._sender = self._state.sender_load()
+        self._members: Membership | None = None
         self._conn: RelayConnection | None = None
+        self._conn_url = ""
         self._runner: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         self._connected = asyncio.Event()
@@ -277,13 +176,15 @@ class SyncClient:
         self._push_waiters: dict[BlobId, list[asyncio.Future[PushResult]]] = {}
         self._subscribers: set[EventStream] = set()
         self._journaling = 0  # pushes whose outbox insert is not durable yet
-        self._journal = _Journal(self._state)
+        self._journal = Journal(self._state)
         self._shown_status = self._core.status  # the last one announced by StatusChanged
         self._revoked_event = asyncio.Event()
         self._acks: set[asyncio.Task[None]] = set()
         self._last_failure = ""
         self._conn_changed = asyncio.Condition()
         self._background: set[asyncio.Task[None]] = set()
+        self._relay_needs: dict[str, str] = {}  # relays that lack the log: which entries
+        self._catching_up: asyncio.Task[None] | None = None
         if self._state.has_group():
             self._load_group()
 
@@ -295,7 +196,17 @@ class SyncClient:
 
     @property
     def group_id(self) -> GroupId | None:
-        return self._keys.group_id if self._keys else None
+        return self._members.group_id if self._members else None
+
+    @property
+    def epoch(self) -> int | None:
+        """The group's current epoch as this device's log has it (None: no group)."""
+        return self._members.epoch if self._members else None
+
+    @property
+    def log_head(self) -> tuple[int, bytes] | None:
+        """The position and hash of the last entry of this device's log (None: no group)."""
+        return (self._members.head_seq, self._members.head_hash) if self._members else None
 
     @property
     def relays(self) -> list[str]:
@@ -320,95 +231,112 @@ class SyncClient:
 
     def _load_group(self) -> None:
         group = self._state.load_group()
-        self._keys = group.keys
-        self._cipher = BlobCipher(group.keys.blob_key, group.keys.group_id)
-        self._core.relays = list(group.relays)
+        try:
+            members = Membership.load(
+                self._identity, self._state.log_load(), self._state.keys_load()
+            )
+        except MembershipError as exc:
+            raise StateError(f"the group's log in {self._state.path} is unusable: {exc}") from None
+        if members.group_id != group.group_id:
+            raise StateError(f"the group's log in {self._state.path} is another group's")
+        self._adopt(members, group.relays)
 
-    def _require_group(self) -> tuple[GroupKeys, BlobCipher]:
-        if self._keys is None or self._cipher is None:
+    def _adopt(self, members: Membership, relays: list[str]) -> None:
+        self._members = members
+        self._core.relays = list(relays)
+        self._core.epoch = members.epoch
+        if not members.active:
+            self._core.device_revoked(self.device_id)
+
+    def _require_group(self) -> Membership:
+        if self._members is None:
             raise StateError("this device is in no group yet: create_group() or join() first")
         if self._core.revoked:
             raise DeviceRevokedError("this device was revoked from its group")
-        return self._keys, self._cipher
+        return self._members
 
-    async def create_group(
+    async def _flush(self) -> None:
+        """Wait until every write queued so far is durable (the writer commits in order)."""
+        await asyncio.wrap_future(self._state.submit(lambda db: None))
+
+    def _absorber(self, relay: str) -> Callable[[Ingested], object]:
+        return lambda got: self._absorb(got, relay)
+
+    def _absorb(self, got: Ingested, relay: str = "") -> None:
+        """Save and announce what log entries changed, wherever they came from."""
+        members = self._members
+        assert members is not None
+        keys = got.keys | members.take_unsaved()
+        if got.rows or keys:
+            self._state.save_membership_later(got.rows, keys).add_done_callback(log_failure)
+        for event in got.events:
+            self._emit(event)
+        for device, by, reason in got.revocations:
+            if device == self.device_id and members.active:
+                continue  # revoked, then kept by a recovery, in one catch-up: still in
+            self._become_revoked(device, by, reason)
+        if got.reinstated and self._core.revoked:
+            self._core.reinstated()
+            self._revoked_event.clear()
+            self._publish_status()
+        if got.new_epoch or self._core.epoch != members.epoch:
+            self._reseal_stale()
+
+    async def _dial(
         self,
-        relays: list[str],
-        passphrase: str | None = None,
+        url: str,
         *,
-        kdf: KdfParams | None = None,
-    ) -> GroupId:
-        """Start a new group synced through ``relays`` (tried in order)."""
-        if self._state.has_group():
-            raise StateError(f"{self.data_dir} already belongs to a group")
-        if not relays:
-            raise SyncError("a group needs at least one relay URL")
-        for relay in relays:
-            mailbox.http_base(relay)  # validates the URL
-        if passphrase is None:
-            keys = GroupKeys.generate()
-        else:
-            params = kdf or KdfParams.default()
-            keys = await asyncio.to_thread(GroupKeys.from_passphrase, passphrase, params)
-        self._state.save_group(keys, list(relays))
-        self._load_group()
-        return keys.group_id
+        signer: tuple[bytes, Signer] | None = None,
+        group_id: GroupId | None = None,
+    ) -> RelayConnection:
+        """A connection to ``url``. A relay that does not know the group (or this device)
+        gets the log's entries in a second HELLO, at once."""
+        members = self._members
+        if group_id is None:
+            assert members is not None
+            group_id = members.group_id
+        timing = self._core.timing
 
-    async def create_invite(self, ttl: float = 600) -> Invite:
-        """An invite for another device: a URL (for a QR code) and a short code."""
-        keys, _ = self._require_group()
-        if not 0 < ttl <= 600:
-            raise SyncError("an invite lives at most 600 seconds (the relay's default mailbox TTL)")
-        expires_ms = _now_ms() + int(ttl * 1000)
-        payload = InvitePayload(
-            v=pairing.INVITE_VERSION,
-            relays=self.relays,
-            root_key=keys.root_key,
-            creator=bytes(self.device_id),
-            expires_at=expires_ms,
-            kdf=keys.kdf.to_dict() if keys.kdf else None,
-        )
-        code = pairing.new_short_code()
-        sealed = await asyncio.to_thread(pairing.seal_for_code, code, payload)
-        relay = self.relays[0]
-        await mailbox.post_invite(relay, pairing.code_lookup(code), sealed)
-        invite = Invite(pairing.invite_url(payload), code, expires_ms / 1000, relay)
-        self._state.set_value("last_invite", json.dumps([code, relay, invite.expires_at]))
-        return invite
+        async def attempt(entries: list[bytes]) -> RelayConnection:
+            return await RelayConnection.open(
+                url,
+                self._identity,
+                group_id,
+                entries=entries,
+                signer=signer,
+                device_name=self.device_name,
+                last_cursor=0 if signer else self._core.cursor,
+                timeout=timing.open_timeout,
+                heartbeat=timing.heartbeat,
+                heartbeat_timeout=timing.heartbeat_timeout,
+                request_timeout=timing.request_timeout,
+            )
 
-    def last_invite(self) -> Invite | None:
-        """The invite this device made last (its URL is not kept: it holds the root key)."""
-        raw = self._state.get_value("last_invite")
-        if raw is None:
-            return None
-        code, relay, expires_at = json.loads(raw)
-        return Invite("", str(code), float(expires_at), str(relay))
+        if members is None:  # joining, or recovering on a device without the log
+            return await attempt([])
+        bring = self._relay_needs.get(url)
+        try:
+            conn = await attempt(self._entries_for(bring))
+        except RemoteError as exc:
+            need = _hello_entries(exc, bring)
+            if need is None:
+                raise
+            self._relay_needs[url] = need
+            conn = await attempt(self._entries_for(need))
+        self._relay_needs.pop(url, None)
+        return conn
 
-    async def cancel_invite(self, invite: Invite) -> bool:
-        """Withdraw an invite's short code; True if it was still waiting."""
-        return await mailbox.cancel_invite(invite.relay, pairing.code_lookup(invite.short_code))
+    def _entries_for(self, need: str | None) -> list[bytes]:
+        assert self._members is not None
+        entries = self._members.entries
+        if need == "first":
+            return entries[:MAX_HELLO_ENTRIES]
+        if need == "last":
+            return entries[-MAX_HELLO_ENTRIES:]
+        return []
 
-    async def join(self, code_or_url: str, *, relay: str | None = None) -> GroupId:
-        """Join the group of an invite URL or short code (a short code needs the relay:
-        ``relay=`` or ``SYNC_RELAY_URL``)."""
-        if self._state.has_group():
-            raise StateError(f"{self.data_dir} already belongs to a group")
-        if pairing.is_url(code_or_url):
-            payload = pairing.parse_url(code_or_url)
-        else:
-            lookup = pairing.code_lookup(code_or_url)  # InviteError('mistyped') first
-            relay = relay or os.environ.get("SYNC_RELAY_URL")
-            if not relay:
-                raise InviteError(
-                    "invalid",
-                    "a short code needs the relay URL: pass --relay or set SYNC_RELAY_URL",
-                )
-            sealed = await mailbox.take_invite(relay, lookup)
-            payload = await asyncio.to_thread(pairing.open_with_code, code_or_url, sealed)
-        keys = pairing.payload_keys(payload)
-        self._state.save_group(keys, list(payload.relays))
-        self._load_group()
-        return keys.group_id
+    async def _live(self) -> tuple[RelayConnection, str]:
+        return await self._connection(), self._conn_url
 
     # -- connection lifecycle ---------------------------------------------------------------
 
@@ -425,10 +353,18 @@ class SyncClient:
         await self.close()
 
     async def connect(self) -> None:
-        """Start syncing in the background; returns at once (see ``wait_connected``)."""
-        self._require_group()
+        """Start syncing in the background; returns at once (see ``wait_connected``).
+
+        A device its own log says is revoked tries too: only a relay can tell it that a
+        recovery kept it since. One that is still revoked there is refused (ERROR 1003),
+        and ``wait_connected`` raises DeviceRevokedError."""
+        if self._members is None:
+            self._require_group()
         if self._runner is not None and not self._runner.done():
             return
+        if self._core.revoked:
+            self._core.reinstated()
+            self._revoked_event.clear()
         self._closing = asyncio.Event()
         self._core.start()
         self._runner = asyncio.get_running_loop().create_task(self._run())
@@ -488,24 +424,34 @@ class SyncClient:
             await self._rounds()
         except Exception as exc:
             log.exception("syncing stopped after an unexpected error")
-            self._core.stop()
-            self._closing.set()
-            self._connected.clear()
-            self._emit(Error(None, f"syncing stopped: {exc!r}", "internal error"))
-            text = f"syncing stopped after an unexpected error ({exc!r})"
-            self._fail_pushes(lambda: NotConnectedError(f"{text}; the push stays in the outbox"))
-            await self._wake_connection_waiters()
-            self._publish_status()
+            self._stop_syncing(f"syncing stopped: {exc!r}", "internal error")
+
+    def _stop_syncing(self, text: str, reason: str) -> None:
+        self._core.stop()
+        self._closing.set()
+        self._connected.clear()
+        self._emit(Error(None, text, reason))
+        self._fail_pushes(lambda: NotConnectedError(f"{text}; the push stays in the outbox"))
+        waking = asyncio.get_running_loop().create_task(self._wake_connection_waiters())
+        self._background.add(waking)
+        waking.add_done_callback(self._background.discard)
+        self._publish_status()
 
     async def _rounds(self) -> None:
         core = self._core
         while core.active:
+            if not core.usable_relays:
+                text = "every relay of the group presented a forked membership log"
+                self._stop_syncing(text, "refused")
+                return
             url = core.relay_to_try()
             conn = await self._open(url)
             if conn is None:
                 reason, delay = self._last_failure, core.connect_failed()
             else:
                 reason, delay = await self._serve(conn, url)
+                if url not in core.usable_relays:
+                    delay = None  # forsaken: the next relay at once
             if delay is None or not core.active:
                 continue
             self._emit(Disconnected(url, reason, delay))
@@ -514,24 +460,12 @@ class SyncClient:
                 await asyncio.wait_for(self._closing.wait(), delay)
 
     async def _open(self, url: str) -> RelayConnection | None:
-        keys, _ = self._require_group()
         try:
-            timing = self._core.timing
-            return await RelayConnection.open(
-                url,
-                self._identity,
-                keys,
-                device_name=self.device_name,
-                last_cursor=self._core.cursor,
-                timeout=timing.open_timeout,
-                heartbeat=timing.heartbeat,
-                heartbeat_timeout=timing.heartbeat_timeout,
-                request_timeout=timing.request_timeout,
-            )
+            return await self._dial(url)
         except RemoteError as exc:
             self._last_failure = f"{url} refused the connection: {exc.message}"
             if exc.code == ErrorCode.DEVICE_REVOKED:
-                self._become_revoked(self.device_id, self.device_id, "revoked")
+                self._become_revoked(self.device_id, None, exc.message)
             else:
                 reason = _REFUSAL_REASONS.get(exc.code, "refused")
                 self._emit(Error(exc.code, self._last_failure, reason))
@@ -542,11 +476,74 @@ class SyncClient:
             self._emit(Error(None, self._last_failure, exc.reason))
             return None
 
+    async def _start_session(self, conn: RelayConnection, url: str) -> bool:
+        """The log first, then what the relay's head says about blobs; False if this
+        relay may not be used (forked log, or this device revoked)."""
+        welcome = conn.welcome
+        members = self._members
+        assert welcome is not None and members is not None
+        try:
+            await logsync.reconcile(conn, welcome, members, self._absorber(url))
+        except MembershipError as exc:
+            self._refute(url, exc)
+            return False
+        except RemoteError as exc:  # the relay refused what it lacks: go on, say so
+            self._emit(Error(exc.code, f"{url} did not take the log's entries: {exc}", "refused"))
+        if self._core.revoked:
+            return False
+        alert = detect_rollback(self._core.cursor, welcome.max_cursor)
+        if alert is None:
+            alert = await self._landmark_moved(conn)
+        if alert is not None:
+            self._emit(rollback_event(alert, url))
+            self._healing.rolled_back(self._core.cursor)
+            self._core.restart_from(0)
+            rewind = self._state.rewind_later(0, self._healing.quiet_until)
+            rewind.add_done_callback(log_failure)
+            self._repush(self._healing.rows())
+        self._healing.new_connection()
+        return True
+
+    async def _landmark_moved(self, conn: RelayConnection) -> Alert | None:
+        """Whether the relay holds another blob where this device received its last one
+        (a relay restored from an older copy whose cursor has climbed back past ours)."""
+        landmark = self._core.landmark()
+        if landmark is None:
+            return None
+        blob_id, cursor = landmark
+        reply = await conn.request(Pull(after=cursor - 1, limit=1))
+        assert isinstance(reply, PullResponse)
+        first = reply.blobs[0] if reply.blobs else None
+        return detect_reused_cursor(
+            blob_id,
+            cursor,
+            self._core.cursor,
+            first.blob_id if first else None,
+            first.cursor if first else 0,
+        )
+
+    def _refute(self, url: str, exc: MembershipError) -> None:
+        """The relay's log contradicts this device's, or breaks the rules: stop using it."""
+        seq = exc.seq if exc.seq is not None else -1
+        text = f"{url} presented a membership log this device cannot accept: {exc}"
+        log.warning("%s", text)
+        self._emit(IntegrityAlert("fork", None, seq, seq, url, text))
+        self._core.forsake(url)
+
     async def _serve(self, conn: RelayConnection, url: str) -> tuple[str, float]:
         """Run one connection until it ends; return why, and the delay before the next."""
-        self._conn = conn
+        self._conn_url = url
+        try:
+            usable = await self._start_session(conn, url)
+        except (ConnectError, RemoteError) as exc:
+            usable = False
+            self._emit(Error(None, f"{url}: {exc}", "connection lost"))
+        if not usable:
+            await conn.close()
+            return f"{url}: not used", self._core.disconnected()
         welcome = conn.welcome
         assert welcome is not None
+        self._conn = conn
         self._core.connected(pending=welcome.pending, max_blob=welcome.limits.max_blob_size)
         self._connected.set()
         async with self._conn_changed:
@@ -559,11 +556,11 @@ class SyncClient:
         try:
             async for event in conn.events():
                 if isinstance(event, MessageReceived):
-                    self._on_message(event.message)
+                    self._on_message(conn, url, event.message)
                 elif isinstance(event, ConnectionClosed):
                     reason = f"{url}: {event.reason}"
                     if event.code == ErrorCode.DEVICE_REVOKED:
-                        self._become_revoked(self.device_id, self.device_id, event.reason)
+                        self._become_revoked(self.device_id, None, event.reason)
                     elif event.code is not None and event.by_peer:
                         self._emit(Error(event.code, event.reason, "refused"))
                     elif event.code is None and not self._closing.is_set():
@@ -579,27 +576,59 @@ class SyncClient:
             await conn.close()
         return reason, delay
 
-    def _on_message(self, message: Message) -> None:
+    def _on_message(self, conn: RelayConnection, url: str, message: Message) -> None:
         if isinstance(message, Notify):
             if self._core.notified(message.sender, message.cursor):
                 self._emit(BlobAvailable(message.cursor, message.blob_id, message.sender))
             self._new_data.set()
             self._publish_status()
-        elif isinstance(message, DeviceRevokedMessage):
-            self._become_revoked(message.device_id, message.revoked_by, message.reason.value)
+        elif isinstance(message, MembershipMessage):
+            members = self._members
+            assert members is not None
+            got = members.ingest(message.start, message.entries)
+            self._absorb(got, url)
+            if got.error is not None:
+                self._refute(url, got.error)
+                self._later(conn.close())
+            elif got.gap:
+                self._catch_up(conn, url)
         elif isinstance(message, ErrorMessage):
             self._emit(Error(message.code, message.message, "refused"))
 
-    def _become_revoked(self, device_id: DeviceId, by: DeviceId, reason: str) -> None:
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _catch_up(self, conn: RelayConnection, url: str) -> asyncio.Task[None]:
+        """Read the relay's log beyond this device's head, once at a time."""
+        task = self._catching_up
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(self._read_log(conn, url))
+            self._catching_up = task
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return task
+
+    async def _read_log(self, conn: RelayConnection, url: str) -> None:
+        members = self._members
+        assert members is not None
+        try:
+            await logsync.catch_up(conn, members, self._absorber(url))
+        except MembershipError as exc:
+            self._refute(url, exc)
+            await conn.close()
+        except (ConnectError, RemoteError):
+            pass  # the connection's end tells the rest
+
+    def _become_revoked(self, device_id: DeviceId, by: DeviceId | None, reason: str) -> None:
         if not self._core.device_revoked(device_id):
             return
         this = device_id == self.device_id
         self._emit(DeviceRevoked(device_id, by, reason, this))
         if this:
             self._revoked_event.set()
-            waking = asyncio.get_running_loop().create_task(self._wake_connection_waiters())
-            self._background.add(waking)
-            waking.add_done_callback(self._background.discard)
+            self._later(self._wake_connection_waiters())
             self._closing.set()
             self._publish_status()
             self._fail_pushes(lambda: DeviceRevokedError("this device was revoked"))
@@ -624,135 +653,6 @@ class SyncClient:
         return EventStream(self._subscribers)
 
     # -- pushing ----------------------------------------------------------------------------
-
-    @overload
-    async def push(
-        self, data: bytes, *, ttl: int | None = None, wait: Literal[True] = True
-    ) -> PushResult: ...
-
-    @overload
-    async def push(
-        self, data: bytes, *, ttl: int | None = None, wait: Literal[False]
-    ) -> BlobId: ...
-
-    async def push(
-        self, data: bytes, *, ttl: int | None = None, wait: bool = True
-    ) -> PushResult | BlobId:
-        """Seal ``data`` and store it in the outbox durably; return once the relay has it.
-
-        Only while syncing (``async with client`` or ``connect()``): else NotConnectedError
-        at once rather than a wait for ever. With ``wait=False`` it returns the blob id as
-        soon as the outbox entry is durable, running or not; the blob goes out on the next
-        connection (``BlobPushed`` tells when)."""
-        _, cipher = self._require_group()
-        if wait and not self.running:
-            raise NotConnectedError(
-                "the client is not syncing: push inside `async with client:` (or after "
-                "connect()), or queue it with push(data, wait=False)"
-            )
-        blob_id = BlobId.random()
-        sealed = cipher.seal(bytes(data), blob_id=blob_id, sender=self.device_id, pad=self.pad)
-        if not self._core.fits(len(sealed)):
-            raise BlobTooLargeError(
-                f"{len(data):,} bytes seal to {len(sealed):,} (with encryption overhead and "
-                f"padding), over the relay's limit of {self._core.max_blob:,} bytes per blob"
-            )
-        entry = OutboxEntry(blob_id, sealed, int(ttl or 0))
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[PushResult] = loop.create_future()
-        if wait:
-            self._push_waiters.setdefault(blob_id, []).append(fut)
-        # Durable before anything else; the entry joins the in-memory outbox (and may be
-        # sent) only once its insert is committed, even if this call is cancelled.
-        durable = self._journal.add(entry)
-        self._journaling += 1
-
-        def journaled(done: asyncio.Future[object]) -> None:
-            self._journaling -= 1
-            if done.cancelled() or done.exception() is not None:
-                self._settle_pushes(blob_id, StateError("the outbox could not be written"))
-                return
-            self._core.add(entry)
-            self._publish_status()
-            self._outbox_kick.set()
-
-        durable.add_done_callback(journaled)
-        self._publish_status()
-        await asyncio.shield(durable)  # StateError if the file could not be written
-        if not wait:
-            return blob_id
-        return await fut
-
-    async def _send_outbox(self, conn: RelayConnection) -> None:
-        loop = asyncio.get_running_loop()
-        while not conn.closed:
-            self._outbox_kick.clear()
-            entries = self._core.next_pushes(loop.time())
-            if entries:  # not waited for: a lost count only changes a statistic
-                self._journal.attempted([e.blob_id for e in entries])
-            for entry in entries:
-                task = loop.create_task(self._push_one(conn, entry))
-                # Not cancelled with the connection: its request fails with it, promptly.
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-            wake = self._core.next_retry(loop.time())
-            timeout = None if wake is None else max(0.0, wake - loop.time())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._outbox_kick.wait(), timeout)
-
-    async def _push_one(self, conn: RelayConnection, entry: OutboxEntry) -> None:
-        try:
-            reply = await conn.request(
-                Push(blob_id=entry.blob_id, ciphertext=entry.ciphertext, ttl=entry.ttl)
-            )
-        except RemoteError as exc:
-            self._push_refused(entry, exc)
-        except FrameTooLargeError as exc:  # refused before sending: final, like a 2001
-            self._push_refused(entry, RemoteError(ErrorCode.BLOB_TOO_LARGE, str(exc)))
-        except ConnectError:  # the connection dropped before the answer
-            self._core.push_lost(entry)
-        except Exception as exc:  # not expected: kept, tried again, and reported
-            log.exception("push %s failed", entry.blob_id)
-            self._core.push_lost(entry)
-            self._emit(Error(None, f"push {entry.blob_id} failed: {exc!r}", "internal error"))
-        else:
-            assert isinstance(reply, PushAck)
-            if self._core.push_acked(entry.blob_id):
-                # Not waited for: if this delete is lost, the same blob id goes out again
-                # and the relay stores it once.
-                self._journal.remove(entry.blob_id)
-                self._settle_pushes(entry.blob_id, PushResult(entry.blob_id, reply.cursor))
-                self._emit(BlobPushed(entry.blob_id, reply.cursor))
-                self._publish_status()
-        finally:
-            self._outbox_kick.set()  # a slot is free, or the entry is back in line
-
-    def _push_refused(self, entry: OutboxEntry, exc: RemoteError) -> None:
-        now = asyncio.get_running_loop().time()
-        refusal = self._core.push_refused(
-            entry, exc.code, exc.message, now, retry_after=exc.retry_after
-        )
-        if refusal.report is not None:
-            self._emit(Error(exc.code, refusal.report, "push refused"))
-        if refusal.final:
-            self._journal.remove(entry.blob_id)
-            self._settle_pushes(entry.blob_id, exc)
-            self._publish_status()
-
-    def _settle_pushes(self, blob_id: BlobId, outcome: PushResult | SyncError) -> None:
-        for fut in self._push_waiters.pop(blob_id, []):
-            if fut.done():
-                continue
-            if isinstance(outcome, PushResult):
-                fut.set_result(outcome)
-            else:
-                fut.set_exception(outcome)
-
-    def _fail_pushes(self, error: Callable[[], SyncError]) -> None:
-        """Every waiting ``push()`` raises a new ``error()``; the outbox stays as it is."""
-        for blob_id in list(self._push_waiters):
-            self._settle_pushes(blob_id, error())
-
     # -- pulling ----------------------------------------------------------------------------
 
     async def _connection(self, timeout: float | None = DEFAULT_TIMEOUT) -> RelayConnection:
@@ -764,178 +664,11 @@ class SyncClient:
             raise NotConnectedError("the connection dropped; try again")
         return self._conn
 
-    def _open_blob(self, stored: StoredBlob) -> Blob | None:
-        _, cipher = self._require_group()
-        try:
-            data = cipher.open(stored.ciphertext, blob_id=stored.blob_id, sender=stored.sender)
-        except DecryptionError as exc:
-            text = f"blob {stored.blob_id} at cursor {stored.cursor}: {exc}"
-            self._emit(Error(None, text, "blob unreadable"))
-            return None
-        return Blob(stored.blob_id, stored.cursor, stored.sender, data, stored.timestamp)
-
-    async def _fetch(self, after: int, limit: int) -> PullResponse:
-        conn = await self._connection()
-        reply = await conn.request(Pull(after=after, limit=limit))
-        assert isinstance(reply, PullResponse)
-        self._core.page_fetched(after, reply.has_more)
-        self._publish_status()
-        return reply
-
-    async def _save_page(self, delivered: list[tuple[BlobId, int]], moved: bool) -> None:
-        """The delivered ids of a page and the saved cursor, in one commit, durable on
-        return (the cursor is in ``ClientCore`` already). Shielded: an app that stops
-        iterating does not cut the write short."""
-        if not delivered and not moved:
-            return
-        cursor = self._core.cursor if moved else None
-        await asyncio.shield(asyncio.wrap_future(self._state.save_page_later(delivered, cursor)))
-
-    def _acknowledge(self) -> None:
-        """Tell the relay the saved cursor after a page, so it may free what everyone has."""
-        conn = self._conn
-        if conn is not None and not conn.closed:
-            task = asyncio.get_running_loop().create_task(conn.send(Ack(cursor=self._core.cursor)))
-            self._acks.add(task)
-            task.add_done_callback(self._acks.discard)
-            task.add_done_callback(_ignore_result)
-
-    async def pull(self, after: int | None = None, limit: int = 100) -> PullResult:
-        """One page of blobs after ``after``. With ``after=None`` it continues from the saved
-        cursor, skips this device's own blobs and blobs already delivered, and saves the
-        cursor before returning."""
-        if not 1 <= limit <= MAX_PULL_LIMIT:
-            raise SyncError(f"limit must be 1..{MAX_PULL_LIMIT}, not {limit}")
-        resume = after is None
-        start = self._core.cursor if after is None else after
-        reply = await self._fetch(start, limit)
-        blobs: list[Blob] = []
-        for stored in reply.blobs:
-            if resume and not self._core.is_new(stored):
-                continue
-            blob = self._open_blob(stored)
-            if blob is not None:
-                blobs.append(blob)
-        if resume and reply.blobs:
-            delivered = [(blob.blob_id, blob.cursor) for blob in blobs]
-            for blob in blobs:
-                self._core.delivered(blob.blob_id, blob.cursor)
-            moved = self._core.confirm(reply.blobs[-1].cursor)
-            await self._save_page(delivered, moved)
-            self._acknowledge()
-        return PullResult(blobs, reply.has_more, reply.max_cursor)
-
-    async def changes(self) -> AsyncIterator[Blob]:
-        """Every new blob of the other devices, live, from the saved cursor on. The cursor
-        moves past a blob once the loop body that received it asks for the next one."""
-        while True:
-            self._new_data.clear()
-            connections = self._core.connections
-            try:
-                reply = await self._fetch(self._core.cursor, CHANGES_PAGE)
-            except (NotConnectedError, ConnectError):
-                # Offline or dropped mid-fetch: wait for the next connection and go on.
-                if self._runner is None or self._closing.is_set():
-                    raise
-                await self._wait_new_connection(connections)
-                continue
-            except RemoteError as exc:
-                if exc.code == ErrorCode.DEVICE_REVOKED:
-                    raise DeviceRevokedError("this device was revoked from its group") from None
-                # Rate limited or the relay busy: the relay said later, so later it is.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closing.wait(), self._core.timing.pull_retry)
-                if self._closing.is_set():
-                    raise NotConnectedError("the client was closed") from None
-                continue
-            delivered: list[tuple[BlobId, int]] = []
-            moved = False
-            try:
-                for stored in reply.blobs:
-                    if self._core.is_new(stored):
-                        blob = self._open_blob(stored)
-                        if blob is not None:
-                            yield blob  # resumes when the app is done with it
-                            self._core.delivered(blob.blob_id, blob.cursor)
-                            delivered.append((blob.blob_id, blob.cursor))
-                    moved = self._core.confirm(stored.cursor) or moved
-            finally:
-                # One commit per page (also when the app stops iterating mid-page): what the
-                # app has is saved before the next page is fetched or the relay is told.
-                await self._save_page(delivered, moved)
-            if reply.blobs:
-                self._acknowledge()
-            if reply.has_more:
-                continue
-            await self._wait_new_data()
-
-    async def _wake_connection_waiters(self) -> None:
-        async with self._conn_changed:
-            self._conn_changed.notify_all()
-
-    async def _wait_new_connection(self, connections: int) -> None:
-        """Wait for a connection after the first ``connections`` (or revocation, or close)."""
-        core = self._core
-        async with self._conn_changed:
-            await self._conn_changed.wait_for(
-                lambda: core.connections > connections or core.revoked or self._closing.is_set()
-            )
-        if core.revoked:
-            raise DeviceRevokedError("this device was revoked from its group")
-        if self._closing.is_set():
-            raise NotConnectedError("the client was closed")
-
-    async def _wait_new_data(self) -> None:
-        closing = asyncio.ensure_future(self._closing.wait())
-        new = asyncio.ensure_future(self._new_data.wait())
-        try:
-            await asyncio.wait({closing, new}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closing.cancel()
-            new.cancel()
-        if self._core.revoked:
-            raise DeviceRevokedError("this device was revoked from its group")
-        if self._closing.is_set() and not self._new_data.is_set():
-            raise NotConnectedError("the client was closed")
-
-    # -- group management -------------------------------------------------------------------
+    # -- the relay's other services ---------------------------------------------------------
 
     async def _request(self, message: Message) -> Message:
         conn = await self._connection()
         return await conn.request(message)
-
-    async def list_devices(self) -> list[DeviceInfo]:
-        reply = await self._request(ListDevices())
-        assert isinstance(reply, Devices)
-        return list(reply.devices)
-
-    async def revoke_device(self, device_id: DeviceId | str, reason: str = "lost") -> None:
-        """Remove a device from the group; it is refused by the relay from now on.
-
-        ``device_id`` may be the id or a unique prefix of its base32 form."""
-        target = (
-            device_id if isinstance(device_id, DeviceId) else await self._resolve_device(device_id)
-        )
-        try:
-            why = RevokeReason(reason)
-        except ValueError:
-            choices = ", ".join(r.value for r in RevokeReason)
-            raise SyncError(f"reason must be one of {choices}, not {reason!r}") from None
-        reply = await self._request(RevokeDevice(device_id=target, reason=why))
-        if isinstance(reply, DeviceRevokedMessage):
-            self._become_revoked(reply.device_id, reply.revoked_by, reply.reason.value)
-
-    async def _resolve_device(self, text: str) -> DeviceId:
-        text = text.strip().lower()
-        if len(text) == 52:
-            return DeviceId.parse(text)
-        matches = [
-            d.device_id for d in await self.list_devices() if str(d.device_id).startswith(text)
-        ]
-        if len(matches) != 1:
-            found = "no device" if not matches else f"{len(matches)} devices"
-            raise SyncError(f"{found} of this group has an id starting with {text!r}")
-        return matches[0]
 
     async def force_delete(self, blob_id: BlobId | str) -> None:
         """Delete one of this device's blobs from the relay now."""

@@ -1,15 +1,12 @@
-"""Blob sealing: XChaCha20-Poly1305-IETF (libsodium via PyNaCl).
+"""Blob sealing, format 2: XChaCha20-Poly1305-IETF (libsodium via PyNaCl) under the group's
+epoch key, with the epoch in clear and, under the AEAD, a kind, the sender's sequence number
+and a hash chain over the sender's blobs, so receivers can tell drops, replays and forks
+apart (zerok.protocol.integrity).
 
-Two formats live here. Format 1 (``BlobCipher``) is described below; format 2
-(``seal_blob``/``open_blob``, at the end of the module) adds the group epoch in clear and,
-under the AEAD, a kind, the sender's sequence number and a hash chain over the sender's
-blobs, so receivers can tell drops, replays and forks apart (zerok.protocol.integrity).
-
-Format 1 sealed layout: ``version (0x01) ‖ nonce (24 random bytes) ‖ AEAD ciphertext with tag``.
-The plaintext inside is ``data ‖ 0x80 ‖ 0x00*`` (ISO/IEC 7816-4 padding), so padding is
-unambiguous without a length field; with padding on, the zeros fill the total up to the
-PADME size. The associated data is ``group id ‖ blob id ‖ sender id``, so a ciphertext
-cannot be replayed under another id, group or sender.
+The plaintext ends ``data ‖ 0x80 ‖ 0x00*`` (ISO/IEC 7816-4 padding), so padding is
+unambiguous without a length field; with padding on, the zeros fill it up to the PADME
+size. The associated data binds the epoch, group, blob id and sender, so a ciphertext
+cannot be replayed under another id, group, sender or epoch.
 """
 
 from __future__ import annotations
@@ -29,69 +26,12 @@ from zerok.crypto.padding import padme
 from zerok.errors import CryptoError, DecryptionError
 from zerok.wire.ids import BlobId, DeviceId, GroupId
 
-BLOB_FORMAT = 0x01
 NONCE_BYTES = 24
 TAG_BYTES = 16
-OVERHEAD = 1 + NONCE_BYTES + TAG_BYTES + 1  # version, nonce, tag, padding marker
 _MARKER = 0x80
 
 
-def _associated_data(group_id: GroupId, blob_id: BlobId, sender: DeviceId) -> bytes:
-    return bytes(group_id) + bytes(blob_id) + bytes(sender)
-
-
-class BlobCipher:
-    """Seals and opens one group's blobs."""
-
-    def __init__(self, blob_key: bytes, group_id: GroupId) -> None:
-        if len(blob_key) != 32:
-            raise CryptoError("a blob key is 32 bytes")
-        self._key = bytes(blob_key)
-        self.group_id = group_id
-
-    def seal(
-        self,
-        data: bytes,
-        *,
-        blob_id: BlobId,
-        sender: DeviceId,
-        pad: bool = False,
-        nonce: bytes | None = None,
-    ) -> bytes:
-        """Encrypt ``data``. ``nonce`` is for test vectors only; leave it random."""
-        nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
-        if len(nonce) != NONCE_BYTES:
-            raise CryptoError(f"nonce must be {NONCE_BYTES} bytes")
-        inner = len(data) + 1
-        zeros = padme(inner) - inner if pad else 0
-        plaintext = bytes(data) + bytes((_MARKER,)) + bytes(zeros)
-        ad = _associated_data(self.group_id, blob_id, sender)
-        sealed = crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, ad, nonce, self._key)
-        return bytes((BLOB_FORMAT,)) + nonce + sealed
-
-    def open(self, sealed: bytes, *, blob_id: BlobId, sender: DeviceId) -> bytes:
-        """Decrypt and check a sealed blob; DecryptionError if anything was changed."""
-        if len(sealed) < OVERHEAD:
-            raise DecryptionError(f"sealed blob of {len(sealed)} bytes is too short")
-        if sealed[0] != BLOB_FORMAT:
-            raise DecryptionError(f"unknown blob format 0x{sealed[0]:02x}")
-        nonce = bytes(sealed[1 : 1 + NONCE_BYTES])
-        ad = _associated_data(self.group_id, blob_id, sender)
-        try:
-            plaintext = crypto_aead_xchacha20poly1305_ietf_decrypt(
-                bytes(sealed[1 + NONCE_BYTES :]), ad, nonce, self._key
-            )
-        except NaclCryptoError:
-            raise DecryptionError(
-                "blob failed authentication: wrong group key, or it was modified"
-            ) from None
-        end = plaintext.rstrip(b"\x00")
-        if not end or end[-1] != _MARKER:
-            raise DecryptionError("blob padding is malformed")
-        return end[:-1]
-
-
-# -- format 2: epoch keys, per-sender sequence and hash chain -------------------------------
+# The layout:
 #
 # sealed = 0x02 ‖ u32be(epoch) ‖ nonce (24) ‖ XChaCha20-Poly1305(key, nonce, AD, inner)
 # AD     = 0x02 ‖ u32be(epoch) ‖ group id (32) ‖ blob id (16) ‖ sender (32)

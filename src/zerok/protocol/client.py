@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from zerok.crypto.entry import Signer
 from zerok.crypto.identity import DeviceIdentity
-from zerok.crypto.keys import GroupKeys
 from zerok.crypto.membership import make_hello
 from zerok.crypto.noise.transport import MAX_SEND_FRAME
 from zerok.errors import FrameTooLargeError, LocalProtocolError
@@ -40,6 +40,7 @@ from zerok.wire import (
     Error,
     ErrorCode,
     Frame,
+    GroupId,
     Message,
     Presence,
     Push,
@@ -60,9 +61,11 @@ class ClientSession(Session):
     def __init__(
         self,
         identity: DeviceIdentity,
-        keys: GroupKeys,
+        group_id: GroupId,
         *,
         now: float,
+        entries: Sequence[bytes] = (),
+        signer: tuple[bytes, Signer] | None = None,
         variant: Variant = HYBRID,
         offered: Sequence[str] | None = None,
         device_name: str = "",
@@ -88,7 +91,9 @@ class ClientSession(Session):
             if len(text) > MAX_NAME_CHARS:
                 raise LocalProtocolError(f"{label} is longer than {MAX_NAME_CHARS} characters")
         self.identity = identity
-        self.keys = keys
+        self.group_id = group_id
+        self.entries = list(entries)
+        self.signer = signer
         self.device_name = device_name
         self.last_cursor = last_cursor
         self.client = client
@@ -192,12 +197,14 @@ class ClientSession(Session):
 
     def _on_handshake_complete(self) -> list[Event]:
         hello = make_hello(
-            self.keys,
+            self.identity,
             self.handshake_hash,
-            self.identity.device_id,
+            self.group_id,
             device_name=self.device_name,
             last_cursor=self.last_cursor,
             client=self.client,
+            entries=self.entries,
+            signer=self.signer,
         )
         self._send_frame(hello, HELLO_REQUEST_ID)
         self.state = SessionState.AWAIT_WELCOME

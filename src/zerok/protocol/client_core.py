@@ -16,8 +16,13 @@ clock or a file, so every rule below is unit-tested with plain numbers for time
 - **Connecting.** Relays are tried in their configured order, the next one at once when
   one fails; once every one failed, or after a live connection ended, the next round waits
   for the backoff delay (``ClientTiming``), which starts over after each connection.
+- **Epochs.** Every push names the group epoch it is sealed under; an entry sealed under an
+  older epoch than the group's current one (``epoch``) is held back until the shell has
+  re-sealed it (``stale``, ``replace``), and a relay's EPOCH_STALE refusal puts it there.
+- **Relays that lie.** A relay caught presenting a forked membership log is ``forsaken``:
+  it is not tried again while the client runs.
 - **Status and revocation.** The sync status is derived from all of the above; once this
-  device is revoked, nothing is sent or tried again.
+  device is revoked, nothing is sent or tried again (until a recovery reinstates it).
 
 The shell persists what the answers say changed: ``confirm`` returns whether the saved
 cursor moved, a final refusal or an ack removes an outbox entry.
@@ -54,12 +59,17 @@ class SyncStatus(enum.StrEnum):
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
     """A sealed push as it is stored. ``attempts`` counts its sends; the entry handed out
-    for a send is its ticket: results of an older send of the same blob are ignored."""
+    for a send is its ticket: results of an older send of the same blob are ignored.
+    ``epoch`` is the group epoch it is sealed under, ``seq`` its place in this device's
+    chain of blobs, ``repair`` whether it re-pushes a blob another device reported missing."""
 
     blob_id: BlobId
     ciphertext: bytes
     ttl: int = 0
     attempts: int = 0
+    epoch: int = 0
+    seq: int = 0
+    repair: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +81,7 @@ class Refusal:
     final: bool
     report: str | None
     retry_at: float | None
+    stale: bool = False  # sealed under an old epoch: learn the new one and re-seal it
 
 
 @dataclass(slots=True)
@@ -97,12 +108,14 @@ class ClientCore:
     ) -> None:
         """``cursor``, ``outbox`` and ``delivered`` (oldest first) are what was saved."""
         if cursor < 0:
-            raise ValueError("cursor must be non-negative")
+            raise LocalProtocolError("cursor must be non-negative")
         self.device_id = device_id
         self.timing = timing or ClientTiming()
         self.relays: list[str] = []
         self.max_blob = DEFAULT_MAX_BLOB
         self.connections = 0  # counts accepted connections, so a waiter can tell a new one
+        self.epoch = 0  # the group's current epoch: nothing older goes out
+        self._forsaken: set[str] = set()
         self._cursor = cursor
         self._outbox: dict[BlobId, _Queued] = {}  # insertion order is send order
         self._in_flight = 0
@@ -151,8 +164,8 @@ class ClientCore:
 
     def device_revoked(self, device_id: DeviceId) -> bool:
         """A device of the group was revoked; True if the app should hear of it (always for
-        another device, the first time for this one: it may be told twice, by the relay's
-        DEVICE_REVOKED and then by its refusal)."""
+        another device, the first time for this one: it may be told twice, by the log entry
+        and then by the relay's refusal)."""
         if device_id != self.device_id:
             return True
         if self._revoked:
@@ -160,21 +173,42 @@ class ClientCore:
         self._revoked = True
         return True
 
+    def reinstated(self) -> None:
+        """A recovery kept this device: it may sync again (``start`` to do so)."""
+        self._revoked = False
+
     # -- connecting -------------------------------------------------------------------------
 
+    @property
+    def usable_relays(self) -> list[str]:
+        """The relays still worth trying: all but the forsaken ones, in order."""
+        return [url for url in self.relays if url not in self._forsaken]
+
     def relay_to_try(self) -> str:
-        if not self.relays:
+        relays = self.usable_relays
+        if not relays:
+            if self.relays:
+                raise LocalProtocolError(
+                    "every relay of the group presented a forked membership log: none is tried"
+                )
             raise LocalProtocolError("the group has no relay to connect to")
-        return self.relays[self._next_relay % len(self.relays)]
+        return relays[self._next_relay % len(relays)]
 
     def connect_failed(self) -> float | None:
         """The relay of ``relay_to_try`` could not be reached or refused this device. None:
         try the next one at once; else every one failed: the seconds before the next round."""
         self._next_relay += 1
-        if self._next_relay < len(self.relays):
+        if self._next_relay < len(self.usable_relays):
             return None
         self._next_relay = 0
         return self._backoff.next_delay()
+
+    def forsake(self, url: str) -> None:
+        """``url`` equivocated about the group's log: never try it again in this run (the
+        relays after it are tried next, at once)."""
+        self._forsaken.add(url)
+        if self._next_relay >= len(self.usable_relays):
+            self._next_relay = 0
 
     def connected(self, *, pending: int, max_blob: int = 0) -> None:
         """A relay accepted this device (WELCOME): ``pending`` blobs of others wait there and
@@ -213,16 +247,33 @@ class ClientCore:
             raise LocalProtocolError(f"blob {entry.blob_id} is already in the outbox")
         self._outbox[entry.blob_id] = _Queued(entry)
 
+    def queued(self, blob_id: BlobId) -> bool:
+        return blob_id in self._outbox
+
+    def stale(self) -> list[OutboxEntry]:
+        """The entries sealed under an epoch older than ``epoch``: to be re-sealed."""
+        return [q.entry for q in self._outbox.values() if q.entry.epoch < self.epoch]
+
+    def replace(self, entry: OutboxEntry) -> None:
+        """The same blob, re-sealed (under a newer epoch): it keeps its place in line, and a
+        send of the old sealing still in flight is still answered as its own."""
+        queued = self._outbox.get(entry.blob_id)
+        if queued is None:
+            raise LocalProtocolError(f"blob {entry.blob_id} is not in the outbox")
+        queued.entry = replace(entry, attempts=queued.entry.attempts)
+        queued.retry_at = 0.0
+
     def next_pushes(self, now: float) -> list[OutboxEntry]:
         """The entries to send now, oldest first; each counts as in flight until its result
-        (``push_acked``, ``push_refused``, ``push_lost``) or the end of the connection."""
+        (``push_acked``, ``push_refused``, ``push_lost``) or the end of the connection.
+        Entries sealed under an old epoch wait for ``replace``."""
         if not (self._connected and self.active):
             return []
         out: list[OutboxEntry] = []
         for queued in self._outbox.values():
             if self._in_flight + len(out) >= MAX_IN_FLIGHT:
                 break
-            if queued.sending or queued.retry_at > now:
+            if queued.sending or queued.retry_at > now or queued.entry.epoch < self.epoch:
                 continue
             queued.entry = replace(queued.entry, attempts=queued.entry.attempts + 1)
             queued.sending = True
@@ -261,10 +312,20 @@ class ClientCore:
         """The relay answered this send with ERROR ``code`` (a frame too large to send at
         all counts as BLOB_TOO_LARGE). Rate limited or overloaded: again after the relay's
         ``retry_after``, else ``timing.retry_later``. Group quota full: reported, kept, again
-        after ``timing.quota_retry``. The blob too large or invalid: final. Anything else
-        is not about this blob: reported, kept, again after ``timing.refused_retry``."""
+        after ``timing.quota_retry``. The blob too large or invalid: final. Sealed under an
+        old epoch: kept, not reported, ``stale`` (it goes out again once re-sealed under
+        the epoch the shell learns from the log). Anything else is not about this blob:
+        reported, kept, again after ``timing.refused_retry``."""
         if self._current(entry) is None:
             return Refusal(final=False, report=None, retry_at=None)
+        if code == ErrorCode.EPOCH_STALE:
+            # Held until ``replace`` brings it under the new epoch; if the log shows none
+            # (the shell sets ``epoch`` back), it is tried again after the usual delay.
+            self.epoch = max(self.epoch, entry.epoch + 1)
+            resealed = self._outbox[entry.blob_id].entry.epoch > entry.epoch
+            retry_at = now if resealed else now + self.timing.refused_retry
+            self._settle(entry, retry_at=retry_at)
+            return Refusal(False, None, retry_at, stale=True)
         if code in _FINAL:  # it would be refused again
             del self._outbox[entry.blob_id]
             self._in_flight -= 1
@@ -306,6 +367,25 @@ class ClientCore:
     def delivered(self, blob_id: BlobId, cursor: int) -> None:
         """The app has this blob."""
         self._delivered.setdefault(blob_id, cursor)
+
+    def landmark(self) -> tuple[BlobId, int] | None:
+        """The delivered blob with the highest cursor at or below the saved one: what a
+        relay that still holds its history must hold at that cursor (None: nothing
+        remembered to compare)."""
+        best: tuple[BlobId, int] | None = None
+        for blob_id, at in self._delivered.items():
+            if at <= self._cursor and (best is None or at > best[1]):
+                best = (blob_id, at)
+        return best
+
+    def restart_from(self, cursor: int) -> None:
+        """The relay lost what this device had synced (a rollback): read again from
+        ``cursor``, the one move backwards there is. Delivered ids are kept: nothing
+        reaches the app twice."""
+        if cursor < 0:
+            raise LocalProtocolError("cursor must be non-negative")
+        self._cursor = min(self._cursor, cursor)
+        self._remote_pending = True
 
     def confirm(self, cursor: int) -> bool:
         """The app is done with everything up to ``cursor``; True if the saved cursor moved

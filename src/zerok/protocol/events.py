@@ -22,10 +22,13 @@ class HandshakeComplete(Event):
 
 @dataclass(frozen=True, slots=True)
 class HelloReceived(Event):
-    """Relay side: a HELLO with a valid proof. Answer with accept() or reject()."""
+    """Relay side: a HELLO arrived. Its proof is not checked yet: that needs the device's
+    signing key from the group's log (``zerok.crypto.membership.verify_hello``). Answer
+    with accept() or reject()."""
 
     device_id: DeviceId
     hello: Hello
+    handshake_hash: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +67,7 @@ class RequestFailed(Event):
 
 @dataclass(frozen=True, slots=True)
 class MessageReceived(Event):
-    """A message that answers nothing (NOTIFY, DEVICE_REVOKED, a non-fatal ERROR, ...)."""
+    """A message that answers nothing (NOTIFY, MEMBERSHIP, a non-fatal ERROR, ...)."""
 
     message: Message
 

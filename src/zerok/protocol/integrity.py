@@ -173,6 +173,11 @@ class SenderChains:
                 result[sender] = ranges
         return result
 
+    def received(self) -> dict[DeviceId, int]:
+        """The highest seq received from each sender: after a relay rollback, what to ask
+        every sender for again (the relay may have lost any of it)."""
+        return {sender: chain.top for sender, chain in self._chains.items()}
+
     def forget(self, sender: DeviceId) -> None:
         """Stop tracking ``sender`` (a revoked device); unknown senders are ignored."""
         self._chains.pop(sender, None)
@@ -379,6 +384,11 @@ _FORK_OLD = (
     f"device {{device}} sealed a second, different blob {{range}} {_RESTORED}; "
     "it was delivered too."
 )
+_REUSED = (
+    "the relay holds another blob at cursor {cursor} than the one this device received "
+    "there: it was restored from an older copy; this device reads the group again from the "
+    "start and pushes its recent blobs again."
+)
 _ROLLBACK = (
     "the relay's history ends at {head}, before {saved} which this device had already "
     "synced: the relay lost or rolled back blobs; syncing goes on from its head, and "
@@ -403,6 +413,19 @@ def detect_rollback(saved_cursor: int, relay_head: int) -> IntegrityAlert | None
         return None
     detail = _ROLLBACK.format(head=relay_head, saved=saved_cursor)
     return IntegrityAlert("rollback", None, relay_head + 1, saved_cursor, detail)
+
+
+def detect_reused_cursor(
+    expected: BlobId, cursor: int, saved_cursor: int, found: BlobId | None, found_at: int
+) -> IntegrityAlert | None:
+    """A "rollback" alert if the relay holds another blob at a cursor where this device
+    received ``expected``: a relay restored from an old backup, whose cursor has since
+    climbed past the one this device saved, so that ``detect_rollback`` cannot see it.
+    ``found``/``found_at``: the first blob the relay has from ``cursor`` on (None: none)."""
+    if found is None or found_at != cursor or found == expected:
+        return None
+    detail = _REUSED.format(cursor=cursor)
+    return IntegrityAlert("rollback", None, cursor, saved_cursor, detail)
 
 
 # -- repair requests ----------------------------------------------------------------------------

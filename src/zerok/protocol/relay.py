@@ -1,7 +1,8 @@
 """The relay's side of one connection, sans I/O.
 
-Order enforced: Noise handshake → HELLO (proof checked here; whether the group and device
-may enter is the relay's decision, given with accept() or reject()) → requests. Anything
+Order enforced: Noise handshake → HELLO (handed on: its proof and whether the device may
+enter are the relay's decisions, by the group's log, given with accept() or reject()) →
+requests. Anything
 out of order, undecodable or of a type a client may not send ends the session with
 ERROR 1000.
 """
@@ -12,8 +13,7 @@ from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from zerok.crypto.membership import verify_hello
-from zerok.errors import InvalidProofError, LocalProtocolError
+from zerok.errors import LocalProtocolError
 from zerok.protocol.catalog import CLIENT_REQUESTS, RELAY_MESSAGES, UNSOLICITED
 from zerok.protocol.events import Event, HelloReceived, RequestReceived
 from zerok.protocol.session import (
@@ -35,6 +35,10 @@ from zerok.wire import (
 )
 from zerok.wire.messages import MAX_TEXT_CHARS
 
+# HELLO may carry log entries (a new group's whole log, or history a relay lost): it is
+# allowed this many bytes even where the relay's frame limit for blobs is lower.
+HELLO_FRAME = 256 * 1024
+
 
 class RelaySession(Session):
     """One client connection as the relay sees it."""
@@ -50,8 +54,12 @@ class RelaySession(Session):
         offered: Sequence[str] | None = None,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         max_frame: int = DEFAULT_MAX_FRAME,
+        hello_frame: int = HELLO_FRAME,
         idle_timeout: float | None = None,
     ) -> None:
+        """``hello_frame``: the limit for the HELLO frame, at least ``max_frame``; HELLO may
+        carry a group's log (a new group's genesis alone is ~5 KiB), which must fit even
+        where blobs are small."""
         super().__init__(
             static_key,
             now=now,
@@ -61,6 +69,7 @@ class RelaySession(Session):
             max_frame=max_frame,
         )
         self.idle_timeout = idle_timeout
+        self.hello_frame = max(hello_frame, max_frame)
         self.device_id: DeviceId | None = None
         self.hello: Hello | None = None
         self._hello_request_id = 0
@@ -75,6 +84,8 @@ class RelaySession(Session):
             )
         self._send_frame(welcome, self._hello_request_id)
         self.state = SessionState.OPEN
+        assert self._transport is not None
+        self._transport.max_frame = self.max_frame
         if now is not None:
             self.last_received = max(self.last_received, now)
 
@@ -90,7 +101,7 @@ class RelaySession(Session):
         """Send a response (with the request's id) or an unsolicited message (id 0).
 
         A request sent with id 0 wants no answer: a result or confirmation with id 0 is
-        dropped here, so only NOTIFY, DEVICE_REVOKED and ERROR ever go out unasked.
+        dropped here, so only NOTIFY, MEMBERSHIP and ERROR ever go out unasked.
         With ``room``, a message that would add more than that many bytes to
         ``bytes_to_send`` is not queued, and False returned: the driver's budget for a
         peer that reads slowly is kept before anything is queued, not after.
@@ -139,6 +150,8 @@ class RelaySession(Session):
     def _on_handshake_complete(self) -> list[Event]:
         self.device_id = DeviceId(self.peer_static)
         self.state = SessionState.AWAIT_HELLO
+        assert self._transport is not None
+        self._transport.max_frame = self.hello_frame
         return []
 
     def _frame_too_large(self, reason: str, head: bytes) -> list[Event]:
@@ -171,11 +184,9 @@ class RelaySession(Session):
 
     def _receive_hello(self, request_id: int, hello: Hello) -> list[Event]:
         assert self.device_id is not None
-        try:
-            verify_hello(hello, self.handshake_hash, self.device_id)
-        except InvalidProofError:
-            return self._close(ErrorCode.UNAUTHORIZED, "membership proof does not verify")
+        # The proof is checked by whoever knows the device's signing key: the relay's
+        # service, from the group's log.
         self.hello = hello
         self._hello_request_id = request_id
         self.state = SessionState.HELLO_PENDING
-        return [HelloReceived(self.device_id, hello)]
+        return [HelloReceived(self.device_id, hello, self.handshake_hash)]

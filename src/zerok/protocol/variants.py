@@ -14,8 +14,8 @@ class Variant:
     noise_protocol: str
 
 
-HYBRID = Variant("0k-sync.v1.hfs", "Noise_XXhfs_25519+MLKEM768_ChaChaPoly_BLAKE2s")
-CLASSIC = Variant("0k-sync.v1.xx", "Noise_XX_25519_ChaChaPoly_BLAKE2s")
+HYBRID = Variant("0k-sync.v2.hfs", "Noise_XXhfs_25519+MLKEM768_ChaChaPoly_BLAKE2s")
+CLASSIC = Variant("0k-sync.v2.xx", "Noise_XX_25519_ChaChaPoly_BLAKE2s")
 VARIANTS = (HYBRID, CLASSIC)  # in order of preference
 SUBPROTOCOLS = tuple(v.subprotocol for v in VARIANTS)
 
@@ -26,7 +26,7 @@ def prologue(offered: Sequence[str], chosen: Variant) -> bytes:
     from the client's offer (to force classic Noise) makes the handshake fail.
     """
     return (
-        f"0k-sync prologue v1\noffered: {','.join(offered)}\nchosen: {chosen.subprotocol}".encode()
+        f"0k-sync prologue v2\noffered: {','.join(offered)}\nchosen: {chosen.subprotocol}".encode()
     )
 
 

@@ -132,6 +132,8 @@ class RelayConfig:
     max_blob_size: int = 1024 * 1024
     max_group_storage: int = 100 * 1024 * 1024
     max_group_blobs: int = 100_000
+    max_log_entries: int = 10_000  # entries in one group's membership log
+    max_log_bytes: int = 16 * 1024 * 1024  # bytes of one group's membership log
     max_storage: int = 0  # 0: no relay-wide cap
     default_ttl: float = 7 * 86400.0
     max_ttl: float = 30 * 86400.0
@@ -194,6 +196,8 @@ class RelayConfig:
             "connections_per_ip",
             "invite_max_size",
             "max_group_blobs",
+            "max_log_entries",
+            "max_log_bytes",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
@@ -306,6 +310,20 @@ OPTIONS: tuple[Option, ...] = (
         "max_group_blobs",
         parse_int,
         "blobs buffered per group",
+    ),
+    Option(
+        "max_log_entries",
+        "storage",
+        "max_log_entries",
+        parse_int,
+        "entries in one group's membership log",
+    ),
+    Option(
+        "max_log_bytes",
+        "storage",
+        "max_log_bytes",
+        parse_size,
+        "bytes of one group's membership log, e.g. 16MiB",
     ),
     Option(
         "max_storage",

@@ -14,6 +14,8 @@ LIMITS = (
     "new_groups_per_hour",
     "new_devices_per_hour",
     "allow_new_groups",
+    "max_log_entries",
+    "max_log_bytes",
 )
 
 

@@ -29,7 +29,7 @@ from zerok.relay.storage import Storage, StorageError, default_key_path
 from zerok.relay.storage import open_storage as storage_for_url
 from zerok.relay.tasks import TaskSet
 from zerok.version import __version__
-from zerok.wire import ErrorCode
+from zerok.wire import PROTOCOL_VERSION, ErrorCode
 
 log = logging.getLogger("zerok.relay")
 
@@ -226,10 +226,7 @@ class Relay:
         ]
         chosen = next((p for p in offered if p in SUBPROTOCOLS), None)
         if chosen is None:
-            return web.Response(
-                status=400,
-                text=f"offer one of the WebSocket subprotocols {', '.join(SUBPROTOCOLS)}\n",
-            )
+            return web.Response(status=400, text=_unsupported(offered))
         ip = client_ip(request, self.http.addresses)
         if self.stopping:
             return web.Response(status=503, text="the relay is shutting down\n")
@@ -298,3 +295,19 @@ class Relay:
                 await self.cleanup_once()
             except StorageError as exc:
                 log.error("cleanup failed: %s", exc)
+
+
+def _unsupported(offered: list[str]) -> str:
+    """Why the upgrade is refused, naming the protocol versions: a client of another
+    version learns which one this relay speaks."""
+    ours = f"0k-Sync protocol version {PROTOCOL_VERSION} ({', '.join(SUBPROTOCOLS)})"
+    versions = sorted(
+        {p.split(".")[1] for p in offered if p.startswith("0k-sync.") and p.count(".") >= 2}
+    )
+    if versions:
+        theirs = ", ".join(versions)
+        return (
+            f"this relay speaks {ours}; your client offered protocol {theirs}: "
+            "upgrade the client (or use a relay of its version)\n"
+        )
+    return f"this relay speaks {ours}; offer one of those WebSocket subprotocols\n"

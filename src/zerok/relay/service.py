@@ -24,34 +24,49 @@ from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from zerok.errors import LocalProtocolError, StorageError, StorageFullError
+from zerok.crypto.membership import verify_hello
+from zerok.errors import (
+    InvalidProofError,
+    LocalProtocolError,
+    MembershipError,
+    StorageError,
+    StorageFullError,
+    TicketError,
+)
 from zerok.protocol import ConnectionClosed, HelloReceived, RequestReceived
 from zerok.protocol.catalog import CLIENT_REQUESTS
+from zerok.protocol.membership import GroupLog, TicketState
 from zerok.protocol.ratelimit import RateLimiter
 from zerok.relay.config import BLOB_OVERHEAD, RelayConfig
+from zerok.relay.membership import AppendResult, GroupLogs, is_removal
 from zerok.relay.metrics import RelayMetrics
 from zerok.relay.push import OfflineWaker, PushSender
 from zerok.relay.storage import (
     BlobStored,
-    DeviceRecord,
     DeviceWasRevoked,
     Resync,
     Storage,
     StorageEvent,
 )
+from zerok.relay.storage import LogAppended as LogAppendedElsewhere
 from zerok.relay.tasks import TaskSet
 from zerok.wire import (
     Ack,
     Delete,
     DeviceId,
     DeviceInfo,
-    DeviceRevoked,
     Devices,
     Error,
     ErrorCode,
     GroupId,
+    Hello,
     Limits,
     ListDevices,
+    Log,
+    LogAppend,
+    LogAppended,
+    LogGet,
+    Membership,
     Message,
     Notify,
     Presence,
@@ -60,12 +75,10 @@ from zerok.wire import (
     Push,
     PushAck,
     RegisterPush,
-    RevokeDevice,
-    RevokeReason,
     UnregisterPush,
     Welcome,
 )
-from zerok.wire.messages import MAX_DEVICES, PULL_RESPONSE_OVERHEAD
+from zerok.wire.messages import MAX_APPEND_ENTRIES, MAX_DEVICES, PULL_RESPONSE_OVERHEAD
 
 log = logging.getLogger("zerok.relay")
 # Refusals are lines a stranger can cause: their own logger, which the relay throttles.
@@ -186,6 +199,7 @@ class RelayService:
         self._usage = 0
         self._usage_read_at: float | None = None
         self.waker = OfflineWaker(push_sender, storage, self.metrics, monotonic=monotonic)
+        self.logs = GroupLogs(storage)
         self.tasks = TaskSet("the relay service")
         storage.subscribe(self.on_storage_event)
         self.limits = Limits(
@@ -218,41 +232,54 @@ class RelayService:
         now = self.clock()
         ip = ip_key(peer.remote)
         self._prune(self.monotonic())
-        group = await self.storage.get_group(hello.group_id)
-        if group is None:
-            if not self.config.allow_new_groups:
-                self.metrics.refused("allow_new_groups")
-                self._refuse(peer, device_id, ErrorCode.UNKNOWN_GROUP, _NO_NEW_GROUPS)
-                return
-            if not self._admit(peer, device_id, ip, (hello.group_id,), "new_groups_per_hour"):
-                return
-            group = await self.storage.register_group(hello.group_id, hello.auth_key, now)
-            log.info("group %s registered by device %s", hello.group_id.short(), device_id.short())
-        if group.auth_key != hello.auth_key:
-            # Knowing a group id is not enough: the proof must be by the registered key.
-            self._refuse(peer, device_id, ErrorCode.UNAUTHORIZED, _NOT_THE_GROUPS_KEY)
+        group_id = hello.group_id
+        try:
+            members = await self._hello_log(peer, device_id, ip, hello, now)
+        except MembershipError as exc:
+            self._refuse(peer, device_id, _membership_code(exc), f"log entry refused: {exc}")
             return
-        device = await self.storage.get_device(hello.group_id, device_id)
-        if device is not None and device.revoked:
-            message = (
-                f"this device was revoked from the group ({device.revoke_reason}); "
-                "it can no longer sync with it"
-            )
-            self._refuse(peer, device_id, ErrorCode.DEVICE_REVOKED, message)
+        if members is None:
             return
-        key = (hello.group_id, device_id)
+        signer = bytes(hello.signer)
+        provisional = bool(signer)
+        if not provisional:
+            member = members.member(device_id)
+            if member is None:
+                self._refuse(peer, device_id, ErrorCode.UNAUTHORIZED, _NOT_ENROLLED)
+                return
+            if not member.active:
+                text = f"this device was revoked from the group ({member.reason or 'revoked'})"
+                self._refuse(peer, device_id, ErrorCode.DEVICE_REVOKED, text)
+                return
+            signer = member.sign
+        elif signer != members.recovery_sign:
+            ticket = members.tickets.get(signer)
+            refusal = _ticket_refusal(ticket, now)
+            if refusal is not None:
+                self._refuse(peer, device_id, *refusal)
+                return
+        try:
+            verify_hello(hello, event.handshake_hash, device_id, signer)
+        except InvalidProofError:
+            self._refuse(peer, device_id, ErrorCode.UNAUTHORIZED, _BAD_PROOF)
+            return
+        device = await self.storage.get_device(group_id, device_id)
+        key = (group_id, device_id)
         if device is None and not self._admit(peer, device_id, ip, key, "new_devices_per_hour"):
             return
-        await self.storage.touch_device(hello.group_id, device_id, hello.device_name, now)
-        if hello.last_cursor:
-            # The device's saved cursor is its receipt for everything up to it, even if the
-            # ACK it sent before disconnecting was lost.
-            await self.storage.ack(hello.group_id, device_id, hello.last_cursor)
-        pending = await self.storage.pending_for(hello.group_id, device_id)
+        group = await self.storage.get_group(group_id)
+        if group is None:  # the log's group row is written with its genesis
+            raise StorageError(f"group {group_id.short()} has a log but no group row")
+        if not provisional:
+            await self.storage.touch_device(group_id, device_id, hello.device_name, now)
+            if hello.last_cursor:
+                # The device's saved cursor is its receipt for everything up to it, even if
+                # the ACK it sent before disconnecting was lost.
+                await self.storage.ack(group_id, device_id, hello.last_cursor)
+        pending = 0 if provisional else await self.storage.pending_for(group_id, device_id)
         # Revoked while this HELLO was being decided? Nothing awaits between this check and
         # joining the group's connections, so a later revocation will find this one.
-        device = await self.storage.get_device(hello.group_id, device_id)
-        if device is not None and device.revoked:
+        if not provisional and members.admission(device_id) != "member":
             self._refuse(peer, device_id, ErrorCode.DEVICE_REVOKED, _REVOKED)
             return
         if peer.closed:
@@ -262,12 +289,66 @@ class RelayService:
             max_cursor=group.max_cursor,
             pending=pending,
             limits=self.limits,
+            log_seq=members.head_seq,
+            log_hash=members.head_hash,
+            epoch=members.epoch,
             server_time=now,
+            provisional=provisional,
         )
-        peer.accept(welcome, hello.group_id, device_id)
-        self.groups[hello.group_id].add(peer)
-        self.notified[hello.group_id] = max(self.notified.get(hello.group_id, 0), group.max_cursor)
+        peer.accept(welcome, group_id, device_id)
+        self.groups[group_id].add(peer)
+        self.logs.pinned.add(group_id)
+        self.notified[group_id] = max(self.notified.get(group_id, 0), group.max_cursor)
         self.metrics.sessions_active.inc()
+
+    async def _hello_log(
+        self, peer: Peer, device_id: DeviceId, ip: str, hello: Hello, now: int
+    ) -> GroupLog | None:
+        """The group's log, after appending what HELLO brought; None: HELLO was refused."""
+        group_id = hello.group_id
+        members = await self.logs.get(group_id)
+        if members is None:
+            if not hello.entries:
+                self._refuse(peer, device_id, ErrorCode.UNKNOWN_GROUP, _UNKNOWN_GROUP)
+                return None
+            # A private relay serves the group ids its operator registered (allow-listed):
+            # their first log comes with a device's HELLO like anywhere else.
+            allowed = await self.storage.get_group(group_id) is not None
+            if not self.config.allow_new_groups and not allowed:
+                self.metrics.refused("allow_new_groups")
+                self._refuse(peer, device_id, ErrorCode.UNKNOWN_GROUP, _NO_NEW_GROUPS)
+                return None
+            if not self._check_log_size(peer, device_id, hello.entries, 0, 0):
+                return None
+            if not self._admit(peer, device_id, ip, (group_id,), "new_groups_per_hour"):
+                return None
+            # A new group's log is its creator's own: its entries are judged by their time.
+            created = await self.logs.create(group_id, hello.entries, None)
+            if created is not None:
+                log.info("group %s registered by device %s", group_id.short(), device_id.short())
+                await self._after_append(group_id, created, exclude=peer)
+                return created.log
+            members = await self.logs.get(group_id)  # registered meanwhile: join it
+            if members is None:
+                raise MembershipError("chain", "the group's log vanished while registering")
+        if not hello.entries:
+            return members
+        # Tickets are judged by the relay's clock unless the device was a member already:
+        # a stranger holding an old invite must not enroll after its expiry, while a member
+        # bringing back history the relay lost (a restore from an old backup) is judged by
+        # each entry's own time.
+        clock = None if members.admission(device_id) == "member" else now
+        count, size = await self.storage.log_size(group_id)
+        # Judged on what is new by the log as we hold it (at worst more than by the time
+        # the append runs: a stricter count).
+        fresh = GroupLogs.beyond(members, hello.entries)
+        if not self._check_log_size(peer, device_id, fresh, count, size):
+            return None
+        result = await self.logs.bring(group_id, hello.entries, clock, stored_at=now)
+        if result is None:
+            return members
+        await self._after_append(group_id, result, exclude=peer)
+        return result.log
 
     def _admit(
         self, peer: Peer, device_id: DeviceId, ip: str, new: tuple[bytes, ...], option: str
@@ -311,6 +392,8 @@ class RelayService:
             if not members:
                 del self.groups[peer.group_id]
                 self.notified.pop(peer.group_id, None)
+                self.logs.pinned.discard(peer.group_id)
+                self.logs.forget_lock(peer.group_id)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -328,6 +411,9 @@ class RelayService:
                 self.metrics.refused("messages_per_minute")
                 peer.send(Error(code=ErrorCode.RATE_LIMITED, message=text, retry_after=retry), rid)
                 return
+        if type(message) not in PROVISIONAL_REQUESTS and not await self._enrolled(peer):
+            peer.send(Error(code=ErrorCode.UNAUTHORIZED, message=_ENROLL_FIRST), rid)
+            return
         handler = self.handlers.get(type(message))
         if handler is None:  # the session admitted a request type nobody handles: our bug
             raise LocalProtocolError(f"the relay has no handler for {message.TYPE.name}")
@@ -388,6 +474,14 @@ class RelayService:
     async def _push(self, peer: Peer, rid: int, push: Push) -> None:
         group_id, device_id = _member(peer)
         started = self.monotonic()
+        members = await self.logs.get(group_id)
+        if members is not None and push.epoch != members.epoch:
+            text = (
+                f"the blob is sealed under epoch {push.epoch}; the group is at epoch "
+                f"{members.epoch}: fetch the log (LOG_GET), seal it again and push it again"
+            )
+            self._fail(peer, ErrorCode.EPOCH_STALE, text, rid)
+            return
         size = len(push.ciphertext)
         if size > self.config.max_blob_size:
             limit = self.config.max_blob_size
@@ -423,6 +517,7 @@ class RelayService:
                 max_group_bytes=-1 if full else self.config.max_group_storage,
                 max_group_blobs=self.config.max_group_blobs,
                 blob_overhead=BLOB_OVERHEAD,
+                repair=push.repair,
             )
         except StorageFullError as exc:  # not fatal: the client retries, the relay recovers
             self.push_bytes.give_back(ip, cost)
@@ -504,29 +599,110 @@ class RelayService:
             )
         self._confirm(peer, rid, delete)
 
-    @handles(RevokeDevice)
-    async def _revoke(self, peer: Peer, rid: int, revoke: RevokeDevice) -> None:
-        group_id, device_id = _member(peer)
+    @handles(LogGet)
+    async def _log_get(self, peer: Peer, rid: int, get: LogGet) -> None:
+        group_id, _ = _member(peer)
+        head = await self.storage.log_head(group_id)
+        records = await self.storage.log_read(
+            group_id, get.start - 1, get.limit, self.config.frame_limit - LOG_PAGE_OVERHEAD
+        )
+        entries = [r.entry for r in records]
+        peer.send(Log(start=get.start, entries=entries, head_seq=head.seq if head else 0), rid)
+
+    @handles(LogAppend)
+    async def _log_append(self, peer: Peer, rid: int, append: LogAppend) -> None:
+        group_id, _ = _member(peer)
+        count, size = await self.storage.log_size(group_id)
+        over = self._log_over(append.entries, count, size)
+        if over is not None:
+            self.metrics.refused(over[0])
+            self._fail(peer, ErrorCode.LOG_REJECTED, over[1], rid)
+            return
         now = self.clock()
-        record = await self.storage.revoke_device(
-            group_id, revoke.device_id, device_id, revoke.reason.value, now
-        )
-        self.waker.forget(group_id)
-        notice = DeviceRevoked(
-            device_id=revoke.device_id,
-            revoked_by=record.revoked_by or device_id,
-            timestamp=record.revoked_at or now,
-            reason=revoke.reason,
-        )
-        log.warning(
-            "audit: device %s revoked device %s of group %s (%s)",
-            device_id.short(),
-            revoke.device_id.short(),
-            group_id.short(),
-            revoke.reason.value,
-        )
-        peer.send(notice, rid)
-        self.revoke_connected(group_id, notice, exclude=peer)
+        clock = None if await self._enrolled(peer) else now  # see _hello_log
+        try:
+            result = await self.logs.append(group_id, append.entries, clock, stored_at=now)
+        except MembershipError as exc:
+            self._fail(peer, _membership_code(exc), str(exc), rid)
+            return
+        except StorageFullError as exc:  # not fatal: acks and pulls still work
+            self._fail(peer, ErrorCode.STORAGE_FULL, f"the relay's storage is full: {exc}", rid)
+            return
+        peer.send(LogAppended(head_seq=result.log.head_seq, head_hash=result.log.head_hash), rid)
+        await self._after_append(group_id, result, exclude=peer)
+
+    def _log_over(self, entries: list[bytes], count: int, size: int) -> tuple[str, str] | None:
+        """The group log limit these entries would pass (its name, and why), or None.
+
+        Revocations and recoveries may go LOG_HEADROOM beyond the limits: a member device
+        filling its group's log (a stolen one rotating in a loop) must not leave the owner
+        unable to revoke it."""
+        entry_limit, byte_limit = self.config.max_log_entries, self.config.max_log_bytes
+        if all(is_removal(e) for e in entries):
+            entry_limit += max(16, entry_limit // LOG_HEADROOM)
+            byte_limit += max(1024 * 1024, byte_limit // LOG_HEADROOM)
+        if count + len(entries) > entry_limit:
+            limit = self.config.max_log_entries
+            return "max_log_entries", f"the group's log is at its limit of {limit} entries"
+        if size + sum(len(e) for e in entries) > byte_limit:
+            limit = self.config.max_log_bytes
+            return "max_log_bytes", f"the group's log is at its limit of {limit} bytes"
+        return None
+
+    def _check_log_size(
+        self, peer: Peer, device_id: DeviceId, entries: list[bytes], count: int, size: int
+    ) -> bool:
+        over = self._log_over(entries, count, size)
+        if over is None:
+            return True
+        self.metrics.refused(over[0])
+        self._refuse(peer, device_id, ErrorCode.LOG_REJECTED, over[1])
+        return False
+
+    async def _after_append(
+        self, group_id: GroupId, result: AppendResult, *, exclude: Peer | None
+    ) -> None:
+        """Tell the group's devices here, record revocations, end revoked sessions."""
+        entries = result.entries
+        for first in range(0, len(entries), MAX_APPEND_ENTRIES):
+            notice = Membership(
+                start=result.start + first, entries=entries[first : first + MAX_APPEND_ENTRIES]
+            )
+            for other in list(self.groups.get(group_id, ())):
+                if other is not exclude:
+                    other.send(notice)
+        now = self.clock()
+        for applied in result.applied:
+            if not applied.revoked:
+                continue
+            author = result.log.by_sign(applied.body.author)
+            # A recovery's author is the recovery key, which is no device: its key stands in.
+            by = author.device if author is not None else DeviceId(applied.body.author)
+            for device in applied.revoked:
+                await self.storage.revoke_device(group_id, device, by, applied.kind, now)
+                log.warning(
+                    "audit: device %s of group %s revoked (log entry %d, %s)",
+                    device.short(),
+                    group_id.short(),
+                    applied.seq,
+                    applied.kind,
+                )
+            self.waker.forget(group_id)
+        self.close_revoked(group_id)
+
+    def close_revoked(self, group_id: GroupId) -> None:
+        """End the sessions of devices the group's log no longer admits."""
+        members = self.logs.cached(group_id)
+        if members is None:
+            return
+        for other in list(self.groups.get(group_id, ())):
+            if other.device_id is not None and members.admission(other.device_id) == "revoked":
+                other.close(ErrorCode.DEVICE_REVOKED, _REVOKED)
+
+    async def _enrolled(self, peer: Peer) -> bool:
+        group_id, device_id = _member(peer)
+        members = await self.logs.get(group_id)
+        return members is not None and members.admission(device_id) == "member"
 
     @handles(ListDevices)
     async def _list_devices(self, peer: Peer, rid: int, _: ListDevices) -> None:
@@ -581,17 +757,6 @@ class RelayService:
         self.metrics.notifications.inc(sent)
         return sent
 
-    def revoke_connected(
-        self, group_id: GroupId, notice: DeviceRevoked, *, exclude: Peer | None = None
-    ) -> None:
-        """Tell the group's devices here, and end the revoked device's connections."""
-        for other in list(self.groups.get(group_id, ())):
-            if other.device_id == notice.device_id:
-                other.send(notice)
-                other.close(ErrorCode.DEVICE_REVOKED, "this device was revoked")
-            elif other is not exclude:
-                other.send(notice)
-
     # -- other relays (shared PostgreSQL) ---------------------------------------------------
 
     def on_storage_event(self, event: StorageEvent) -> None:
@@ -600,15 +765,10 @@ class RelayService:
             if event.group_id in self.groups:
                 self.fan_out(event.group_id, _notify_of(event), exclude=None)
         elif isinstance(event, DeviceWasRevoked):
-            if event.group_id in self.groups:
-                notice = DeviceRevoked(
-                    device_id=event.device_id,
-                    revoked_by=event.revoked_by,
-                    timestamp=event.timestamp,
-                    reason=RevokeReason(event.reason),
-                )
-                self.revoke_connected(event.group_id, notice)
             self.waker.forget(event.group_id)
+        elif isinstance(event, LogAppendedElsewhere):
+            if self.logs.cached(event.group_id) is not None:
+                self.tasks.spawn(self.catch_up_log(event.group_id))
         elif isinstance(event, Resync):
             self.tasks.spawn(self.resync())
 
@@ -624,15 +784,35 @@ class RelayService:
                     after = blob.cursor
                 if len(missed) < RESYNC_PAGE:
                     break
-            for peer in list(self.groups.get(group_id, ())):
-                if peer.device_id is None:
-                    continue
-                device = await self.storage.get_device(group_id, peer.device_id)
-                if device is not None and device.revoked:
-                    self.revoke_connected(group_id, _revocation_of(device))
+            await self.catch_up_log(group_id)
+
+    async def catch_up_log(self, group_id: GroupId) -> None:
+        """Apply what other relays appended to a group's log, and tell the devices here."""
+        try:
+            start, applied, entries = await self.logs.refresh(group_id)
+        except (MembershipError, StorageError) as exc:
+            log.warning("cannot catch up on the log of group %s: %s", group_id.short(), exc)
+            return
+        members = self.logs.cached(group_id)
+        if entries and members is not None:
+            await self._after_append(
+                group_id, AppendResult(members, applied, start, entries), exclude=None
+            )
 
 
-_NOT_THE_GROUPS_KEY = "this device does not hold the group's key"
+# What a device enrolling with a ticket, or recovering, may do before it is a member.
+PROVISIONAL_REQUESTS = frozenset({LogGet, LogAppend, Presence})
+LOG_HEADROOM = 10  # revocations may pass the log limits by a tenth (see _log_over)
+LOG_PAGE_OVERHEAD = 1024
+_NOT_ENROLLED = (
+    "this device is not enrolled in the group's log: pair it with an invite "
+    "(or bring the log's entries in HELLO)"
+)
+_BAD_PROOF = "the HELLO proof does not verify with the key the group's log has for it"
+_UNKNOWN_GROUP = (
+    "this relay does not know the group: bring its log from the genesis in HELLO to register it"
+)
+_ENROLL_FIRST = "this session may only read and append the group's log until the device is enrolled"
 _NO_NEW_GROUPS = "this relay serves only the groups it knows; it does not register new ones"
 _RELAY_FULL = "the relay's storage is full (its max_storage); try again later"
 _REVOKED = "this device was revoked from the group"
@@ -664,10 +844,27 @@ def _notify_of(blob: BlobStored) -> Notify:
     )
 
 
-def _revocation_of(device: DeviceRecord) -> DeviceRevoked:
-    return DeviceRevoked(
-        device_id=device.device_id,
-        revoked_by=device.revoked_by or device.device_id,
-        timestamp=device.revoked_at or 0,
-        reason=RevokeReason(device.revoke_reason or "lost"),
-    )
+def _membership_code(exc: MembershipError) -> ErrorCode:
+    if isinstance(exc, TicketError):
+        return {
+            "used": ErrorCode.TICKET_USED,
+            "expired": ErrorCode.TICKET_EXPIRED,
+            "cancelled": ErrorCode.TICKET_CANCELLED,
+        }.get(exc.reason, ErrorCode.LOG_REJECTED)
+    if exc.reason == "chain":
+        return ErrorCode.LOG_OUTDATED
+    return ErrorCode.LOG_REJECTED
+
+
+def _ticket_refusal(ticket: TicketState | None, now: int) -> tuple[ErrorCode, str] | None:
+    """Why a HELLO signed by this ticket is refused, or None when it may enroll."""
+    if ticket is None:
+        return ErrorCode.UNAUTHORIZED, "no such invite in this group's log"
+    if ticket.state == "used":
+        return ErrorCode.TICKET_USED, "this invite was already used: ask for a new one"
+    if ticket.state in {"cancelled", "closed"}:
+        why = "cancelled" if ticket.state == "cancelled" else "closed when the group's keys rotated"
+        return ErrorCode.TICKET_CANCELLED, f"this invite was {why}: ask for a new one"
+    if now > ticket.expires_at:
+        return ErrorCode.TICKET_EXPIRED, "this invite has expired: ask for a new one"
+    return None

@@ -2,7 +2,7 @@
 
 ``RelayConnection.open`` returns once the relay's WELCOME arrived; then ``request`` sends
 a request and waits for its answer, and ``events`` yields what the relay sends unasked
-(NOTIFY, DEVICE_REVOKED, non-fatal ERRORs) and finally the ConnectionClosed.
+(NOTIFY, MEMBERSHIP, non-fatal ERRORs) and finally the ConnectionClosed.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 
+from zerok.crypto.entry import Signer
 from zerok.crypto.identity import DeviceIdentity
-from zerok.crypto.keys import GroupKeys
 from zerok.crypto.noise.symmetric import MAX_MESSAGE
 from zerok.errors import ConnectError, LocalProtocolError, RemoteError, SyncError
 from zerok.protocol import (
@@ -31,7 +31,7 @@ from zerok.protocol import (
     variant_for,
 )
 from zerok.version import __version__
-from zerok.wire import Message, Welcome
+from zerok.wire import GroupId, Message, Welcome
 
 
 class RelayConnection:
@@ -61,8 +61,10 @@ class RelayConnection:
         cls,
         url: str,
         identity: DeviceIdentity,
-        keys: GroupKeys,
+        group_id: GroupId,
         *,
+        entries: Sequence[bytes] = (),
+        signer: tuple[bytes, Signer] | None = None,
         variants: Sequence[Variant] = (HYBRID, CLASSIC),
         device_name: str = "",
         last_cursor: int = 0,
@@ -112,8 +114,10 @@ class RelayConnection:
                 loop = asyncio.get_running_loop()
                 session = ClientSession(
                     identity,
-                    keys,
+                    group_id,
                     now=loop.time(),
+                    entries=entries,
+                    signer=signer,
                     variant=variant_for(ws.protocol),
                     offered=[v.subprotocol for v in variants],
                     device_name=device_name,

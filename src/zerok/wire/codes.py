@@ -1,10 +1,10 @@
-"""Protocol constants: message type numbers and error codes (docs/protocol.md §6 and §10)."""
+"""Protocol constants: message type numbers and error codes (docs/protocol.md §6 and §12)."""
 
 from __future__ import annotations
 
 from enum import IntEnum, StrEnum
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 class MessageType(IntEnum):
@@ -18,10 +18,13 @@ class MessageType(IntEnum):
     NOTIFY = 0x31
     ACK = 0x32
     DELETE = 0x40
-    REVOKE_DEVICE = 0x50
-    DEVICE_REVOKED = 0x51
     LIST_DEVICES = 0x52
     DEVICES = 0x53
+    LOG_GET = 0x54
+    LOG = 0x55
+    LOG_APPEND = 0x56
+    LOG_APPENDED = 0x57
+    MEMBERSHIP = 0x58
     REGISTER_PUSH = 0x60
     UNREGISTER_PUSH = 0x61
     ERROR = 0xFF
@@ -35,10 +38,16 @@ class ErrorCode(IntEnum):
     UNAUTHORIZED = 1002
     DEVICE_REVOKED = 1003
     NOT_BLOB_OWNER = 1004
+    LOG_REJECTED = 1005
+    LOG_OUTDATED = 1006
+    TICKET_USED = 1007
+    TICKET_EXPIRED = 1008
+    TICKET_CANCELLED = 1009
     RATE_LIMITED = 2000
     BLOB_TOO_LARGE = 2001
     GROUP_QUOTA_EXCEEDED = 2002
     INVALID_PUSH_TOKEN = 2003
+    EPOCH_STALE = 2004
     RELAY_OVERLOADED = 3000
     RELAY_SHUTTING_DOWN = 3001
     STORAGE_FULL = 3002
@@ -59,12 +68,6 @@ _FATAL = frozenset(
         ErrorCode.RELAY_SHUTTING_DOWN,
     }
 )
-
-
-class RevokeReason(StrEnum):
-    LOST = "lost"
-    DECOMMISSIONED = "decommissioned"
-    COMPROMISED = "compromised"
 
 
 class PushPlatform(StrEnum):

@@ -93,7 +93,7 @@ class DeviceId(FixedId):
 
 
 class GroupId(FixedId):
-    """Public identifier of a sync group, derived from its root key."""
+    """Public identifier of a sync group: the hash of its log's first entry (its genesis)."""
 
     SIZE = 32
 

@@ -12,8 +12,9 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
-from zerok.wire.codes import MessageType, PushPlatform, RevokeReason
+from zerok.wire.codes import MessageType, PushPlatform
 from zerok.wire.ids import BlobId, DeviceId, GroupId
+from zerok.wire.log import MAX_ENTRY_BYTES
 
 # Bounds shared by the messages (documented in docs/protocol.md §5).
 U32_MAX = 2**32 - 1
@@ -35,6 +36,15 @@ Ciphertext = Annotated[bytes, msgspec.Meta(max_length=MAX_BLOB_BYTES)]
 Signature = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
 PublicKey = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 PullLimit = Annotated[int, msgspec.Meta(ge=1, le=MAX_PULL_LIMIT)]
+Epoch = Annotated[int, msgspec.Meta(ge=0, le=U32_MAX)]
+LogSeq = Annotated[int, msgspec.Meta(ge=0, le=I64_MAX)]
+Digest = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+# A log entry as stored (zerok.wire.log.SignedEntry, encoded); its inside is checked by
+# zerok.protocol.membership, its size here.
+LogEntry = Annotated[bytes, msgspec.Meta(max_length=MAX_ENTRY_BYTES + 256)]
+MAX_HELLO_ENTRIES = 64  # a new group's log (genesis and first entries) or one enrollment
+MAX_APPEND_ENTRIES = 16
+MAX_LOG_PAGE = 256
 # What a StoredBlob adds to its ciphertext in a PULL_RESPONSE, at most (its map, keys,
 # ids, cursor, timestamp, bin header): used to keep pages within the frame limit.
 STORED_BLOB_OVERHEAD = 128
@@ -48,15 +58,25 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class Hello(Message, frozen=True, kw_only=True, omit_defaults=True):
-    """C→R, the first frame after the handshake: which group, and proof of membership."""
+    """C→R, the first frame after the handshake: which group, and a proof by a key the
+    group's log knows. ``signer`` empty: the device's own enrolled signing key. Otherwise an
+    open ticket's key (a device enrolling with an invite) or the group's recovery key: the
+    session is then *provisional*, for LOG_GET and LOG_APPEND only, until an entry makes
+    this device a member. ``entries`` carries entries the relay may lack, appended before
+    admission: a new group's log from its genesis, or entries the relay lost."""
 
     TYPE = MessageType.HELLO
     group_id: GroupId
-    auth_key: PublicKey  # the group's Ed25519 authentication public key
-    proof: Signature  # Ed25519 over the membership transcript (docs/protocol.md §7)
+    proof: Signature  # Ed25519 by the signer (docs/protocol.md §7)
+    signer: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
     device_name: Name = ""
     last_cursor: Cursor = 0
     client: Name = ""  # software name/version, informational
+    entries: Annotated[list[LogEntry], msgspec.Meta(max_length=MAX_HELLO_ENTRIES)] = []
+
+    def __post_init__(self) -> None:
+        if self.signer and len(self.signer) != 32:
+            raise ValueError("signer is empty or a 32-byte Ed25519 public key")
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -81,16 +101,24 @@ class Welcome(Message, frozen=True, kw_only=True, omit_defaults=True):
     max_cursor: Cursor
     pending: Count
     limits: Limits
+    log_seq: LogSeq  # the relay's last log entry
+    log_hash: Digest  # and its hash
+    epoch: Epoch  # the group's current epoch, by the relay's log
     server_time: Millis = 0
+    provisional: bool = False  # admitted by a ticket or the recovery key: log requests only
 
 
 class Push(Message, frozen=True, kw_only=True, omit_defaults=True):
-    """C→R, store one sealed blob; ttl 0 means the relay's default."""
+    """C→R, store one sealed blob; ttl 0 means the relay's default. ``epoch`` is the one
+    the blob is sealed under (the relay refuses any but the group's current epoch);
+    ``repair`` re-pushes a blob another device reported missing."""
 
     TYPE = MessageType.PUSH
     blob_id: BlobId
     ciphertext: Ciphertext
+    epoch: Epoch = 0
     ttl: Seconds = 0
+    repair: bool = False
 
 
 class PushAck(Message, frozen=True, kw_only=True, omit_defaults=True):
@@ -160,20 +188,6 @@ class Delete(Message, frozen=True, kw_only=True, omit_defaults=True):
     force: bool = False
 
 
-class RevokeDevice(Message, frozen=True, kw_only=True, omit_defaults=True):
-    TYPE = MessageType.REVOKE_DEVICE
-    device_id: DeviceId
-    reason: RevokeReason
-
-
-class DeviceRevoked(Message, frozen=True, kw_only=True, omit_defaults=True):
-    TYPE = MessageType.DEVICE_REVOKED
-    device_id: DeviceId
-    revoked_by: DeviceId
-    timestamp: Millis
-    reason: RevokeReason
-
-
 class ListDevices(Message, frozen=True, kw_only=True, omit_defaults=True):
     TYPE = MessageType.LIST_DEVICES
 
@@ -190,6 +204,46 @@ class DeviceInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 class Devices(Message, frozen=True, kw_only=True, omit_defaults=True):
     TYPE = MessageType.DEVICES
     devices: Annotated[list[DeviceInfo], msgspec.Meta(max_length=MAX_DEVICES)]
+
+
+class LogGet(Message, frozen=True, kw_only=True, omit_defaults=True):
+    """C→R, the group's log entries from position ``start`` on."""
+
+    TYPE = MessageType.LOG_GET
+    start: LogSeq = 0
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LOG_PAGE)] = MAX_LOG_PAGE
+
+
+class Log(Message, frozen=True, kw_only=True, omit_defaults=True):
+    """R→C, answer to LOG_GET: consecutive entries from ``start``, and the relay's head."""
+
+    TYPE = MessageType.LOG
+    start: LogSeq
+    entries: Annotated[list[LogEntry], msgspec.Meta(max_length=MAX_LOG_PAGE)]
+    head_seq: LogSeq
+
+
+class LogAppend(Message, frozen=True, kw_only=True, omit_defaults=True):
+    """C→R, append entries (the first must follow the relay's head) to the group's log."""
+
+    TYPE = MessageType.LOG_APPEND
+    entries: Annotated[list[LogEntry], msgspec.Meta(min_length=1, max_length=MAX_APPEND_ENTRIES)]
+
+
+class LogAppended(Message, frozen=True, kw_only=True, omit_defaults=True):
+    """R→C, answer to LOG_APPEND: the entries are stored; the log's new head."""
+
+    TYPE = MessageType.LOG_APPENDED
+    head_seq: LogSeq
+    head_hash: Digest
+
+
+class Membership(Message, frozen=True, kw_only=True, omit_defaults=True):
+    """R→C, unsolicited: entries were appended to the group's log (from ``start`` on)."""
+
+    TYPE = MessageType.MEMBERSHIP
+    start: LogSeq
+    entries: Annotated[list[LogEntry], msgspec.Meta(max_length=MAX_APPEND_ENTRIES)]
 
 
 class RegisterPush(Message, frozen=True, kw_only=True, omit_defaults=True):
@@ -224,10 +278,13 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     Notify,
     Ack,
     Delete,
-    RevokeDevice,
-    DeviceRevoked,
     ListDevices,
     Devices,
+    LogGet,
+    Log,
+    LogAppend,
+    LogAppended,
+    Membership,
     RegisterPush,
     UnregisterPush,
     Error,

@@ -192,6 +192,7 @@ async def push(
     quota: int = BIG,
     blobs: int = 0,
     overhead: int = 0,
+    repair: bool = False,
 ) -> PushOutcome:
     return await s.push(
         group,
@@ -203,6 +204,7 @@ async def push(
         max_group_bytes=quota,
         max_group_blobs=blobs,
         blob_overhead=overhead,
+        repair=repair,
     )
 
 

@@ -324,6 +324,31 @@ def test_duplicate_blob_id_returns_original_cursor_and_stores_nothing(backend: B
     backend.run(body)
 
 
+def test_a_repair_push_stores_a_retired_blob_again_but_never_a_live_one(
+    backend: Backend,
+) -> None:
+    async def body(s: Storage) -> None:
+        group = await new_group(s)
+        blob, owner = BlobId.random(), DeviceId.random()
+        assert await push(s, group, b"v1", blob_id=blob, sender=owner) == PushOutcome(1, NOW)
+        # Live: a repair is a duplicate like any retry.
+        live = await push(s, group, b"v1", blob_id=blob, sender=owner, repair=True)
+        assert live == PushOutcome(1, NOW, duplicate=True)
+        await s.delete_blob(group, blob, owner, force=True)
+        # Retired: a plain retry is still answered with the first cursor, storing nothing ...
+        retry = await push(s, group, b"v1", blob_id=blob, sender=owner, now=NOW + 5)
+        assert retry == PushOutcome(1, NOW, duplicate=True)
+        assert await cursors(s, group) == []
+        # ... a repair stores it again, once, under a new cursor.
+        again = await push(s, group, b"v1", blob_id=blob, sender=owner, now=NOW + 9, repair=True)
+        assert again == PushOutcome(2, NOW + 9)
+        twice = await push(s, group, b"v1", blob_id=blob, sender=owner, now=NOW + 10, repair=True)
+        assert twice == PushOutcome(2, NOW + 9, duplicate=True)
+        assert await cursors(s, group) == [2]
+
+    backend.run(body)
+
+
 def test_concurrent_pushes_of_one_blob_id_store_it_once(backend: Backend) -> None:
     async def body(s: Storage) -> None:
         group = await new_group(s)

@@ -297,12 +297,16 @@ class Storage(Protocol):
         max_group_bytes: int,
         max_group_blobs: int = 0,
         blob_overhead: int = 0,
+        repair: bool = False,
     ) -> PushOutcome:
         """Store a blob under the group's next cursor, timestamped ``now``.
 
         Idempotent by blob id: if the group knows the id (live or retired blob), nothing
         is stored and the outcome is the first push's cursor and timestamp with
-        ``duplicate``. Each live blob costs its ciphertext plus ``blob_overhead`` bytes: if
+        ``duplicate``. With ``repair`` (a device re-pushes a blob another device reported
+        missing) only a live blob counts: a retired id is stored again, under a new
+        cursor, and its retired record dropped. Each live blob costs its ciphertext plus
+        ``blob_overhead`` bytes: if
         the group's live blobs plus this one would cost more than ``max_group_bytes``, or
         the group holds ``max_group_blobs`` live blobs already (0: no count limit), nothing
         is stored: ``quota_exceeded``, cursor 0. The check and the insert are one

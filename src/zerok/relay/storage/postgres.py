@@ -162,7 +162,8 @@ _PUSH_SQL = f"""
 WITH known AS (
     SELECT cursor, created_at FROM blobs WHERE group_id = %(g)s AND blob_id = %(b)s
     UNION ALL  -- a retired blob's id (one snapshot: a retirement is seen whole or not)
-    SELECT cursor, created_at FROM blob_ids WHERE group_id = %(g)s AND blob_id = %(b)s
+    SELECT cursor, created_at FROM blob_ids
+    WHERE group_id = %(g)s AND blob_id = %(b)s AND NOT %(r)s  -- a repair stores it again
     LIMIT 1
 ), bump AS (
     UPDATE groups SET max_cursor = max_cursor + 1,
@@ -176,6 +177,9 @@ WITH known AS (
         expires_at)
     SELECT %(g)s, max_cursor, %(b)s, %(s)s, %(n)s, %(c)s, %(t)s, %(x)s FROM bump
     RETURNING cursor
+), forgot AS (
+    DELETE FROM blob_ids WHERE %(r)s AND group_id = %(g)s AND blob_id = %(b)s
+        AND EXISTS (SELECT 1 FROM stored)
 ), told AS (
     SELECT pg_notify('{CHANNEL}', json_build_object(
         'k', 'blob', 'g', encode(%(g)s, 'hex'), 'b', encode(%(b)s, 'hex'), 'c', cursor,
@@ -476,6 +480,7 @@ class PostgresStorage(SQLStorage):
         max_group_bytes: int,
         max_group_blobs: int = 0,
         blob_overhead: int = 0,
+        repair: bool = False,
     ) -> PushOutcome:
         if self._pool.closed:
             raise StorageError("the storage is not open (or already closed)")
@@ -493,6 +498,7 @@ class PostgresStorage(SQLStorage):
                 "t": now,
                 "x": expires_at,
                 "o": self.origin,
+                "r": repair,
             },
             asyncio.get_running_loop().create_future(),
         )

@@ -172,10 +172,16 @@ class SQLiteStorage(SQLStorage):
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    def _create_private(self) -> None:
+        """Create the database file 0600 before SQLite opens it: SQLite gives the -wal and
+        -shm files the database file's permissions, so the three are private to the
+        relay's user. Done once, before any connection: closing a descriptor of the file
+        would drop every POSIX lock this process holds on it, and another process's
+        SQLite could then delete the WAL the relay is still writing to."""
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+
     def _connect(self) -> sqlite3.Connection:
-        # Created 0600 before SQLite opens it: SQLite gives the -wal and -shm files the
-        # database file's permissions, so the three are private to the relay's user.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode = WAL")
@@ -186,6 +192,7 @@ class SQLiteStorage(SQLStorage):
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._create_private)
         ready: asyncio.Future[None] = self._loop.create_future()
         writer = threading.Thread(
             target=self._write_loop, args=(ready,), name="zerok-db-write", daemon=True
@@ -513,6 +520,7 @@ class SQLiteStorage(SQLStorage):
         max_group_bytes: int,
         max_group_blobs: int = 0,
         blob_overhead: int = 0,
+        repair: bool = False,
     ) -> PushOutcome:
         size = len(ciphertext)
         quota = (blob_overhead, size, max_group_bytes, max_group_blobs, max_group_blobs)
@@ -522,10 +530,9 @@ class SQLiteStorage(SQLStorage):
         def op(c: sqlite3.Connection) -> PushOutcome:
             if self._full is not None:  # the room that is left is for acks and cleanup
                 raise StorageFullError(f"database write refused: {self._full}")
-            known = (
-                c.execute(_KNOWN_BLOB, (group_id, blob_id)).fetchone()
-                or c.execute(_RETIRED_BLOB, (group_id, blob_id)).fetchone()
-            )
+            known = c.execute(_KNOWN_BLOB, (group_id, blob_id)).fetchone()
+            if known is None and not repair:
+                known = c.execute(_RETIRED_BLOB, (group_id, blob_id)).fetchone()
             if known is not None:
                 return push_outcome(
                     group_id, now, cursor=known[0], known_at=known[1], group_exists=True
@@ -536,6 +543,8 @@ class SQLiteStorage(SQLStorage):
                 return push_outcome(group_id, now, cursor=None, known_at=None, group_exists=exists)
             blob = (group_id, bumped[0], blob_id, sender, size, ciphertext, now, expires_at)
             c.execute(_INSERT_BLOB, blob)
+            if repair:
+                c.execute(_FORGET_RETIRED, (group_id, blob_id))
             return PushOutcome(bumped[0], now)
 
         return await self._write(op)
@@ -543,6 +552,7 @@ class SQLiteStorage(SQLStorage):
 
 _KNOWN_BLOB = "SELECT cursor, created_at FROM blobs WHERE group_id = ? AND blob_id = ?"
 _RETIRED_BLOB = "SELECT cursor, created_at FROM blob_ids WHERE group_id = ? AND blob_id = ?"
+_FORGET_RETIRED = "DELETE FROM blob_ids WHERE group_id = ? AND blob_id = ?"
 _BUMP = (
     "UPDATE groups SET max_cursor = max_cursor + 1,"
     " bytes_stored = bytes_stored + ?, blob_count = blob_count + 1"
