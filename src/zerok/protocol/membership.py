@@ -118,7 +118,7 @@ class GroupLog:
     ``from_genesis`` and feed it every later entry, in order, with ``apply``."""
 
     def __init__(self, genesis: Genesis, sig_entry: SignedEntry, *, keep_wraps: bool) -> None:
-        self.keep_wraps = keep_wraps
+        self.keep_wraps = keep_wraps  # off: no wrapped keys nor wrap public keys kept
         self.group_id = GroupId(entry_hash(sig_entry.body))
         self.hashes: list[bytes] = [bytes(self.group_id)]
         self.recovery_sign = genesis.recovery_sign
@@ -413,7 +413,10 @@ class GroupLog:
 
     def _add_member(self, member: Member, role: Role, seq: int) -> None:
         device = DeviceId(member.device)
-        self.members[device] = MemberState(device, member.sign, member.wrap, member.name, role, seq)
+        # Wrap keys serve only whoever writes an epoch's wraps: a relay (keep_wraps off)
+        # would hold 1.2 KiB per device for nothing.
+        wrap = member.wrap if self.keep_wraps else b""
+        self.members[device] = MemberState(device, member.sign, wrap, member.name, role, seq)
         self._by_sign[member.sign] = device
 
     def _mark_revoked(self, device: DeviceId, seq: int, by: bytes, reason: str) -> None:

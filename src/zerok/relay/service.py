@@ -411,7 +411,10 @@ class RelayService:
                 self.metrics.refused("messages_per_minute")
                 peer.send(Error(code=ErrorCode.RATE_LIMITED, message=text, retry_after=retry), rid)
                 return
-        if type(message) not in PROVISIONAL_REQUESTS and not await self._enrolled(peer):
+        members = self.logs.cached(peer.group_id) if peer.group_id else None
+        if members is None:  # not cached (dropped after a failure): read again
+            members = await self._members_of(peer)
+        if type(message) not in PROVISIONAL_REQUESTS and not _admits(members, peer):
             peer.send(Error(code=ErrorCode.UNAUTHORIZED, message=_ENROLL_FIRST), rid)
             return
         handler = self.handlers.get(type(message))
@@ -474,7 +477,7 @@ class RelayService:
     async def _push(self, peer: Peer, rid: int, push: Push) -> None:
         group_id, device_id = _member(peer)
         started = self.monotonic()
-        members = await self.logs.get(group_id)
+        members = self.logs.cached(group_id) or await self.logs.get(group_id)
         if members is not None and push.epoch != members.epoch:
             text = (
                 f"the blob is sealed under epoch {push.epoch}; the group is at epoch "
@@ -699,10 +702,12 @@ class RelayService:
             if other.device_id is not None and members.admission(other.device_id) == "revoked":
                 other.close(ErrorCode.DEVICE_REVOKED, _REVOKED)
 
+    async def _members_of(self, peer: Peer) -> GroupLog | None:
+        group_id, _ = _member(peer)
+        return await self.logs.get(group_id)
+
     async def _enrolled(self, peer: Peer) -> bool:
-        group_id, device_id = _member(peer)
-        members = await self.logs.get(group_id)
-        return members is not None and members.admission(device_id) == "member"
+        return _admits(await self._members_of(peer), peer)
 
     @handles(ListDevices)
     async def _list_devices(self, peer: Peer, rid: int, _: ListDevices) -> None:
@@ -841,6 +846,16 @@ def _notify_of(blob: BlobStored) -> Notify:
         sender=blob.sender,
         timestamp=blob.timestamp,
         size=blob.size,
+    )
+
+
+def _admits(members: GroupLog | None, peer: Peer) -> bool:
+    """Whether the group's log holds the peer's device as an active member (a provisional
+    session's device is not, until its entry lands)."""
+    return (
+        members is not None
+        and peer.device_id is not None
+        and members.admission(peer.device_id) == "member"
     )
 
 
