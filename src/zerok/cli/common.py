@@ -26,7 +26,7 @@ from rich.markup import escape
 
 from zerok.cli.advice import explain
 from zerok.client import SyncClient, mailbox
-from zerok.client.events import Connected, Disconnected
+from zerok.client.events import Connected, Disconnected, IntegrityAlert
 from zerok.errors import NotConnectedError, RelayUnreachableError, StateError, SyncError
 
 DEFAULT_HOME = "~/.zerok"
@@ -194,7 +194,8 @@ def friendly(message: str) -> str:
 
 class ConnectionWatch:
     """While a command runs: each failed or lost connection is told on stderr with its
-    reason and the next try (``quiet`` keeps them for the final error only)."""
+    reason and the next try (``quiet`` keeps them for the final error only), and so is
+    anything a relay or a device did wrong (IntegrityAlert), which is never kept quiet."""
 
     def __init__(self, client: SyncClient, *, quiet: bool = False) -> None:
         self.client = client
@@ -210,6 +211,8 @@ class ConnectionWatch:
                 async for event in events:
                     if isinstance(event, Disconnected):
                         self._note(event)
+                    elif isinstance(event, IntegrityAlert):
+                        err.print(integrity_line(event), markup=True)
                     elif isinstance(event, Connected) and self.reasons and not self.quiet:
                         err.print(f"connected to {safe(event.relay)}", markup=True)
             finally:
@@ -391,3 +394,14 @@ async def _closing(main: Callable[[], Awaitable[int]]) -> int:
             client = _opened.pop()
             await client.close()
             client.close_state()
+
+
+def integrity_line(alert: IntegrityAlert) -> str:
+    """One stderr line (rich markup) for an IntegrityAlert: what, whose, which range."""
+    whose = f"device {alert.sender.short()}" if alert.sender is not None else "the relay"
+    span = str(alert.first) if alert.first == alert.last else f"{alert.first}..{alert.last}"
+    where = f" at {safe(alert.relay)}" if alert.relay else ""
+    return (
+        f"[yellow]integrity: {escape(alert.kind)}[/] ({whose}, {span}{where}): "
+        f"{escape(alert.detail)}"
+    )
