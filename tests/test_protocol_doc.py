@@ -3,8 +3,9 @@
 Every ```vector block of §13 is parsed (by its ``### Vector N: title`` heading) and each of
 its outputs is recomputed from its inputs with the project's code; where the document gives
 a formula (HKDF, the proof transcript, X-Wing's combiner, the wraps, the blob layout, the
-chain hash, the short code, PADME, the AEADs, REKEY) the test also recomputes it from the
-formula alone, the way an implementation in another language would. The log entries are
+chain hash, the short code, PADME, the AEADs, REKEY, chunk sealing, the chunking seed and
+cut, the manifest layout) the test also recomputes it from the formula alone, the way an
+implementation in another language would. The log entries are
 replayed through the log's rules, and the message, log-entry and error tables, the
 constants and the protocol names are compared with the code as well.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import io
 import json
 import re
 import struct
@@ -34,9 +36,16 @@ from nacl.bindings import (
     crypto_aead_xchacha20poly1305_ietf_decrypt,
     crypto_aead_xchacha20poly1305_ietf_encrypt,
 )
+from pyfastcdc import FastCDC
+from pyfastcdc.py.constants import GEAR
+from pyfastcdc.py.fastcdc import FastCDC as ReferenceFastCDC
 
+from tests.crypto import test_content as content_tests
 from tests.crypto import test_epoch as epoch_tests
+from tests.protocol import test_chunking as chunking_tests
+from tests.wire import test_manifest as manifest_tests
 from zerok.client import pairing
+from zerok.crypto import content
 from zerok.crypto import epoch as epochs
 from zerok.crypto.blob import (
     KIND_REPAIR,
@@ -73,6 +82,7 @@ from zerok.crypto.recovery import (
 )
 from zerok.crypto.xwing import XWING_LABEL, XWingPrivateKey
 from zerok.errors import InvalidProofError
+from zerok.protocol.chunking import AVG_CHUNK, MIN_CHUNK, NORMALIZED_CHUNKING, chunks
 from zerok.protocol.client import DEFAULT_HEARTBEAT, HELLO_REQUEST_ID
 from zerok.protocol.integrity import (
     MAX_REPAIR_RANGES,
@@ -87,10 +97,18 @@ from zerok.protocol.session import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_FRAME
 from zerok.protocol.variants import CLASSIC, HYBRID, SUBPROTOCOLS, VARIANTS, Variant, prologue
 from zerok.relay import server as relay_server
 from zerok.relay.config import RelayConfig
+from zerok.relay.storage.base import CHUNK_IDLE_MS
 from zerok.wire import (
     ALL_MESSAGES,
     PROTOCOL_VERSION,
     BlobId,
+    ChunkBegin,
+    ChunkData,
+    ChunkGet,
+    ChunkHave,
+    ChunkInfo,
+    ChunkPut,
+    ChunkStatus,
     DeviceId,
     DeviceInfo,
     Error,
@@ -108,6 +126,7 @@ from zerok.wire import (
     encode,
     peek_request_id,
 )
+from zerok.wire import manifest as manifests
 from zerok.wire import messages as wire_messages
 from zerok.wire.log import (
     EPOCH_KINDS,
@@ -141,7 +160,7 @@ _ANY_HEADING = re.compile(r"^#{1,4} ", re.MULTILINE)
 _LINE = re.compile(r"^([A-Za-z0-9_.\[\]]+): ((?:[0-9a-f]{2})*)$")
 
 MESSAGE_CLASSES: dict[MessageType, type[Message]] = {cls.TYPE: cls for cls in ALL_MESSAGES}
-NESTED: tuple[type[msgspec.Struct], ...] = (Limits, StoredBlob, DeviceInfo)
+NESTED: tuple[type[msgspec.Struct], ...] = (Limits, StoredBlob, DeviceInfo, ChunkInfo)
 BODY_KINDS: tuple[type[Body], ...] = (
     Genesis,
     Invite,
@@ -910,6 +929,100 @@ def check_rekey(v: Vector) -> None:
     assert [old, new] == [v["message_at_65535"], v["message_at_65536"]]
 
 
+def check_chunk(v: Vector) -> None:
+    """§10.8 from the formula alone (HKDF by hand, pyca's AEAD), then with zerok."""
+    epoch_key, gid, plaintext = v["epoch_key"], GroupId(v["group_id"]), v["plaintext"]
+    content_key = v["content_key"]
+    assert content_key == epochs.content_key(epoch_key)
+    assert content_key == doc_hkdf(epoch_key, b"0k-sync/v2/content-key")
+    digest = hashlib.sha256(plaintext).digest()
+    assert v["plaintext_sha256"] == digest
+    key = doc_hkdf(content_key, b"0k-sync/v2/chunk-key\x00" + digest)
+    assert v["chunk_key"] == key == content.chunk_key(content_key, plaintext)
+    ad = b"0k-sync/v2/chunk\x00" + bytes(gid)
+    assert v["associated_data"] == ad
+    sealed = b"\x01" + ChaCha20Poly1305(key).encrypt(ZERO_NONCE, plaintext, ad)
+    assert v["sealed"] == sealed
+    assert len(sealed) == len(plaintext) + manifests.CHUNK_OVERHEAD
+    assert v["address"] == hashlib.sha256(sealed).digest()
+    ref = manifests.ChunkRef(address=v["address"], key=key, size=len(plaintext))
+    assert content.seal_chunk(plaintext, content_key=content_key, group_id=gid) == (sealed, ref)
+    assert content.open_chunk(sealed, ref, group_id=gid) == plaintext
+    raw = int.from_bytes(doc_hkdf(content_key, b"0k-sync/v2/chunk-seed")[:8], "big") >> 1
+    assert v.uint("seed") == (raw or 1) == content.chunking_seed(content_key)
+    # The frozen values of tests/crypto/test_content.py.
+    assert (sealed, v.uint("seed")) == (content_tests.SEALED, content_tests.SEED)
+
+
+def u32_list(raw: bytes) -> list[int]:
+    assert len(raw) % 4 == 0
+    return [int.from_bytes(raw[i : i + 4], "big") for i in range(0, len(raw), 4)]
+
+
+def check_chunk_boundaries(v: Vector) -> None:
+    data = hashlib.shake_128(v["input_label"]).digest(v.uint("input_length"))
+    assert v["input_sha256"] == hashlib.sha256(data).digest()
+    gear = b"".join(value.to_bytes(8, "big") for value in GEAR)
+    assert v["gear_sha256"] == hashlib.sha256(gear).digest()
+    seed = v.uint("seed")
+    assert seed == vector("Chunk sealing").uint("seed")
+    for name, key in (("sizes_unkeyed", 0), ("sizes_keyed", seed)):
+        sizes = [len(piece) for piece in chunks(io.BytesIO(data), seed=key)]
+        assert u32_list(v[name]) == sizes == chunking_tests.VECTOR_SIZES[key], name
+
+
+def manifest_refs(v: Vector) -> list[manifests.ChunkRef]:
+    refs: list[manifests.ChunkRef] = []
+    while v.has(f"chunks[{len(refs)}].address"):
+        i = len(refs)
+        key, size = v[f"chunks[{i}].key"], v.uint(f"chunks[{i}].size")
+        refs.append(manifests.ChunkRef(address=v[f"chunks[{i}].address"], key=key, size=size))
+    return refs
+
+
+def check_manifest(v: Vector) -> None:
+    refs, raw = manifest_refs(v), v["manifest"]
+    name, media_type = v.text("name"), v.text("media_type")
+    size, epoch = v.uint("size"), v.uint("epoch")
+    # §10.10's layout from the table alone: a plain map, in the table's order.
+    fields = {"v": 1, "name": name, "media_type": media_type, "size": size, "epoch": epoch}
+    fields["chunks"] = [[ref.address, ref.key, ref.size] for ref in refs]
+    assert msgspec.msgpack.encode(fields) == raw
+    manifest = manifests.Manifest(
+        name=name, media_type=media_type, size=size, epoch=epoch, chunks=tuple(refs)
+    )
+    assert manifests.encode_manifest(manifest) == raw
+    assert manifests.decode_manifest(raw) == manifest
+    assert raw == manifest_tests.VECTOR_BYTES
+    assert [ref for _, ref in fox_chunks()] == refs
+
+
+def fox_chunks() -> list[tuple[bytes, manifests.ChunkRef]]:
+    """The chunks of the manifest vector's text: the plaintext of Vector "Chunk sealing" cut
+    after 20 bytes, each part sealed like it."""
+    sealing = vector("Chunk sealing").values
+    plaintext, key = sealing["plaintext"], sealing["content_key"]
+    gid = GroupId(sealing["group_id"])
+    parts = (plaintext[:20], plaintext[20:])
+    return [content.seal_chunk(part, content_key=key, group_id=gid) for part in parts]
+
+
+def check_manifest_blob(v: Vector) -> None:
+    check_blob(v)
+    assert v["plaintext"] == vector("Manifest").values["manifest"]
+    addresses = [ref.address for ref in manifests.decode_manifest(v["plaintext"]).chunks]
+    assert [v["chunks[0]"], v["chunks[1]"]] == addresses
+    push = Push(
+        blob_id=BlobId(v["blob_id"]),
+        ciphertext=v["sealed"],
+        epoch=v.uint("epoch"),
+        chunks=addresses,
+    )
+    request_id = v.uint("request_id")
+    assert encode(push, request_id=request_id) == v["frame"]
+    assert decode_frame(v["frame"]) == Frame(request_id, push)
+
+
 CHECKERS: dict[str, Callable[[Vector], None]] = {
     "PADME sizes": check_padme,
     "Classic handshake": check_classic_handshake,
@@ -925,6 +1038,10 @@ CHECKERS: dict[str, Callable[[Vector], None]] = {
     "Blob sealing": check_blob,
     "Blob sealing with PADME padding": check_blob,
     "Repair request": check_blob,
+    "Chunk sealing": check_chunk,
+    "Chunk boundaries": check_chunk_boundaries,
+    "Manifest": check_manifest,
+    "Manifest blob": check_manifest_blob,
     "Invite payload and URL": check_invite,
     "Short code": check_short_code,
     "First transport messages": check_first_transport,
@@ -1034,6 +1151,40 @@ def test_vectors_tell_one_story() -> None:
     assert rekey["plaintext"] == b"\x00" + vector("Frame PRESENCE").values["frame"]
 
 
+def test_the_chunk_vectors_tell_one_story() -> None:
+    """Vectors "Chunk sealing" to "Manifest blob" and the chunk frames: one file, uploaded
+    by the joining device and downloaded by the creating device, as their texts say."""
+    sealing, blob = vector("Chunk sealing").values, vector("Manifest blob").values
+    assert sealing["plaintext"] == vector("Blob sealing").values["plaintext"]
+    assert sealing["epoch_key"] == vector("Log entry 6: rotate").values["epoch_key"]
+    assert sealing["group_id"] == group_id() == blob["group_id"]
+    assert blob["link"] == vector("Repair request").values["chain_hash"]
+    assert blob["sender"] == vector("Device keys of the joining device").values["device_id"]
+    (first, first_ref), (second, second_ref) = fox_chunks()
+    a1, a2 = first_ref.address, second_ref.address
+    assert [blob["chunks[0]"], blob["chunks[1]"]] == [a1, a2]
+    partial = ChunkInfo(address=a2, size=len(second), received=16)
+    expected = {
+        "CHUNK_HAVE": Frame(11, ChunkHave(addresses=[a1, a2])),
+        "CHUNK_STATUS": Frame(
+            11,
+            ChunkStatus(
+                chunks=[
+                    ChunkInfo(address=a1, size=len(first), received=len(first), complete=True),
+                    partial,
+                ]
+            ),
+        ),
+        "CHUNK_BEGIN": Frame(12, ChunkBegin(address=a2, size=len(second))),
+        "CHUNK_PUT": Frame(13, ChunkPut(address=a2, offset=partial.received, data=second[16:])),
+        "CHUNK_GET": Frame(14, ChunkGet(address=a1, length=len(first))),
+        "CHUNK_DATA": Frame(14, ChunkData(address=a1, offset=0, data=first)),
+    }
+    for name, frame in expected.items():
+        assert decode_frame(vector(f"Frame {name}").values["frame"]) == frame, name
+    assert len(first) <= wire_messages.MAX_CHUNK_PIECE  # one CHUNK_GET reads it whole
+
+
 def test_references_name_the_right_vectors() -> None:
     """Where the text points at a vector by number, it is the vector it means."""
     references = {
@@ -1045,6 +1196,13 @@ def test_references_name_the_right_vectors() -> None:
         "(Vector {} below)": "Classic handshake",
         "Vector {} is the draft's first test vector": "X-Wing decapsulation",
         "Vector {} is a repair request": "Repair request",
+        "The plaintext of Vector {} sealed as one chunk": "Blob sealing",
+        "Vector {} gives the chunk sizes": "Chunk boundaries",
+        "into two chunks, each sealed as in Vector {}": "Chunk sealing",
+        "The joining device's fourth blob, after Vector {}": "Repair request",
+        "the manifest of Vector {} as its data": "Manifest",
+        "uploads the chunks of Vector {}": "Manifest",
+        "before it pushes Vector {}": "Manifest blob",
         "body, Vector {} with request id 2": "Frame PRESENCE",
         "scan from paper. It is read back like the words. Vector {}": "Recovery key",
     }
@@ -1059,8 +1217,11 @@ def test_references_name_the_right_vectors() -> None:
     assert in_doc(f"Vectors {first}–{last} are one group's log")
     proofs = number_of("HELLO proof of a new group"), number_of("HELLO proof with a ticket")
     assert in_doc("Vectors {} and {} are worked\nexamples".format(*proofs))
+    manifest, blob = number_of("Manifest"), number_of("Manifest blob")
+    assert in_doc(f"Vector {manifest} is a manifest; Vector {blob} seals it")
     for title, sentence in (
         ("Wrapped epoch key", "Vector {} is a worked example."),
+        ("Chunk sealing", "Vector {} is a worked example."),
         ("Epoch key chain", "Vector {} is\na worked example."),
         ("Invite payload and URL", "Vector {} is an\nexample."),
         ("Short code", "Vector {} is an example."),
@@ -1097,10 +1258,12 @@ def render_number(value: int) -> str:
 def render_bytes(kind: msgspec.inspect.BytesType) -> str:
     if kind.min_length == kind.max_length:
         return f"exactly {kind.max_length} bytes"
+    if kind.min_length:
+        return f"{kind.min_length}..{kind.max_length} bytes"
     return f"<= {kind.max_length} bytes"
 
 
-def render_count(kind: msgspec.inspect.ListType) -> str:
+def render_count(kind: msgspec.inspect.ListType | msgspec.inspect.VarTupleType) -> str:
     if kind.min_length:
         return f"{kind.min_length}..{kind.max_length} items"
     return f"<= {kind.max_length} items"
@@ -1127,7 +1290,7 @@ def expected_type(kind: msgspec.inspect.Type) -> tuple[str, str]:
     if isinstance(kind, inspect.CustomType):
         assert issubclass(kind.cls, FixedId)
         return "bin", f"exactly {kind.cls.SIZE} bytes ({kind.cls.__name__})"
-    if isinstance(kind, inspect.ListType):
+    if isinstance(kind, inspect.ListType | inspect.VarTupleType):  # tuples: the manifest's
         item = kind.item_type
         if isinstance(item, inspect.StructType):
             return "array", f"{render_count(kind)} of {item.cls.__name__}"
@@ -1145,7 +1308,7 @@ def expected_default(f: msgspec.inspect.Field) -> str:
         return "true" if f.default else "false"
     if isinstance(f.default, str):
         return f'"{f.default}"'
-    if f.default_factory is list or f.default == b"":
+    if f.default_factory is list or f.default in (b"", ()):
         return "empty"
     return str(f.default)
 
@@ -1210,6 +1373,73 @@ def test_error_codes_documented() -> None:
     assert documented == {int(c): (c.name, c.fatal) for c in ErrorCode}
 
 
+def test_manifest_documented() -> None:
+    text = section(re.compile(r"^### 10\.10 Manifests$", re.MULTILINE))
+    check_field_table(manifests.Manifest, text.split("\n#### ", 1)[0])
+    ref = section(re.compile(r"^#### ChunkRef$", re.MULTILINE))
+    check_field_table(manifests.ChunkRef, ref)
+    assert manifests.ChunkRef.__struct_config__.array_like, "the text says: an array"
+    assert f"`{manifests.DEFAULT_MEDIA_TYPE}`" not in text  # the default is shown as a str
+    assert f'`"{manifests.DEFAULT_MEDIA_TYPE}"`' in text
+
+
+def doc_cut(buf: bytes, p: dict[str, int]) -> int:
+    """The length of the chunk at the start of ``buf``, by §10.9's pseudo-code alone."""
+    mask64, n = 2**64 - 1, len(buf)
+    gear = [g ^ p["seed"] for g in GEAR]
+    gear_ls = [((g << 1) & mask64) ^ ((p["seed"] << 1) & mask64) for g in GEAR]
+    mask_s, mask_l = p["mask_s"], p["mask_l"]
+    mask_s_ls, mask_l_ls = (mask_s << 1) & mask64, (mask_l << 1) & mask64
+    if n <= p["min"]:
+        return n
+    center, end = p["avg"], n
+    if n > p["max"]:
+        end = p["max"]
+    elif n < p["avg"]:
+        center = n
+    h = 0
+    loops = ((p["min"] // 2 * 2, center // 2 * 2, mask_s_ls, mask_s),
+             (center // 2 * 2, end // 2 * 2, mask_l_ls, mask_l))  # fmt: skip
+    for first, stop, mask_ls, mask in loops:
+        for i in range(first, stop, 2):
+            h = ((h << 2) + gear_ls[buf[i]]) & mask64
+            if h & mask_ls == 0:
+                return i
+            h = (h + gear[buf[i + 1]]) & mask64
+            if h & mask == 0:
+                return i + 1
+    return end
+
+
+def test_the_chunking_pseudo_code_is_fastcdcs() -> None:
+    """§10.9's cut, run by hand on small parameters (the real ones need megabytes), cuts
+    where pyfastcdc does; its masks and keyed gear table are pyfastcdc's for zerok's."""
+    seed = vector("Chunk sealing").uint("seed")
+    small = {"min": 64, "avg": 256, "max": 1024, "seed": seed}
+    reference = ReferenceFastCDC(256, min_size=64, max_size=1024, normalized_chunking=1, seed=seed)
+    small |= {"mask_s": reference.config.mask_s, "mask_l": reference.config.mask_l}
+    data = hashlib.shake_256(b"doc cut").digest(20_000) + bytes(3000) + b"\x01" * 700
+    sizes, rest = [], data
+    while rest:
+        sizes.append(doc_cut(rest, small))
+        rest = rest[sizes[-1] :]
+    cdc = FastCDC(256, min_size=64, max_size=1024, normalized_chunking=1, seed=seed)
+    assert sizes == [chunk.length for chunk in cdc.cut_buf(data)]
+    assert 1024 in sizes and len(set(sizes)) > 20  # both loops and the maximum were reached
+    real = ReferenceFastCDC(
+        AVG_CHUNK,
+        min_size=MIN_CHUNK,
+        max_size=manifests.MAX_CHUNK,
+        normalized_chunking=NORMALIZED_CHUNKING,
+        seed=seed,
+    ).config
+    masks = f"`mask_s` = `0x{real.mask_s:016x}`, `mask_l` = `0x{real.mask_l:016x}`"
+    assert in_doc(masks)
+    mask64 = 2**64 - 1
+    assert list(real.gear) == [g ^ seed for g in GEAR]
+    assert list(real.gear_ls) == [((g << 1) & mask64) ^ ((seed << 1) & mask64) for g in GEAR]
+
+
 def test_names_appear_verbatim() -> None:
     labels = (
         LABEL_DEVICE_SIGN,
@@ -1220,6 +1450,7 @@ def test_names_appear_verbatim() -> None:
         epochs.LABEL_CONTENT_KEY,
         epochs.LABEL_EPOCH_WRAP,
         epochs.LABEL_PREV_KEY,
+        content.LABEL_CHUNK_SEED,
     )
     for label in labels:
         assert f"`{label.decode('ascii')}`" in DOC, label
@@ -1230,6 +1461,8 @@ def test_names_appear_verbatim() -> None:
         TICKET_CONTEXT: '"0k-sync/v2/ticket-sig" ‖ 0x00 ‖ body',
         epochs.AD_EPOCH_KEY: '"0k-sync/v2/epoch-key" ‖ 0x00 ‖ u32be(epoch)',
         epochs.AD_PREV_KEY: '"0k-sync/v2/prev-key" ‖ 0x00 ‖ u32be(new epoch)',
+        content.LABEL_CHUNK_KEY: 'HKDF(content key, "0k-sync/v2/chunk-key" ‖ 0x00 ‖ h)',
+        content.AD_CHUNK: 'AD = "0k-sync/v2/chunk" ‖ 0x00 ‖ group_id (32)',
     }
     for context, text in contexts.items():
         assert context.endswith(b"\x00") and f'"{context[:-1].decode()}" ‖ 0x00' in text
@@ -1248,6 +1481,7 @@ def test_names_appear_verbatim() -> None:
 
 def test_constants_match() -> None:
     keep, chains, relay = KeepPolicy(), SenderChains(), RelayConfig()
+    biggest_ref = manifests.ChunkRef(address=bytes(32), key=bytes(32), size=manifests.MAX_CHUNK)
     kdf = pairing.CODE_KDF
     expected = [
         f"**1 MiB + 64 KiB = {DEFAULT_MAX_FRAME} bytes**",
@@ -1294,6 +1528,25 @@ def test_constants_match() -> None:
         f"*zerok:* {relay.invite_ttl / 60:g} minutes by default",
         f"*zerok:* over {relay.invite_max_size // 1024} KiB decoded",
         f"*zerok:* {relay.invites_per_minute} requests a minute",
+        f"| ChunkSize | int | 1..{manifests.MAX_SEALED_CHUNK} |",
+        f"| ChunkOffset | int | 0..{manifests.MAX_SEALED_CHUNK} |",
+        f"<= 512 KiB = {wire_messages.MAX_CHUNK_PIECE} bytes",
+        f"CHUNK_GET `length` is 1..{wire_messages.MAX_CHUNK_PIECE}",
+        f"PUSH `chunks` <= {manifests.MAX_CHUNKS}, "
+        f"CHUNK_HAVE 1..{wire_messages.MAX_CHUNK_QUERY} items",
+        f"| chunk list | array | <= {wire_messages.MAX_CHUNK_QUERY} items |",
+        f"plaintext: 1..{manifests.MAX_CHUNK} bytes (4 MiB)",
+        f"A sealed chunk is {content.CHUNK_OVERHEAD} bytes longer than its plaintext: at most "
+        f"{manifests.MAX_SEALED_CHUNK} bytes",
+        f"`0x{content.CHUNK_FORMAT:02x}` is the chunk format",
+        f"| minimum size `min` | {MIN_CHUNK} bytes (256 KiB) |",
+        f"| average size `avg` | {AVG_CHUNK} bytes (1 MiB) |",
+        f"| maximum size `max` | {manifests.MAX_CHUNK} bytes (4 MiB) |",
+        f"| normalized chunking | level {NORMALIZED_CHUNKING}:",
+        f"more than {manifests.MAX_MANIFEST_BYTES} bytes in all",
+        f"A manifest takes at most {len(msgspec.msgpack.encode(biggest_ref))} bytes a chunk "
+        f"(and its PUSH {len(msgspec.msgpack.encode(biggest_ref.address))} more",
+        f"no CHUNK_BEGIN for it in the last {CHUNK_IDLE_MS // 3_600_000} hours",
     ]
     for text in expected:
         assert in_doc(text), text

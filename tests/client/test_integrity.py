@@ -258,7 +258,10 @@ def test_a_device_back_after_the_relays_cursor_climbed_again_still_sees_the_roll
                 await a.pull()
                 await b.pull()
                 await _until(lambda: a.pending_count == b.pending_count == 0)
-            assert not [e for e in log_a.of(IntegrityAlert) + log_b.of(IntegrityAlert)]
+            # Blobs pushed again may arrive out of their senders' order (reorder) but never
+            # as another history.
+            kinds = {e.kind for e in log_a.of(IntegrityAlert) + log_b.of(IntegrityAlert)}
+            assert kinds <= {"reorder", "recovered", "gap"}, kinds
             # Every blob is at the relay again, the late device's view included.
             c = fast_client(fleet, "d")
             await c.join((await a.create_invite()).url)

@@ -49,6 +49,13 @@ from zerok.wire import (
     U32_MAX,
     Ack,
     BlobId,
+    ChunkBegin,
+    ChunkData,
+    ChunkGet,
+    ChunkHave,
+    ChunkInfo,
+    ChunkPut,
+    ChunkStatus,
     Delete,
     DeviceId,
     DeviceInfo,
@@ -82,6 +89,8 @@ from zerok.wire import (
     encode,
     peek_request_id,
 )
+from zerok.wire.manifest import MAX_SEALED_CHUNK
+from zerok.wire.messages import MAX_CHUNK_PIECE
 
 SEED = 0x0C5_F022
 I64_MAX = 2**63 - 1
@@ -140,6 +149,25 @@ def _ciphertext(rng: random.Random) -> bytes:
 def _entries(rng: random.Random, most: int) -> list[bytes]:
     """Log entries as the wire sees them: opaque bytes (the relay's log reads them)."""
     return [_ciphertext(rng) for _ in range(rng.choice([0, 1, rng.randint(0, most)]))]
+
+
+def _addresses(rng: random.Random, most: int) -> list[bytes]:
+    """Chunk addresses; a few, like the entries, so that frames stay small."""
+    return [rng.randbytes(32) for _ in range(rng.choice([0, 1, rng.randint(0, most)]))]
+
+
+def _piece(rng: random.Random) -> bytes:
+    """A piece of a chunk (1 byte at least); its 512 KiB bound is checked in test_codec."""
+    return _ciphertext(rng) or rng.randbytes(1)
+
+
+def _chunk_info(rng: random.Random) -> ChunkInfo:
+    return ChunkInfo(
+        address=rng.randbytes(32),
+        size=_int(rng, MAX_SEALED_CHUNK),
+        received=_int(rng, MAX_SEALED_CHUNK),
+        complete=rng.random() < 0.5,
+    )
 
 
 def _signer(rng: random.Random) -> bytes:
@@ -207,6 +235,7 @@ MESSAGE_MAKERS: dict[type[Message], Callable[[random.Random], Message]] = {
         epoch=_int(r, U32_MAX),
         ttl=_int(r, U32_MAX),
         repair=r.random() < 0.5,
+        chunks=_addresses(r, 4),
     ),
     PushAck: lambda r: PushAck(
         blob_id=_blob_id(r), cursor=_int(r, I64_MAX), timestamp=_int(r, I64_MAX)
@@ -240,12 +269,36 @@ MESSAGE_MAKERS: dict[type[Message], Callable[[random.Random], Message]] = {
         app_id=_text(r, 256),
     ),
     UnregisterPush: lambda r: UnregisterPush(reason=_text(r, 1024)),
+    ChunkHave: lambda r: ChunkHave(addresses=_addresses(r, 4) or [r.randbytes(32)]),
+    ChunkStatus: lambda r: ChunkStatus(chunks=[_chunk_info(r) for _ in range(r.randint(0, 3))]),
+    ChunkBegin: lambda r: ChunkBegin(address=r.randbytes(32), size=_int(r, MAX_SEALED_CHUNK) or 1),
+    ChunkPut: lambda r: ChunkPut(
+        address=r.randbytes(32), offset=_int(r, MAX_SEALED_CHUNK), data=_piece(r)
+    ),
+    ChunkGet: lambda r: ChunkGet(
+        address=r.randbytes(32),
+        offset=_int(r, MAX_SEALED_CHUNK),
+        length=r.choice([1, MAX_CHUNK_PIECE, r.randint(1, MAX_CHUNK_PIECE)]),
+    ),
+    ChunkData: lambda r: ChunkData(
+        address=r.randbytes(32), offset=_int(r, MAX_SEALED_CHUNK), data=_ciphertext(r)
+    ),
     Error: lambda r: Error(
         code=r.choice([*ErrorCode, 0, 4242, 65535]),
         message=_text(r, 1024),
         retry_after=_int(r, U32_MAX),
     ),
 }
+
+
+def test_every_message_type_has_a_maker() -> None:
+    assert set(MESSAGE_MAKERS) == set(ALL_MESSAGES)
+    rng = random.Random(SEED + 6)
+    for cls in ALL_MESSAGES:  # and what each makes is a valid message of its type
+        for _ in range(50):
+            message = random_message(rng, cls)
+            assert type(message) is cls
+            assert decode(encode(message)) == message
 
 
 def random_message(rng: random.Random, cls: type[Message] | None = None) -> Message:
@@ -382,6 +435,7 @@ def _random_obj(rng: random.Random, depth: int) -> Any:
         return [_random_obj(rng, depth + 1) for _ in range(rng.randint(0, 4))]
     keys: list[Any] = ["cursor", "blob_id", "x", "", 1, "devices", "blobs", "limits", "code"]
     keys += ["entries", "start", "epoch", "signer"]
+    keys += ["chunks", "address", "addresses", "offset", "data", "size"]
     return {rng.choice(keys): _random_obj(rng, depth + 1) for _ in range(rng.randint(0, 4))}
 
 

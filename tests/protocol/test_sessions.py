@@ -55,6 +55,13 @@ from zerok.wire import (
     U32_MAX,
     Ack,
     BlobId,
+    ChunkBegin,
+    ChunkData,
+    ChunkGet,
+    ChunkHave,
+    ChunkInfo,
+    ChunkPut,
+    ChunkStatus,
     Delete,
     DeviceId,
     DeviceInfo,
@@ -82,6 +89,8 @@ from zerok.wire import (
     UnregisterPush,
     Welcome,
 )
+from zerok.wire.manifest import MAX_CHUNKS
+from zerok.wire.messages import MAX_CHUNK_PIECE
 
 BLOB = BlobId(b"\x01" * 16)
 DEV = DeviceId(b"\x02" * 32)
@@ -102,10 +111,16 @@ MEMBERSHIP = Membership(start=4, entries=[ENTRY])  # e.g. a Revoke entry another
 DEVICES = Devices(devices=[DeviceInfo(device_id=DEV, name="phone")])
 LOG = Log(start=1, entries=[ENTRY, ENTRY], head_seq=2)
 LOG_APPENDED = LogAppended(head_seq=5, head_hash=HEAD)
+ADDR = b"\x06" * 32  # a chunk's address
+ADDR_2 = b"\x07" * 32
+CHUNK_STATUS = ChunkStatus(
+    chunks=[ChunkInfo(address=ADDR, size=100, received=40), ChunkInfo(address=ADDR_2)]
+)
+CHUNK_DATA = ChunkData(address=ADDR, offset=40, data=b"chunk bytes")
 
 #: One instance of every message a client may send once OPEN.
 CLIENT_REQUESTS: list[Message] = [
-    Push(blob_id=BLOB, ciphertext=b"sealed", epoch=3, ttl=60, repair=True),
+    Push(blob_id=BLOB, ciphertext=b"sealed", epoch=3, ttl=60, repair=True, chunks=[ADDR]),
     Pull(after=3, limit=10),
     Presence(online=False),
     Ack(cursor=7),
@@ -115,6 +130,10 @@ CLIENT_REQUESTS: list[Message] = [
     LogAppend(entries=[ENTRY]),
     RegisterPush(token="tok", platform=PushPlatform.FCM, app_id="app"),
     UnregisterPush(reason="bye"),
+    ChunkHave(addresses=[ADDR, ADDR_2]),
+    ChunkBegin(address=ADDR, size=100),
+    ChunkPut(address=ADDR, offset=40, data=b"piece"),
+    ChunkGet(address=ADDR, offset=40, length=60),
 ]
 
 #: One instance of every relay→client type.
@@ -127,6 +146,8 @@ RELAY_TO_CLIENT: list[Message] = [
     DEVICES,
     LOG,
     LOG_APPENDED,
+    CHUNK_STATUS,
+    CHUNK_DATA,
 ]
 
 #: Each request with the answer that the relay gives to it.
@@ -145,6 +166,17 @@ REQUEST_RESPONSES: list[tuple[Message, Message]] = [
         RegisterPush(token="t", platform=PushPlatform.APNS),
     ),
     (UnregisterPush(), UnregisterPush()),
+    (ChunkHave(addresses=[ADDR, ADDR_2]), CHUNK_STATUS),
+    (
+        ChunkBegin(address=ADDR, size=100),
+        ChunkStatus(chunks=[ChunkInfo(address=ADDR, size=100)]),
+    ),
+    (
+        ChunkPut(address=ADDR, offset=0, data=bytes(100)),
+        ChunkStatus(chunks=[ChunkInfo(address=ADDR, size=100, received=100, complete=True)]),
+    ),
+    (ChunkGet(address=ADDR), ChunkData(address=ADDR, offset=0, data=bytes(100))),
+    (ChunkGet(address=ADDR, offset=100), ChunkData(address=ADDR, offset=100, data=b"")),
 ]
 
 
@@ -649,6 +681,10 @@ NOT_FROM_RELAY_SEND: list[Message] = [
     LogGet(),
     LogAppend(entries=[ENTRY]),
     Hello(group_id=GroupId.random(), proof=bytes(64)),
+    ChunkHave(addresses=[ADDR]),
+    ChunkBegin(address=ADDR, size=1),
+    ChunkPut(address=ADDR, offset=0, data=b"x"),
+    ChunkGet(address=ADDR),
 ]
 
 
@@ -674,6 +710,8 @@ def test_relay_cannot_send_client_only_types(pair: Pair, message: Message) -> No
         ErrorCode.TICKET_USED,
         ErrorCode.TICKET_EXPIRED,
         ErrorCode.TICKET_CANCELLED,
+        ErrorCode.CHUNK_MISMATCH,  # the chunk is dropped; the client uploads it again
+        ErrorCode.CHUNK_UNKNOWN,
         ErrorCode.STORAGE_FULL,
     ],
 )
@@ -1327,6 +1365,13 @@ WRONG_RESPONSES: list[tuple[Message, Message]] = [
     (Presence(), Notify(blob_id=BLOB, cursor=1, sender=DEV, timestamp=0, size=0)),
     (Delete(blob_id=BLOB), make_welcome()),
     (UnregisterPush(), RegisterPush(token="t", platform=PushPlatform.WEB)),
+    (ChunkHave(addresses=[ADDR]), CHUNK_DATA),
+    (ChunkHave(addresses=[ADDR]), ChunkHave(addresses=[ADDR])),
+    (ChunkBegin(address=ADDR, size=1), ChunkBegin(address=ADDR, size=1)),
+    (ChunkBegin(address=ADDR, size=1), PushAck(blob_id=BLOB, cursor=1, timestamp=0)),
+    (ChunkPut(address=ADDR, offset=0, data=b"x"), CHUNK_DATA),
+    (ChunkGet(address=ADDR), CHUNK_STATUS),
+    (ChunkGet(address=ADDR), ChunkGet(address=ADDR)),
 ]
 
 
@@ -1364,7 +1409,8 @@ def test_error_for_unknown_id_is_invalid(pair: Pair) -> None:
 
 
 @pytest.mark.parametrize(
-    "code", [1004, 1005, 1006, 1007, 1008, 1009, 2000, 2001, 2002, 2003, 2004, 3002, 4242, 0]
+    "code",
+    [1004, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 2000, 2001, 2002, 2003, 2004, 3002, 4242, 0],
 )
 def test_non_fatal_error_for_a_request_fails_it(pair: Pair, code: int) -> None:
     rid = pair.client.send_request(Delete(blob_id=BLOB, force=True), 0.0)
@@ -1400,7 +1446,7 @@ def test_unsolicited_notify_and_membership(pair: Pair, message: Message) -> None
     assert state_of(pair.client) is SessionState.OPEN
 
 
-@pytest.mark.parametrize("code", [1004, 1005, 1006, 2000, 2001, 2002, 2003, 2004, 4242])
+@pytest.mark.parametrize("code", [1004, 1005, 1006, 1010, 1011, 2000, 2001, 2002, 2003, 2004, 4242])
 def test_unsolicited_non_fatal_error_is_a_message(pair: Pair, code: int) -> None:
     error = Error(code=code, message="fyi", retry_after=3)
     pair.relay.send(error)
@@ -1429,6 +1475,8 @@ UNSOLICITED_INVALID: list[Message] = [
     DEVICES,
     LOG,
     LOG_APPENDED,
+    CHUNK_STATUS,
+    CHUNK_DATA,
     *CLIENT_REQUESTS,
 ]
 
@@ -1679,6 +1727,34 @@ def test_large_push_is_fragmented_and_arrives_intact(variant: Variant) -> None:
     response = PullResponse(blobs=[blob], has_more=False, max_cursor=1)
     p.relay.send(response, pull)
     assert p.to_client() == [ResponseReceived(pull, response)]
+
+
+def test_full_chunk_pieces_are_fragmented_and_arrive_intact(variant: Variant) -> None:
+    """A piece of the largest size goes up in a CHUNK_PUT and down in a CHUNK_DATA."""
+    p = open_pair(variant)
+    piece = os.urandom(MAX_CHUNK_PIECE)
+    put = ChunkPut(address=ADDR, offset=MAX_CHUNK_PIECE, data=piece)
+    rid = p.client.send_request(put, 0.0)
+    messages = p.client.data_to_send()
+    assert len(messages) == 9  # 524 288 bytes and the envelope over 65 518-byte fragments
+    events = [p.relay.receive(m, 0.0) for m in messages]
+    assert events[:-1] == [[]] * 8
+    assert events[-1] == [RequestReceived(rid, put)]
+    get = p.client.send_request(ChunkGet(address=ADDR, offset=MAX_CHUNK_PIECE), 0.0)
+    p.to_relay()
+    data = ChunkData(address=ADDR, offset=MAX_CHUNK_PIECE, data=piece)
+    p.relay.send(data, get)
+    assert p.to_client() == [ResponseReceived(get, data)]
+
+
+def test_a_push_naming_the_most_chunks_fits_the_default_frame() -> None:
+    """A manifest of 16384 chunks: the PUSH that keeps them all goes through as one frame."""
+    p = open_pair(CLASSIC)
+    chunks = [i.to_bytes(32, "big") for i in range(MAX_CHUNKS)]
+    push = Push(blob_id=BLOB, ciphertext=b"manifest", chunks=chunks)
+    rid = p.client.send_request(push, 0.0)
+    assert p.to_relay() == [RequestReceived(rid, push)]
+    assert state_of(p.relay) is SessionState.OPEN
 
 
 # -- downgrade, id-0 requests, fatal errors with an id, bounded names -------------------------

@@ -8,6 +8,7 @@ any message the catalogue does not let a relay send.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -42,6 +43,13 @@ from zerok.testing import TestGroup, member_of
 from zerok.wire import (
     Ack,
     BlobId,
+    ChunkBegin,
+    ChunkData,
+    ChunkGet,
+    ChunkHave,
+    ChunkInfo,
+    ChunkPut,
+    ChunkStatus,
     Delete,
     DeviceId,
     Devices,
@@ -884,3 +892,88 @@ def test_a_full_log_still_takes_the_revocation_of_the_device_that_filled_it(
         assert thief.closed_with is not None
 
     with_relay(tmp_path, test, max_log_entries=3)
+
+
+# -- large content: chunks ----------------------------------------------------------------------
+
+
+def _chunk(size: int, seed: int = 1) -> tuple[bytes, bytes]:
+    data = bytes((seed * 7 + i) % 251 for i in range(size))
+    return hashlib.sha256(data).digest(), data
+
+
+def test_a_chunk_goes_up_in_pieces_is_verified_and_comes_down(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        peer = await r.join()
+        address, data = _chunk(300_000)
+        have = await r.ask(peer, ChunkHave(addresses=[address]))
+        assert have == ChunkStatus(chunks=[ChunkInfo(address=address)])
+        begun = await r.ask(peer, ChunkBegin(address=address, size=len(data)))
+        assert begun == ChunkStatus(chunks=[ChunkInfo(address=address, size=len(data))])
+        first = await r.ask(peer, ChunkPut(address=address, offset=0, data=data[:200_000]))
+        assert isinstance(first, ChunkStatus) and first.chunks[0].received == 200_000
+        # Out of order: refused, and the upload resumes where the relay is.
+        wrong = await r.ask(peer, ChunkPut(address=address, offset=0, data=data[:10]))
+        assert isinstance(wrong, Error) and wrong.code == ErrorCode.CHUNK_UNKNOWN
+        done = await r.ask(peer, ChunkPut(address=address, offset=200_000, data=data[200_000:]))
+        assert isinstance(done, ChunkStatus) and done.chunks[0].complete
+        got = await r.ask(peer, ChunkGet(address=address, offset=100, length=1000))
+        assert got == ChunkData(address=address, offset=100, data=data[100:1100])
+        # An equal chunk is stored once: beginning it again finds it complete.
+        again = await r.ask(peer, ChunkBegin(address=address, size=len(data)))
+        assert isinstance(again, ChunkStatus) and again.chunks[0].complete
+
+    with_relay(tmp_path, test)
+
+
+def test_a_chunk_that_does_not_hash_to_its_address_is_refused_and_not_kept(
+    tmp_path: Path,
+) -> None:
+    async def test(r: Relay) -> None:
+        peer = await r.join()
+        address, data = _chunk(1000)
+        forged = bytes([data[0] ^ 1]) + data[1:]
+        await r.ask(peer, ChunkBegin(address=address, size=len(data)))
+        refused = await r.ask(peer, ChunkPut(address=address, offset=0, data=forged))
+        assert isinstance(refused, Error) and refused.code == ErrorCode.CHUNK_MISMATCH
+        have = await r.ask(peer, ChunkHave(addresses=[address]))
+        assert isinstance(have, ChunkStatus) and not have.chunks[0].complete
+        assert have.chunks[0].received == 0
+        missing = await r.ask(peer, ChunkGet(address=address))
+        assert isinstance(missing, Error) and missing.code == ErrorCode.CHUNK_UNKNOWN
+
+    with_relay(tmp_path, test)
+
+
+def test_chunks_count_in_the_group_quota(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        peer = await r.join()
+        address, data = _chunk(5000)
+        refused = await r.ask(peer, ChunkBegin(address=address, size=len(data)))
+        assert isinstance(refused, Error) and refused.code == ErrorCode.GROUP_QUOTA_EXCEEDED
+        assert refusals(r, "max_group_storage") == 1
+
+    with_relay(tmp_path, test, max_group_storage=4096)
+
+
+def test_chunks_a_live_blob_refers_to_survive_collection_and_go_with_it(tmp_path: Path) -> None:
+    async def test(r: Relay) -> None:
+        peer = await r.join()
+        kept, kept_data = _chunk(2000, 1)
+        loose, loose_data = _chunk(2000, 2)
+        for address, data in ((kept, kept_data), (loose, loose_data)):
+            await r.ask(peer, ChunkBegin(address=address, size=len(data)))
+            await r.ask(peer, ChunkPut(address=address, offset=0, data=data))
+        manifest = BlobId.random()
+        push = Push(blob_id=manifest, ciphertext=b"sealed manifest", chunks=[kept])
+        assert isinstance(await r.ask(peer, push), PushAck)
+        later = r.clocks.wall + 2 * 24 * 3600 * 1000  # both idle for two days
+        assert await r.storage.chunk_gc(later, 100) == 1
+        have = await r.ask(peer, ChunkHave(addresses=[kept, loose]))
+        assert isinstance(have, ChunkStatus)
+        assert [c.complete for c in have.chunks] == [True, False]
+        gone = Delete(blob_id=manifest, force=True)
+        assert await r.ask(peer, gone) == gone
+        assert await r.storage.chunk_gc(later, 100) == 1
+
+    with_relay(tmp_path, test)

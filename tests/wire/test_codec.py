@@ -1,4 +1,4 @@
-"""Frame codec: hand-built examples of all 20 messages, exact bytes, strict decoding."""
+"""Frame codec: hand-built examples of all 26 messages, exact bytes, strict decoding."""
 
 from __future__ import annotations
 
@@ -14,6 +14,13 @@ from zerok.wire import (
     U32_MAX,
     Ack,
     BlobId,
+    ChunkBegin,
+    ChunkData,
+    ChunkGet,
+    ChunkHave,
+    ChunkInfo,
+    ChunkPut,
+    ChunkStatus,
     Delete,
     DeviceId,
     DeviceInfo,
@@ -48,6 +55,8 @@ from zerok.wire import (
     encode,
 )
 from zerok.wire.log import MAX_ENTRY_BYTES
+from zerok.wire.manifest import MAX_CHUNKS, MAX_SEALED_CHUNK
+from zerok.wire.messages import MAX_CHUNK_PIECE, MAX_CHUNK_QUERY
 
 MIB = 1024 * 1024
 GROUP = b"\x01" * 32
@@ -61,6 +70,15 @@ DEV_B = b"\x08" * 32
 HEAD = b"\x09" * 32
 ENTRY_A = b"a signed log entry"
 ENTRY_B = b"another one"
+ADDR_A = b"\x0a" * 32  # chunk addresses (SHA-256 of a sealed chunk)
+ADDR_B = b"\x0b" * 32
+ADDR_C = b"\x0c" * 32
+# The chunk bounds as docs/protocol.md §6.22-6.27 writes them, pinned as numbers so that a
+# change of a constant cannot move the wire unnoticed.
+SEALED_MAX = 4 * MIB + 17  # 4194321: a 4 MiB chunk, its format byte and AEAD tag
+PIECE_MAX = 512 * 1024  # 524288
+QUERY_MAX = 1024
+PUSH_CHUNKS_MAX = 16384
 
 LIMITS = Limits(
     max_blob_size=MIB,
@@ -126,8 +144,22 @@ EXAMPLES: list[tuple[Message, dict[str, Any]]] = [
         },
     ),
     (
-        Push(blob_id=BlobId(BLOB), ciphertext=b"sealed bytes", epoch=7, ttl=3600, repair=True),
-        {"blob_id": BLOB, "ciphertext": b"sealed bytes", "epoch": 7, "ttl": 3600, "repair": True},
+        Push(
+            blob_id=BlobId(BLOB),
+            ciphertext=b"sealed bytes",
+            epoch=7,
+            ttl=3600,
+            repair=True,
+            chunks=[ADDR_A, ADDR_B],
+        ),
+        {
+            "blob_id": BLOB,
+            "ciphertext": b"sealed bytes",
+            "epoch": 7,
+            "ttl": 3600,
+            "repair": True,
+            "chunks": [ADDR_A, ADDR_B],
+        },
     ),
     (
         PushAck(blob_id=BlobId(BLOB), cursor=7, timestamp=123456),
@@ -222,6 +254,36 @@ EXAMPLES: list[tuple[Message, dict[str, Any]]] = [
         {"token": "token-123", "platform": "fcm", "app_id": "com.example.app"},
     ),
     (UnregisterPush(reason="logged out"), {"reason": "logged out"}),
+    (ChunkHave(addresses=[ADDR_A, ADDR_B]), {"addresses": [ADDR_A, ADDR_B]}),
+    (
+        ChunkStatus(
+            chunks=[
+                ChunkInfo(address=ADDR_A, size=4096, received=1024),
+                ChunkInfo(address=ADDR_B, size=17, received=17, complete=True),
+                ChunkInfo(address=ADDR_C),  # held by nobody: every default, omitted
+            ]
+        ),
+        {
+            "chunks": [
+                {"address": ADDR_A, "size": 4096, "received": 1024},
+                {"address": ADDR_B, "size": 17, "received": 17, "complete": True},
+                {"address": ADDR_C},
+            ]
+        },
+    ),
+    (ChunkBegin(address=ADDR_A, size=4096), {"address": ADDR_A, "size": 4096}),
+    (
+        ChunkPut(address=ADDR_A, offset=1024, data=b"a piece"),
+        {"address": ADDR_A, "offset": 1024, "data": b"a piece"},
+    ),
+    (
+        ChunkGet(address=ADDR_B, offset=512, length=1024),
+        {"address": ADDR_B, "offset": 512, "length": 1024},
+    ),
+    (
+        ChunkData(address=ADDR_B, offset=512, data=b"the bytes"),
+        {"address": ADDR_B, "offset": 512, "data": b"the bytes"},
+    ),
     (
         Error(code=2000, message="slow down", retry_after=30),
         {"code": 2000, "message": "slow down", "retry_after": 30},
@@ -243,7 +305,7 @@ def test_examples_cover_every_message_type() -> None:
     assert sorted(types, key=lambda cls: int(cls.TYPE)) == sorted(
         ALL_MESSAGES, key=lambda cls: int(cls.TYPE)
     )
-    assert len(set(types)) == len(MessageType) == 20
+    assert len(set(types)) == len(MessageType) == 26
 
 
 def test_message_type_numbers_are_the_design_ones() -> None:
@@ -267,6 +329,12 @@ def test_message_type_numbers_are_the_design_ones() -> None:
         "MEMBERSHIP": 0x58,
         "REGISTER_PUSH": 0x60,
         "UNREGISTER_PUSH": 0x61,
+        "CHUNK_HAVE": 0x70,
+        "CHUNK_STATUS": 0x71,
+        "CHUNK_BEGIN": 0x72,
+        "CHUNK_PUT": 0x73,
+        "CHUNK_GET": 0x74,
+        "CHUNK_DATA": 0x75,
         "ERROR": 0xFF,
     }
     assert PROTOCOL_VERSION == 2
@@ -284,6 +352,8 @@ def test_error_code_numbers_are_the_design_ones() -> None:
         1007,
         1008,
         1009,
+        1010,
+        1011,
         2000,
         2001,
         2002,
@@ -390,13 +460,86 @@ def test_exact_bytes_of_push() -> None:
         + bytes.fromhex("c4 02")
         + b"xy"
     )
-    assert data == expected  # epoch 0, ttl 0 and repair false are defaults and are omitted
+    assert data == expected  # epoch 0, ttl 0, repair false, no chunks: defaults, omitted
 
 
 def test_exact_bytes_of_log_append() -> None:
     data = encode(LogAppend(entries=[b"\x01\x02"]), request_id=9)
     # {"entries": [bin8(2) 01 02]}
     expected = bytes.fromhex("94 02 56 09 81 a7") + b"entries" + bytes.fromhex("91 c4 02 01 02")
+    assert data == expected
+
+
+def test_exact_bytes_of_push_with_chunks() -> None:
+    data = encode(Push(blob_id=BlobId(BLOB), ciphertext=b"", chunks=[ADDR_A]), request_id=1)
+    # chunks: fixarray(1) of bin8(32); it follows the other fields as declared
+    expected = (
+        bytes.fromhex("94 02 10 01 83 a7")
+        + b"blob_id"
+        + bytes.fromhex("c4 10")
+        + BLOB
+        + bytes.fromhex("aa")
+        + b"ciphertext"
+        + bytes.fromhex("c4 00 a6")
+        + b"chunks"
+        + bytes.fromhex("91 c4 20")
+        + ADDR_A
+    )
+    assert data == expected
+
+
+def test_exact_bytes_of_chunk_get_with_defaults() -> None:
+    data = encode(ChunkGet(address=ADDR_A), request_id=4)
+    # offset 0 and length 524288 are defaults and are omitted
+    assert data == bytes.fromhex("94 02 74 04 81 a7") + b"address" + bytes.fromhex("c4 20") + ADDR_A
+
+
+def test_exact_bytes_of_chunk_put() -> None:
+    data = encode(ChunkPut(address=ADDR_B, offset=0, data=b"xyz"), request_id=5)
+    # offset is required, so 0 is written; data is bin8
+    expected = (
+        bytes.fromhex("94 02 73 05 83 a7")
+        + b"address"
+        + bytes.fromhex("c4 20")
+        + ADDR_B
+        + bytes.fromhex("a6")
+        + b"offset"
+        + bytes.fromhex("00 a4")
+        + b"data"
+        + bytes.fromhex("c4 03")
+        + b"xyz"
+    )
+    assert data == expected
+
+
+def test_exact_bytes_of_chunk_data_at_a_large_offset() -> None:
+    data = encode(ChunkData(address=ADDR_C, offset=4 * MIB, data=b""), request_id=6)
+    # 4194304 needs a uint32 (ce 00 40 00 00); empty data is bin8 of length 0
+    expected = (
+        bytes.fromhex("94 02 75 06 83 a7")
+        + b"address"
+        + bytes.fromhex("c4 20")
+        + ADDR_C
+        + bytes.fromhex("a6")
+        + b"offset"
+        + bytes.fromhex("ce 00 40 00 00 a4")
+        + b"data"
+        + bytes.fromhex("c4 00")
+    )
+    assert data == expected
+
+
+def test_exact_bytes_of_chunk_status_of_an_unknown_chunk() -> None:
+    data = encode(ChunkStatus(chunks=[ChunkInfo(address=ADDR_A)]), request_id=8)
+    # {"chunks": [{"address": ...}]}: size 0, received 0 and complete false are omitted
+    expected = (
+        bytes.fromhex("94 02 71 08 81 a6")
+        + b"chunks"
+        + bytes.fromhex("91 81 a7")
+        + b"address"
+        + bytes.fromhex("c4 20")
+        + ADDR_A
+    )
     assert data == expected
 
 
@@ -419,6 +562,25 @@ def test_defaults_are_omitted_and_restored() -> None:
     assert isinstance(welcome, Welcome)
     assert (welcome.server_time, welcome.provisional) == (0, False)
     assert msgspec.msgpack.decode(encode(welcome))[3] == WELCOME_BODY
+
+
+def test_chunk_defaults_are_omitted_and_restored() -> None:
+    push = decode(raw_frame(PUSH_BODY, MessageType.PUSH))
+    assert isinstance(push, Push)
+    assert push.chunks == []
+    assert msgspec.msgpack.decode(encode(push))[3] == PUSH_BODY
+    get = decode(raw_frame({"address": ADDR_A}, MessageType.CHUNK_GET))
+    assert get == ChunkGet(address=ADDR_A, offset=0, length=PIECE_MAX)
+    status = decode(raw_frame({"chunks": [{"address": ADDR_A}]}, MessageType.CHUNK_STATUS))
+    assert isinstance(status, ChunkStatus)
+    [info] = status.chunks
+    assert type(info) is ChunkInfo
+    assert (info.address, info.size, info.received, info.complete) == (ADDR_A, 0, 0, False)
+
+
+def test_chunk_bounds_are_the_documented_ones() -> None:
+    assert (MAX_SEALED_CHUNK, MAX_CHUNK_PIECE) == (SEALED_MAX, PIECE_MAX) == (4194321, 524288)
+    assert (MAX_CHUNK_QUERY, MAX_CHUNKS) == (QUERY_MAX, PUSH_CHUNKS_MAX)
 
 
 def test_decoded_ids_have_their_id_types() -> None:
@@ -510,6 +672,8 @@ def _frames_with_bad_envelopes() -> dict[str, bytes]:
         "unknown type 0x00": raw_frame({}, 0x00),
         "unknown type 0x03": raw_frame({}, 0x03),
         "unknown type 0x62": raw_frame({}, 0x62),
+        "unknown type 0x6f": raw_frame({}, 0x6F),
+        "unknown type 0x76": raw_frame({}, 0x76),
         "v1 type REVOKE_DEVICE 0x50": raw_frame({"device_id": DEV_A, "reason": "lost"}, 0x50),
         "v1 type DEVICE_REVOKED 0x51": raw_frame({}, 0x51),
         "unknown type 0x59": raw_frame({}, 0x59),
@@ -756,7 +920,105 @@ def _frames_with_bad_bodies() -> dict[str, bytes]:
     }
 
 
-BAD_BODIES = _frames_with_bad_bodies()
+def _frames_with_bad_chunk_bodies() -> dict[str, bytes]:
+    """Bodies of the chunk messages (and PUSH.chunks) that break a type or a bound."""
+    short, long = ADDR_A[:-1], ADDR_A + b"\x00"
+    info: dict[str, Any] = {"address": ADDR_A, "size": 10, "received": 5}
+    begin: dict[str, Any] = {"address": ADDR_A, "size": 10}
+    put: dict[str, Any] = {"address": ADDR_A, "offset": 0, "data": b"d"}
+    got: dict[str, Any] = {"address": ADDR_A, "offset": 0, "data": b"d"}
+
+    def status(**fields: Any) -> bytes:
+        return raw_frame({"chunks": [{**info, **fields}]}, 0x71)
+
+    return {
+        # wrong field types
+        "push chunks as bin": raw_frame({**PUSH_BODY, "chunks": ADDR_A}, 0x10),
+        "push chunk as str": raw_frame({**PUSH_BODY, "chunks": ["a" * 32]}, 0x10),
+        "chunk have addresses as bin": raw_frame({"addresses": ADDR_A}, 0x70),
+        "chunk have address as str": raw_frame({"addresses": ["a" * 32]}, 0x70),
+        "chunk have address nil": raw_frame({"addresses": [None]}, 0x70),
+        "chunk status chunks as map": raw_frame({"chunks": {"0": info}}, 0x71),
+        "chunk info as array": raw_frame({"chunks": [list(info.values())]}, 0x71),
+        "chunk info as address": raw_frame({"chunks": [ADDR_A]}, 0x71),
+        "chunk info complete as int": status(complete=1),
+        "chunk info size as str": status(size="10"),
+        "chunk begin size as float": raw_frame({**begin, "size": 10.0}, 0x72),
+        "chunk begin size as bool": raw_frame({**begin, "size": True}, 0x72),
+        "chunk begin address as list": raw_frame({**begin, "address": list(ADDR_A)}, 0x72),
+        "chunk put offset as bool": raw_frame({**put, "offset": False}, 0x73),
+        "chunk put data as str": raw_frame({**put, "data": "d"}, 0x73),
+        "chunk get length as str": raw_frame({"address": ADDR_A, "length": "1"}, 0x74),
+        "chunk get offset as float": raw_frame({"address": ADDR_A, "offset": 0.0}, 0x74),
+        "chunk data data as list": raw_frame({**got, "data": [1]}, 0x75),
+        "chunk data data nil": raw_frame({**got, "data": None}, 0x75),
+        # missing required fields
+        "chunk have without addresses": raw_frame({}, 0x70),
+        "chunk status without chunks": raw_frame({}, 0x71),
+        "chunk info without address": raw_frame({"chunks": [{"size": 1}]}, 0x71),
+        "chunk begin without address": raw_frame({"size": 10}, 0x72),
+        "chunk begin without size": raw_frame({"address": ADDR_A}, 0x72),
+        "chunk put without address": raw_frame({"offset": 0, "data": b"d"}, 0x73),
+        "chunk put without offset": raw_frame({"address": ADDR_A, "data": b"d"}, 0x73),
+        "chunk put without data": raw_frame({"address": ADDR_A, "offset": 0}, 0x73),
+        "chunk get without address": raw_frame({"offset": 0, "length": 1}, 0x74),
+        "chunk data without address": raw_frame({"offset": 0, "data": b""}, 0x75),
+        "chunk data without offset": raw_frame({"address": ADDR_A, "data": b""}, 0x75),
+        "chunk data without data": raw_frame({"address": ADDR_A, "offset": 0}, 0x75),
+        # addresses that are not 32 bytes, wherever one goes
+        "push chunk of 31 bytes": raw_frame({**PUSH_BODY, "chunks": [ADDR_A, short]}, 0x10),
+        "push chunk of 33 bytes": raw_frame({**PUSH_BODY, "chunks": [long]}, 0x10),
+        "push chunk empty": raw_frame({**PUSH_BODY, "chunks": [b""]}, 0x10),
+        "chunk have address of 31 bytes": raw_frame({"addresses": [short]}, 0x70),
+        "chunk have address of 33 bytes": raw_frame({"addresses": [ADDR_B, long]}, 0x70),
+        "chunk info address of 31 bytes": status(address=short),
+        "chunk info address of 33 bytes": status(address=long),
+        "chunk begin address of 31 bytes": raw_frame({**begin, "address": short}, 0x72),
+        "chunk begin address of 16 bytes": raw_frame({**begin, "address": BLOB}, 0x72),
+        "chunk put address of 33 bytes": raw_frame({**put, "address": long}, 0x73),
+        "chunk get address empty": raw_frame({"address": b""}, 0x74),
+        "chunk get address of 64 bytes": raw_frame({"address": ADDR_A * 2}, 0x74),
+        "chunk data address of 31 bytes": raw_frame({**got, "address": short}, 0x75),
+        # counts
+        "push of 16385 chunks": raw_frame({**PUSH_BODY, "chunks": [ADDR_A] * 16385}, 0x10),
+        "chunk have of 0 addresses": raw_frame({"addresses": []}, 0x70),
+        "chunk have of 1025 addresses": raw_frame({"addresses": [ADDR_A] * 1025}, 0x70),
+        "chunk status of 1025 chunks": raw_frame({"chunks": [info] * 1025}, 0x71),
+        # sizes and offsets
+        "chunk info size negative": status(size=-1),
+        "chunk info size over the sealed maximum": status(size=SEALED_MAX + 1),
+        "chunk info received negative": status(received=-1),
+        "chunk info received over the sealed maximum": status(received=SEALED_MAX + 1),
+        "chunk begin size 0": raw_frame({**begin, "size": 0}, 0x72),
+        "chunk begin size negative": raw_frame({**begin, "size": -1}, 0x72),
+        "chunk begin size over the sealed maximum": raw_frame(
+            {**begin, "size": SEALED_MAX + 1}, 0x72
+        ),
+        "chunk begin size of 2**63": raw_frame({**begin, "size": 2**63}, 0x72),
+        "chunk put offset negative": raw_frame({**put, "offset": -1}, 0x73),
+        "chunk put offset over the sealed maximum": raw_frame(
+            {**put, "offset": SEALED_MAX + 1}, 0x73
+        ),
+        "chunk put data empty": raw_frame({**put, "data": b""}, 0x73),
+        "chunk put data over 512 KiB": raw_frame({**put, "data": bytes(PIECE_MAX + 1)}, 0x73),
+        "chunk get offset negative": raw_frame({"address": ADDR_A, "offset": -1}, 0x74),
+        "chunk get offset over the sealed maximum": raw_frame(
+            {"address": ADDR_A, "offset": SEALED_MAX + 1}, 0x74
+        ),
+        "chunk get length 0": raw_frame({"address": ADDR_A, "length": 0}, 0x74),
+        "chunk get length negative": raw_frame({"address": ADDR_A, "length": -1}, 0x74),
+        "chunk get length over 512 KiB": raw_frame(
+            {"address": ADDR_A, "length": PIECE_MAX + 1}, 0x74
+        ),
+        "chunk data offset negative": raw_frame({**got, "offset": -1}, 0x75),
+        "chunk data offset over the sealed maximum": raw_frame(
+            {**got, "offset": SEALED_MAX + 1}, 0x75
+        ),
+        "chunk data data over 512 KiB": raw_frame({**got, "data": bytes(PIECE_MAX + 1)}, 0x75),
+    }
+
+
+BAD_BODIES = {**_frames_with_bad_bodies(), **_frames_with_bad_chunk_bodies()}
 BAD_FRAMES = {**_frames_with_bad_envelopes(), **BAD_BODIES}
 
 
@@ -832,6 +1094,34 @@ def test_log_bounds_that_are_exactly_at_the_limit_decode() -> None:
     )
 
 
+def test_chunk_bounds_that_are_exactly_at_the_limit_decode() -> None:
+    """The edges the bad-body cases above lie one past: each one still decodes."""
+    many = [bytes([i % 256]) * 32 for i in range(QUERY_MAX)]
+    assert decode(raw_frame({"addresses": [ADDR_A]}, 0x70)) == ChunkHave(addresses=[ADDR_A])
+    assert decode(raw_frame({"addresses": many}, 0x70)) == ChunkHave(addresses=many)
+    assert decode(raw_frame({"chunks": []}, 0x71)) == ChunkStatus(chunks=[])
+    top = ChunkInfo(address=ADDR_A, size=SEALED_MAX, received=SEALED_MAX, complete=True)
+    top_body = {"address": ADDR_A, "size": SEALED_MAX, "received": SEALED_MAX, "complete": True}
+    status = decode(raw_frame({"chunks": [top_body] * QUERY_MAX}, 0x71))
+    assert status == ChunkStatus(chunks=[top] * QUERY_MAX)
+    for size in (1, SEALED_MAX):
+        begin = decode(raw_frame({"address": ADDR_A, "size": size}, 0x72))
+        assert begin == ChunkBegin(address=ADDR_A, size=size)
+    for offset, data in ((0, b"\x01"), (SEALED_MAX, b"\x01"), (0, bytes(PIECE_MAX))):
+        put = decode(raw_frame({"address": ADDR_A, "offset": offset, "data": data}, 0x73))
+        assert put == ChunkPut(address=ADDR_A, offset=offset, data=data)
+    for offset, length in ((SEALED_MAX, 1), (0, PIECE_MAX)):
+        get = decode(raw_frame({"address": ADDR_A, "offset": offset, "length": length}, 0x74))
+        assert get == ChunkGet(address=ADDR_A, offset=offset, length=length)
+    for offset, data in ((SEALED_MAX, b""), (0, bytes(PIECE_MAX))):
+        got = decode(raw_frame({"address": ADDR_A, "offset": offset, "data": data}, 0x75))
+        assert got == ChunkData(address=ADDR_A, offset=offset, data=data)
+    chunks = [ADDR_A] * PUSH_CHUNKS_MAX  # a manifest of the most chunks a file may have
+    push = decode(raw_frame({**PUSH_BODY, "chunks": chunks}, 0x10))
+    assert isinstance(push, Push)
+    assert push.chunks == chunks
+
+
 # Invalid UTF-8 inside a str field must come out as WireError like any other defect. Each
 # frame is given with a valid string of the same length too, so that the frame is known to
 # fail for its string alone.
@@ -897,7 +1187,17 @@ def test_error_code_decodes_as_int() -> None:
     assert ErrorCode(message.code) is ErrorCode.UNAUTHORIZED
 
 
-@pytest.mark.parametrize("code", [0, 999, 1010, 2005, 4242, 65535])
+@pytest.mark.parametrize(
+    ("code", "name"), [(1010, "CHUNK_MISMATCH"), (1011, "CHUNK_UNKNOWN")], ids=["1010", "1011"]
+)
+def test_chunk_error_codes_decode_as_known_non_fatal_codes(code: int, name: str) -> None:
+    message = decode(raw_frame({"code": code, "message": "chunk"}, 0xFF))
+    assert message == Error(code=code, message="chunk")
+    assert ErrorCode(code) is ErrorCode[name]
+    assert not ErrorCode[name].fatal  # a chunk refused leaves the session open
+
+
+@pytest.mark.parametrize("code", [0, 999, 1012, 2005, 4242, 65535])
 def test_unknown_error_codes_still_decode(code: int) -> None:
     message = decode(raw_frame({"code": code, "message": "future"}, 0xFF))
     assert message == Error(code=code, message="future")
@@ -924,6 +1224,8 @@ def test_fatal_table() -> None:
         1007,
         1008,
         1009,
+        1010,
+        1011,
         2000,
         2001,
         2002,

@@ -13,6 +13,13 @@ from zerok.wire import (
     U32_MAX,
     Ack,
     BlobId,
+    ChunkBegin,
+    ChunkData,
+    ChunkGet,
+    ChunkHave,
+    ChunkInfo,
+    ChunkPut,
+    ChunkStatus,
     Delete,
     DeviceId,
     DeviceInfo,
@@ -44,6 +51,8 @@ from zerok.wire import (
     decode_frame,
     encode,
 )
+from zerok.wire.manifest import MAX_SEALED_CHUNK
+from zerok.wire.messages import MAX_CHUNK_PIECE
 
 I64_MAX = 2**63 - 1
 
@@ -68,6 +77,16 @@ digests = st.binary(min_size=32, max_size=32)
 signers = st.one_of(st.just(b""), public_keys)  # empty, or a whole key (Hello checks)
 # Entries of the size a log holds; the bound itself is checked in test_codec.py.
 log_entries = st.binary(max_size=600)
+addresses = st.binary(min_size=32, max_size=32)
+chunk_sizes = st.integers(min_value=1, max_value=MAX_SEALED_CHUNK)
+chunk_offsets = st.integers(min_value=0, max_value=MAX_SEALED_CHUNK)
+# Pieces: small random ones, or zeros of any length up to the bound (cheap to draw, and
+# they reach the 512 KiB edge that random bytes of that size would make slow).
+pieces = st.one_of(
+    st.binary(min_size=1, max_size=4096),
+    st.integers(min_value=1, max_value=MAX_CHUNK_PIECE).map(bytes),
+)
+read_pieces = st.one_of(st.just(b""), pieces)  # CHUNK_DATA may be empty at a chunk's end
 
 limits = st.builds(
     Limits,
@@ -85,6 +104,13 @@ stored_blobs = st.builds(
     sender=device_ids,
     ciphertext=ciphertexts,
     timestamp=millis,
+)
+chunk_infos = st.builds(
+    ChunkInfo,
+    address=addresses,
+    size=st.integers(min_value=0, max_value=MAX_SEALED_CHUNK),
+    received=chunk_offsets,
+    complete=st.booleans(),
 )
 device_infos = st.builds(
     DeviceInfo,
@@ -127,6 +153,7 @@ pushes = st.builds(
     epoch=epochs,
     ttl=seconds,
     repair=st.booleans(),
+    chunks=st.lists(addresses, max_size=8),
 )
 push_acks = st.builds(PushAck, blob_id=blob_ids, cursor=cursors, timestamp=millis)
 pulls = st.builds(Pull, after=cursors, limit=st.integers(min_value=1, max_value=1000))
@@ -156,6 +183,18 @@ register_pushes = st.builds(
     app_id=st.text(max_size=256),
 )
 unregister_pushes = st.builds(UnregisterPush, reason=texts)
+# Lists stay short for speed; their bounds (1024 and 16384) are checked in test_codec.py.
+chunk_haves = st.builds(ChunkHave, addresses=st.lists(addresses, min_size=1, max_size=16))
+chunk_statuses = st.builds(ChunkStatus, chunks=st.lists(chunk_infos, max_size=8))
+chunk_begins = st.builds(ChunkBegin, address=addresses, size=chunk_sizes)
+chunk_puts = st.builds(ChunkPut, address=addresses, offset=chunk_offsets, data=pieces)
+chunk_gets = st.builds(
+    ChunkGet,
+    address=addresses,
+    offset=chunk_offsets,
+    length=st.integers(min_value=1, max_value=MAX_CHUNK_PIECE),
+)
+chunk_datas = st.builds(ChunkData, address=addresses, offset=chunk_offsets, data=read_pieces)
 errors = st.builds(
     Error,
     code=st.integers(min_value=0, max_value=65535),
@@ -183,6 +222,12 @@ STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
     Membership: memberships,
     RegisterPush: register_pushes,
     UnregisterPush: unregister_pushes,
+    ChunkHave: chunk_haves,
+    ChunkStatus: chunk_statuses,
+    ChunkBegin: chunk_begins,
+    ChunkPut: chunk_puts,
+    ChunkGet: chunk_gets,
+    ChunkData: chunk_datas,
     Error: errors,
 }
 any_message: st.SearchStrategy[Message] = st.one_of(*STRATEGIES.values())
@@ -190,7 +235,7 @@ any_message: st.SearchStrategy[Message] = st.one_of(*STRATEGIES.values())
 
 def test_all_messages_covers_every_message_type_once() -> None:
     types = [cls.TYPE for cls in ALL_MESSAGES]
-    assert len(types) == len(set(types)) == len(MessageType) == 20
+    assert len(types) == len(set(types)) == len(MessageType) == 26
     assert set(types) == set(MessageType)
     assert len(set(ALL_MESSAGES)) == len(ALL_MESSAGES)
     for cls in ALL_MESSAGES:

@@ -27,7 +27,13 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from zerok.crypto.keys import hkdf_sha256
 from zerok.errors import CryptoError, DecryptionError
 from zerok.wire.ids import GroupId
-from zerok.wire.manifest import ADDRESS_BYTES, MAX_CHUNK, ChunkRef
+from zerok.wire.manifest import (
+    ADDRESS_BYTES,
+    CHUNK_OVERHEAD,
+    MAX_CHUNK,
+    MAX_SEALED_CHUNK,
+    ChunkRef,
+)
 
 __all__ = [
     "ADDRESS_BYTES",
@@ -45,8 +51,6 @@ __all__ = [
 
 CHUNK_FORMAT = 0x01
 TAG_BYTES = 16
-CHUNK_OVERHEAD = 1 + TAG_BYTES  # a sealed chunk is its plaintext size + 17
-MAX_SEALED_CHUNK = MAX_CHUNK + CHUNK_OVERHEAD  # the largest upload a relay must take
 CONTENT_KEY_BYTES = 32
 LABEL_CHUNK_KEY = b"0k-sync/v2/chunk-key\x00"
 LABEL_CHUNK_SEED = b"0k-sync/v2/chunk-seed"

@@ -273,19 +273,24 @@ class Relay:
     # -- housekeeping ---------------------------------------------------------------------
 
     async def cleanup_once(self) -> None:
-        stats = await self.storage.cleanup(self.service.clock())
+        now = self.service.clock()
+        stats = await self.storage.cleanup(now)
+        # Chunks no live blob refers to any more, and uploads left unfinished for a day.
+        chunks = await self.storage.chunk_gc(now, CHUNK_GC_BATCH)
         await self.storage.maintain()
         self.service.rate.prune(asyncio.get_running_loop().time())
         self.http.invite_limit.prune(time.monotonic())
         groups, blobs = await self.storage.stats()
         self.service.metrics.groups.set(groups)
         self.service.metrics.blobs_buffered.set(blobs)
-        if stats.expired_blobs or stats.acked_blobs or stats.expired_invites:
+        if stats.expired_blobs or stats.acked_blobs or stats.expired_invites or chunks:
             log.info(
-                "cleanup removed %d expired blobs, %d fully acknowledged blobs, %d invites",
+                "cleanup removed %d expired blobs, %d fully acknowledged blobs, %d invites, "
+                "%d chunks",
                 stats.expired_blobs,
                 stats.acked_blobs,
                 stats.expired_invites,
+                chunks,
             )
 
     async def _cleanup_loop(self) -> None:
@@ -295,6 +300,9 @@ class Relay:
                 await self.cleanup_once()
             except StorageError as exc:
                 log.error("cleanup failed: %s", exc)
+
+
+CHUNK_GC_BATCH = 10_000  # chunks collected per cleanup at most (the rest at the next one)
 
 
 def _unsupported(offered: list[str]) -> str:

@@ -31,6 +31,7 @@ from zerok.errors import (
     MembershipError,
     StorageError,
     StorageFullError,
+    StorageUnavailableError,
     TicketError,
 )
 from zerok.protocol import ConnectionClosed, HelloReceived, RequestReceived
@@ -43,6 +44,7 @@ from zerok.relay.metrics import RelayMetrics
 from zerok.relay.push import OfflineWaker, PushSender
 from zerok.relay.storage import (
     BlobStored,
+    ChunkState,
     DeviceWasRevoked,
     Resync,
     Storage,
@@ -52,6 +54,13 @@ from zerok.relay.storage import LogAppended as LogAppendedElsewhere
 from zerok.relay.tasks import TaskSet
 from zerok.wire import (
     Ack,
+    ChunkBegin,
+    ChunkData,
+    ChunkGet,
+    ChunkHave,
+    ChunkInfo,
+    ChunkPut,
+    ChunkStatus,
     Delete,
     DeviceId,
     DeviceInfo,
@@ -538,6 +547,9 @@ class RelayService:
             self.metrics.refused("max_storage")
             self._fail(peer, ErrorCode.STORAGE_FULL, _RELAY_FULL, rid)
             return
+        if push.chunks and not outcome.quota_exceeded:
+            # What the blob (a file's manifest) refers to stays while the blob lives.
+            await self.storage.chunk_refs(group_id, push.blob_id, push.chunks)
         if outcome.quota_exceeded:
             text = (
                 f"the group's buffer is full ({self.config.max_group_storage} bytes, each "
@@ -601,6 +613,106 @@ class RelayService:
                 group_id.short(),
             )
         self._confirm(peer, rid, delete)
+
+    # -- large content: chunks -------------------------------------------------------------
+
+    @handles(ChunkHave)
+    async def _chunk_have(self, peer: Peer, rid: int, have: ChunkHave) -> None:
+        group_id, _ = _member(peer)
+        states = await self.storage.chunk_have(group_id, have.addresses)
+        peer.send(ChunkStatus(chunks=[_chunk_info(a, states.get(a)) for a in have.addresses]), rid)
+
+    @handles(ChunkBegin)
+    async def _chunk_begin(self, peer: Peer, rid: int, begin: ChunkBegin) -> None:
+        group_id, _ = _member(peer)
+        if await self._relay_full(begin.size):
+            self.metrics.refused("max_storage")
+            self._fail(peer, ErrorCode.STORAGE_FULL, _RELAY_FULL, rid)
+            return
+        try:
+            state = await self._begin_chunk(group_id, begin)
+        except StorageFullError as exc:
+            self._unreserve(begin.size)
+            self._fail(peer, ErrorCode.STORAGE_FULL, f"the relay's storage is full: {exc}", rid)
+            return
+        except StorageUnavailableError:
+            self._unreserve(begin.size)
+            raise
+        except StorageError as exc:  # begun before with another size
+            self._unreserve(begin.size)
+            self._fail(peer, ErrorCode.CHUNK_UNKNOWN, str(exc), rid)
+            return
+        except BaseException:
+            self._unreserve(begin.size)
+            raise
+        if state is None or state.received:  # refused, or held before: nothing new counted
+            self._unreserve(begin.size)
+        if state is None:
+            self.metrics.refused("max_group_storage")
+            text = (
+                f"the group's storage is full ({self.config.max_group_storage} bytes for its "
+                "blobs and chunks); let devices catch up or delete blobs"
+            )
+            self._fail(peer, ErrorCode.GROUP_QUOTA_EXCEEDED, text, rid)
+            return
+        peer.send(ChunkStatus(chunks=[_chunk_info(begin.address, state)]), rid)
+
+    async def _begin_chunk(self, group_id: GroupId, begin: ChunkBegin) -> ChunkState | None:
+        """Start or resume the upload (None: the group's quota would pass)."""
+        return await self.storage.chunk_begin(
+            group_id,
+            begin.address,
+            begin.size,
+            self.clock(),
+            max_group_bytes=self.config.max_group_storage,
+            blob_overhead=BLOB_OVERHEAD,
+        )
+
+    @handles(ChunkPut)
+    async def _chunk_put(self, peer: Peer, rid: int, put: ChunkPut) -> None:
+        group_id, _ = _member(peer)
+        ip, started = ip_key(peer.remote), self.monotonic()
+        # Chunk bytes count in the address's push budget like blob bytes.
+        if not self.push_bytes.allow(ip, started, len(put.data)):
+            retry = self.push_bytes.retry_after(ip, started, len(put.data))
+            text = (
+                f"{ip} pushed its {self.config.push_bytes_per_hour} bytes for this hour; "
+                f"retry in {retry} s"
+            )
+            self.metrics.refused("push_bytes_per_hour")
+            peer.send(Error(code=ErrorCode.RATE_LIMITED, message=text, retry_after=retry), rid)
+            return
+        try:
+            state = await self.storage.chunk_write(group_id, put.address, put.offset, put.data)
+            if state.received == state.size and not state.complete:
+                state = await self.storage.chunk_commit(group_id, put.address)
+        except StorageFullError as exc:
+            self.push_bytes.give_back(ip, len(put.data))
+            self._fail(peer, ErrorCode.STORAGE_FULL, f"the relay's storage is full: {exc}", rid)
+            return
+        except StorageUnavailableError:
+            raise
+        except StorageError as exc:  # not begun, or not at the offset the relay has
+            self.push_bytes.give_back(ip, len(put.data))
+            self._fail(peer, ErrorCode.CHUNK_UNKNOWN, f"{exc}: ask CHUNK_HAVE and resume", rid)
+            return
+        if state.mismatch:
+            text = "the chunk's bytes do not hash to its address; nothing of it was kept"
+            self._fail(peer, ErrorCode.CHUNK_MISMATCH, text, rid)
+            return
+        peer.send(ChunkStatus(chunks=[_chunk_info(put.address, state)]), rid)
+
+    @handles(ChunkGet)
+    async def _chunk_get(self, peer: Peer, rid: int, get: ChunkGet) -> None:
+        group_id, _ = _member(peer)
+        try:
+            data = await self.storage.chunk_read(group_id, get.address, get.offset, get.length)
+        except StorageUnavailableError:
+            raise
+        except StorageError as exc:
+            self._fail(peer, ErrorCode.CHUNK_UNKNOWN, f"no such chunk here whole: {exc}", rid)
+            return
+        peer.send(ChunkData(address=get.address, offset=get.offset, data=data), rid)
 
     @handles(LogGet)
     async def _log_get(self, peer: Peer, rid: int, get: LogGet) -> None:
@@ -846,6 +958,14 @@ def _notify_of(blob: BlobStored) -> Notify:
         sender=blob.sender,
         timestamp=blob.timestamp,
         size=blob.size,
+    )
+
+
+def _chunk_info(address: bytes, state: ChunkState | None) -> ChunkInfo:
+    if state is None:
+        return ChunkInfo(address=address)
+    return ChunkInfo(
+        address=address, size=state.size, received=state.received, complete=state.complete
     )
 
 

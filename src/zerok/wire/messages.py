@@ -15,6 +15,7 @@ import msgspec
 from zerok.wire.codes import MessageType, PushPlatform
 from zerok.wire.ids import BlobId, DeviceId, GroupId
 from zerok.wire.log import MAX_ENTRY_BYTES
+from zerok.wire.manifest import ADDRESS_BYTES, MAX_CHUNKS, MAX_SEALED_CHUNK
 
 # Bounds shared by the messages (documented in docs/protocol.md §5).
 U32_MAX = 2**32 - 1
@@ -45,6 +46,12 @@ LogEntry = Annotated[bytes, msgspec.Meta(max_length=MAX_ENTRY_BYTES + 256)]
 MAX_HELLO_ENTRIES = 64  # a new group's log (genesis and first entries) or one enrollment
 MAX_APPEND_ENTRIES = 16
 MAX_LOG_PAGE = 256
+# Large content: a sealed chunk (at most MAX_SEALED_CHUNK bytes) travels in pieces.
+MAX_CHUNK_PIECE = 512 * 1024
+MAX_CHUNK_QUERY = 1024
+Address = Annotated[bytes, msgspec.Meta(min_length=ADDRESS_BYTES, max_length=ADDRESS_BYTES)]
+ChunkSize = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEALED_CHUNK)]
+ChunkOffset = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEALED_CHUNK)]
 # What a StoredBlob adds to its ciphertext in a PULL_RESPONSE, at most (its map, keys,
 # ids, cursor, timestamp, bin header): used to keep pages within the frame limit.
 STORED_BLOB_OVERHEAD = 128
@@ -119,6 +126,9 @@ class Push(Message, frozen=True, kw_only=True, omit_defaults=True):
     epoch: Epoch = 0
     ttl: Seconds = 0
     repair: bool = False
+    # The chunks this blob refers to (a file's manifest): the relay keeps them while the
+    # blob lives, and may delete them once no live blob refers to them.
+    chunks: Annotated[list[Address], msgspec.Meta(max_length=MAX_CHUNKS)] = []
 
 
 class PushAck(Message, frozen=True, kw_only=True, omit_defaults=True):
@@ -246,6 +256,69 @@ class Membership(Message, frozen=True, kw_only=True, omit_defaults=True):
     entries: Annotated[list[LogEntry], msgspec.Meta(max_length=MAX_APPEND_ENTRIES)]
 
 
+class ChunkInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What the relay holds of one chunk: ``received`` bytes of ``size`` (0 and 0: none)."""
+
+    address: Address
+    size: Annotated[int, msgspec.Meta(ge=0, le=MAX_SEALED_CHUNK)] = 0
+    received: ChunkOffset = 0
+    complete: bool = False
+
+
+class ChunkHave(Message, frozen=True, kw_only=True, omit_defaults=True):
+    """C→R, which of these chunks the relay holds, whole or in part (to resume, and to send
+    only what it lacks)."""
+
+    TYPE = MessageType.CHUNK_HAVE
+    addresses: Annotated[list[Address], msgspec.Meta(min_length=1, max_length=MAX_CHUNK_QUERY)]
+
+
+class ChunkStatus(Message, frozen=True, kw_only=True, omit_defaults=True):
+    """R→C, answer to CHUNK_HAVE, CHUNK_BEGIN and CHUNK_PUT: the chunks as the relay holds
+    them, in the order asked."""
+
+    TYPE = MessageType.CHUNK_STATUS
+    chunks: Annotated[list[ChunkInfo], msgspec.Meta(max_length=MAX_CHUNK_QUERY)]
+
+
+class ChunkBegin(Message, frozen=True, kw_only=True, omit_defaults=True):
+    """C→R, start (or resume) uploading a chunk of ``size`` bytes; counted in the group's
+    quota from now on. A chunk the relay holds whole is answered complete at once."""
+
+    TYPE = MessageType.CHUNK_BEGIN
+    address: Address
+    size: ChunkSize
+
+
+class ChunkPut(Message, frozen=True, kw_only=True, omit_defaults=True):
+    """C→R, the next piece of a chunk being uploaded, at ``offset`` = what the relay has.
+    The last piece completes it: the relay checks SHA-256 of the whole against its
+    address (ERROR 1010 and nothing kept when it differs)."""
+
+    TYPE = MessageType.CHUNK_PUT
+    address: Address
+    offset: ChunkOffset
+    data: Annotated[bytes, msgspec.Meta(min_length=1, max_length=MAX_CHUNK_PIECE)]
+
+
+class ChunkGet(Message, frozen=True, kw_only=True, omit_defaults=True):
+    """C→R, read ``length`` bytes of a chunk the relay holds whole, from ``offset``."""
+
+    TYPE = MessageType.CHUNK_GET
+    address: Address
+    offset: ChunkOffset = 0
+    length: Annotated[int, msgspec.Meta(ge=1, le=MAX_CHUNK_PIECE)] = MAX_CHUNK_PIECE
+
+
+class ChunkData(Message, frozen=True, kw_only=True, omit_defaults=True):
+    """R→C, answer to CHUNK_GET: the bytes from ``offset`` (fewer than asked at the end)."""
+
+    TYPE = MessageType.CHUNK_DATA
+    address: Address
+    offset: ChunkOffset
+    data: Annotated[bytes, msgspec.Meta(max_length=MAX_CHUNK_PIECE)]
+
+
 class RegisterPush(Message, frozen=True, kw_only=True, omit_defaults=True):
     TYPE = MessageType.REGISTER_PUSH
     token: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOKEN_CHARS)]
@@ -287,5 +360,11 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     Membership,
     RegisterPush,
     UnregisterPush,
+    ChunkHave,
+    ChunkStatus,
+    ChunkBegin,
+    ChunkPut,
+    ChunkGet,
+    ChunkData,
     Error,
 )

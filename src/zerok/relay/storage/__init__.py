@@ -2,7 +2,11 @@
 
 from zerok.errors import StorageError
 from zerok.relay.storage.base import (
+    CHUNK_ADDRESS_BYTES,
+    CHUNK_IDLE_MS,
+    MAX_CHUNK_BYTES,
     BlobStored,
+    ChunkState,
     CleanupStats,
     DeleteOutcome,
     DeviceRecord,
@@ -29,8 +33,12 @@ from zerok.relay.storage.schema import SCHEMA_VERSION
 from zerok.relay.storage.sqlite import SQLiteStorage
 
 __all__ = [
+    "CHUNK_ADDRESS_BYTES",
+    "CHUNK_IDLE_MS",
+    "MAX_CHUNK_BYTES",
     "SCHEMA_VERSION",
     "BlobStored",
+    "ChunkState",
     "CleanupStats",
     "DeleteOutcome",
     "DeviceRecord",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from zerok.wire import BlobId, DeviceId, GroupId, StoredBlob
+from zerok.wire.manifest import MAX_SEALED_CHUNK
 from zerok.wire.messages import STORED_BLOB_OVERHEAD
 
 
@@ -152,6 +153,26 @@ class LogConflict:
         return 0 if self.head is None else self.head.seq + 1
 
 
+# Large content (issue 13): a file's sealed chunks, addressed by the SHA-256 of their bytes.
+CHUNK_ADDRESS_BYTES = 32
+MAX_CHUNK_BYTES = MAX_SEALED_CHUNK  # a sealed chunk: 4 MiB of plaintext + 17
+MAX_CHUNK_ADDRESSES = 16384  # per chunk_have or chunk_refs call: a manifest's chunk count
+CHUNK_IDLE_MS = 24 * 3600 * 1000  # an upload (or unreferenced chunk) idle this long goes
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkState:
+    """What the relay holds of one chunk: ``received`` of its ``size`` bytes, ``complete``
+    once committed (verified against its address). ``mismatch``: a commit found bytes that
+    do not hash to the address, and dropped them (``received`` 0, nothing stored)."""
+
+    address: bytes
+    size: int
+    received: int
+    complete: bool
+    mismatch: bool = False
+
+
 def page_length(
     sizes: Sequence[int], limit: int, max_bytes: int, overhead: int = STORED_BLOB_OVERHEAD
 ) -> int:
@@ -206,6 +227,15 @@ class Storage(Protocol):
       a revoked device keeps no push token.
     * Invites are one-shot: open, then used, cancelled or expired (tombstones without the
       payload, remembered for a day past their expiry so that a late fetch learns why).
+    * Chunks (large content) are stored once per group and address (the SHA-256 of their
+      bytes), outside the change stream: begun (the declared size is counted in the
+      group's ``bytes_stored`` and in ``usage`` at once, so that uploads cannot pass the
+      quota), appended in order, then committed, which verifies the bytes against the
+      address. A live blob may reference chunks (``chunk_refs``); a blob that stops being
+      live (retired, expired) drops its references with it. ``chunk_gc`` deletes, and
+      uncounts, complete chunks that no live blob references and partial uploads, once
+      either was left idle (no ``chunk_begin``) since ``stale_before``; a chunk that is
+      referenced when it would be deleted stays, however the two race.
     * Membership logs: a group's log holds records 0 (the genesis), 1, 2, ... without gaps,
       and never two different records at one seq, however many appends (and relays) race:
       an append lands only right after the head it found, atomically. The caller verified
@@ -388,6 +418,78 @@ class Storage(Protocol):
     async def log_size(self, group_id: GroupId) -> tuple[int, int]:
         """(number of records, total bytes of their entries) of the group's log, (0, 0)
         without one: for the relay's per-group log limits."""
+        ...
+
+    # chunks (large content)
+    async def chunk_begin(
+        self,
+        group_id: GroupId,
+        address: bytes,
+        size: int,
+        now: int,
+        *,
+        max_group_bytes: int,
+        blob_overhead: int = 0,
+    ) -> ChunkState | None:
+        """Start, or find, the upload of a chunk of ``size`` bytes (1 to MAX_CHUNK_BYTES)
+        at ``address`` (CHUNK_ADDRESS_BYTES). A complete chunk comes back complete at once
+        (an equal chunk is stored once per group); a partial one with what it has
+        (``received``: resume there). Either way the chunk counts as used at ``now`` (see
+        ``chunk_gc``). A new upload counts its whole ``size`` in the group's
+        ``bytes_stored``: None, and nothing begun, when the group's live blobs (each
+        costing ``blob_overhead`` more, as for a push), chunks and uploads would then cost
+        more than ``max_group_bytes``. StorageError: the group is not registered, the
+        address or size is malformed, or differs from the size the chunk was begun with.
+        StorageFullError: the disk is full (as for a push)."""
+        ...
+
+    async def chunk_write(
+        self, group_id: GroupId, address: bytes, offset: int, data: bytes
+    ) -> ChunkState:
+        """Append ``data`` to a begun upload; ``offset`` must be what it has received
+        (StorageError otherwise: out of order), and the chunk's size is never passed. Only
+        once the bytes are on disk does the write return (the new state). StorageError: no
+        upload is under way (never begun, complete, or dropped by ``chunk_gc``).
+        StorageFullError: the disk is full; nothing of ``data`` was kept."""
+        ...
+
+    async def chunk_commit(self, group_id: GroupId, address: bytes) -> ChunkState:
+        """Finish an upload that has all its bytes: if they hash (SHA-256) to the address,
+        the chunk is complete (and stays so: committing again is harmless); if not, they
+        are dropped, and uncounted, and the state says ``mismatch``. StorageError: no such
+        chunk, or it lacks bytes."""
+        ...
+
+    async def chunk_have(
+        self, group_id: GroupId, addresses: Sequence[bytes]
+    ) -> dict[bytes, ChunkState]:
+        """The state of each of ``addresses`` (at most MAX_CHUNK_ADDRESSES) the group
+        holds, complete or partial; the others are absent from the answer."""
+        ...
+
+    async def chunk_read(
+        self, group_id: GroupId, address: bytes, offset: int, length: int
+    ) -> bytes:
+        """Bytes ``offset`` to ``offset + length`` of a complete chunk (fewer past its
+        end). StorageError: the group has no complete chunk there, or a negative offset or
+        length, or an offset past the end."""
+        ...
+
+    async def chunk_refs(
+        self, group_id: GroupId, blob_id: BlobId, addresses: Sequence[bytes]
+    ) -> None:
+        """Record that the live blob ``blob_id`` references these chunks (at most
+        MAX_CHUNK_ADDRESSES; chunks not stored yet too), keeping them from ``chunk_gc``
+        while it lives. Called after its push: for a retired blob (a retried push)
+        nothing is recorded. StorageError: the group never had this blob."""
+        ...
+
+    async def chunk_gc(self, now: int, limit: int, *, stale_before: int | None = None) -> int:
+        """Delete, in small transactions, up to ``limit`` chunks idle (not begun) since
+        ``stale_before`` (default: ``now`` - CHUNK_IDLE_MS): complete ones that no live
+        blob references, and partial uploads. Return how many. The space and the quota
+        they took are freed. A chunk referenced before its deletion commits is kept, also
+        when the reference comes from another relay in the middle of the collection."""
         ...
 
     # invites

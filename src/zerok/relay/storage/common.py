@@ -360,8 +360,20 @@ def retire(where: str, *args: Any) -> Proc[int]:
         " ON CONFLICT (group_id, blob_id) DO NOTHING",
         *(value for r in gone for value in r[:6]),
     )
+    yield from drop_chunk_refs((r[0], r[1]) for r in gone)
     yield from subtract_from_groups((r[0], r[6]) for r in gone)
     return len(gone)
+
+
+def drop_chunk_refs(blobs: Iterable[Row]) -> Proc[None]:
+    """Forget the chunk references of blobs (rows: group_id, blob_id) that stopped being
+    live, in the transaction that ends them: their chunks become collectable."""
+    keys = [value for r in blobs for value in (r[0], r[1])]
+    if keys:
+        marks = ", ".join(["(?, ?)"] * (len(keys) // 2))
+        yield from execute(
+            f"DELETE FROM chunk_refs WHERE (group_id, blob_id) IN (VALUES {marks})", *keys
+        )
 
 
 def delete_blob(
@@ -468,11 +480,12 @@ def expire_blobs(now: int, limit: int) -> Proc[int]:
     """Delete up to ``limit`` live blobs past their TTL; return how many."""
     gone = yield from rows(
         "DELETE FROM blobs WHERE (group_id, cursor) IN (SELECT group_id, cursor FROM blobs"
-        " WHERE expires_at <= ? LIMIT ?) RETURNING group_id, size",
+        " WHERE expires_at <= ? LIMIT ?) RETURNING group_id, size, blob_id",
         now,
         limit,
     )
-    yield from subtract_from_groups(gone)
+    yield from drop_chunk_refs((r[0], r[2]) for r in gone)
+    yield from subtract_from_groups((r[0], r[1]) for r in gone)
     return len(gone)
 
 

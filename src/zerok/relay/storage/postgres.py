@@ -45,7 +45,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from zerok.errors import StorageError, StorageFullError, StorageUnavailableError, WireError
 from zerok.relay.config import redact_url
-from zerok.relay.storage import common
+from zerok.relay.storage import common, postgres_chunks
 from zerok.relay.storage.base import (
     BlobStored,
     DeviceRecord,
@@ -57,7 +57,8 @@ from zerok.relay.storage.base import (
     Resync,
     StorageEvent,
 )
-from zerok.relay.storage.common import Fetch, Proc, Row, SQLStorage
+from zerok.relay.storage.common import Fetch, Proc, Row
+from zerok.relay.storage.postgres_chunks import PostgresChunks
 from zerok.wire import BlobId, DeviceId, GroupId
 
 log = logging.getLogger("zerok.relay.postgres")
@@ -151,6 +152,8 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (group_id, seq)
     );
     """,
+    # 4: chunks of large content (see postgres_chunks.py).
+    postgres_chunks.MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -270,7 +273,7 @@ async def run_proc(conn: Conn, proc: Proc[T]) -> T:
             value = cur.rowcount
 
 
-class PostgresStorage(SQLStorage):
+class PostgresStorage(PostgresChunks):
     def __init__(
         self,
         url: str,

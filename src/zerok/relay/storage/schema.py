@@ -103,6 +103,28 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (group_id, seq)
     );
     """,
+    # 5: chunks of large content. Their bytes live in files beside the database
+    # (chunk_files.py); a row says how much of a chunk is there and whether it was verified.
+    # touched_at: the last chunk_begin, for collecting idle uploads and unreferenced chunks.
+    # chunk_refs: which live blob references which chunk (declared in clear with the push).
+    """
+    CREATE TABLE chunks (
+        group_id   BLOB NOT NULL,
+        address    BLOB NOT NULL,
+        size       INTEGER NOT NULL,
+        received   INTEGER NOT NULL DEFAULT 0,
+        complete   INTEGER NOT NULL DEFAULT 0,
+        touched_at INTEGER NOT NULL,
+        PRIMARY KEY (group_id, address)
+    ) WITHOUT ROWID;
+    CREATE TABLE chunk_refs (
+        group_id BLOB NOT NULL,
+        blob_id  BLOB NOT NULL,
+        address  BLOB NOT NULL,
+        PRIMARY KEY (group_id, blob_id, address)
+    ) WITHOUT ROWID;
+    CREATE INDEX chunk_refs_by_chunk ON chunk_refs (group_id, address);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

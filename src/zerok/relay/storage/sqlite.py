@@ -32,8 +32,9 @@ from typing import Any, TypeVar
 
 from zerok.errors import StorageError, StorageFullError
 from zerok.relay.storage.base import LogConflict, LogRecord, PushOutcome, StorageEvent
-from zerok.relay.storage.common import Fetch, Proc, SQLStorage, log_append, push_outcome
+from zerok.relay.storage.common import Fetch, Proc, log_append, push_outcome
 from zerok.relay.storage.schema import migrate
+from zerok.relay.storage.sqlite_chunks import SQLiteChunks
 from zerok.wire import BlobId, DeviceId, GroupId
 
 T = TypeVar("T")
@@ -131,8 +132,9 @@ def run_proc(conn: sqlite3.Connection, proc: Proc[T]) -> T:
             value = cur.rowcount
 
 
-class SQLiteStorage(SQLStorage):
-    """One relay per database file. ``synchronous``: NORMAL, or FULL to fsync every commit;
+class SQLiteStorage(SQLiteChunks):
+    """One relay per database file (chunks of large content in files beside it, under
+    ``chunks/``: see sqlite_chunks.py). ``synchronous``: NORMAL, or FULL to fsync every commit;
     ``vacuum``: ``maintain`` returns free pages to the file system; ``max_pages``: a cap
     on the database's size in pages (a hard limit, also how tests fill the "disk");
     ``reserve_bytes``: the space kept aside for when the disk fills (0: none)."""
@@ -169,6 +171,7 @@ class SQLiteStorage(SQLStorage):
         self._reader_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commits = 0  # transactions committed by the writer (for metrics and tests)
+        self._open_chunks(self.path.parent / "chunks")
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -215,6 +218,7 @@ class SQLiteStorage(SQLStorage):
             # Under the lock: nothing can be queued behind the stop marker.
             self._queue.put(_STOP)
         await asyncio.to_thread(writer.join)
+        await asyncio.to_thread(self._close_chunks)
         self._readers.shutdown(wait=True)
         with self._reader_lock:
             for conn in self._reader_conns:
@@ -407,6 +411,11 @@ class SQLiteStorage(SQLStorage):
                 os.fsync(fd)
         finally:
             os.close(fd)
+
+    def _disk_full(self, why: str) -> None:
+        """The chunk files found the disk full: as when the database does."""
+        self._full = "the database's disk is full"
+        self._release_reserve()
 
     def _release_reserve(self) -> None:
         with contextlib.suppress(FileNotFoundError):
