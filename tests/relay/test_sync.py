@@ -6,6 +6,7 @@ Every test makes its own GroupKeys, so the tests share the relay but never a gro
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 
 import aiohttp
@@ -32,6 +33,11 @@ from zerok.transport.connection import RelayConnection
 from zerok.wire import (
     Ack,
     BlobId,
+    ChunkBegin,
+    ChunkData,
+    ChunkGet,
+    ChunkPut,
+    ChunkStatus,
     Delete,
     Devices,
     ErrorCode,
@@ -484,5 +490,33 @@ def test_plain_http_get_and_upgrade_without_subprotocol(relay: InProcessRelay) -
                 assert response.status == 400
                 text = await response.text()
                 assert "protocol version 2" in text and "offered protocol v1" in text
+
+    run(scenario())
+
+
+def test_pieces_of_a_chunk_sent_without_waiting_are_written_in_order(
+    relay: InProcessRelay,
+) -> None:
+    """A client may keep several CHUNK_PUTs of one chunk in flight: the relay runs requests
+    as concurrent tasks, but writes one chunk's pieces in the order they arrived."""
+
+    async def scenario() -> None:
+        data = os.urandom(6 * 64 * 1024 + 123)
+        address = hashlib.sha256(data).digest()
+        async with clients(relay.url) as pool:
+            conn = await pool.open(TestGroup())
+            begun = await conn.request(ChunkBegin(address=address, size=len(data)))
+            assert isinstance(begun, ChunkStatus)
+            step = 64 * 1024
+            puts = [
+                conn.request(ChunkPut(address=address, offset=at, data=data[at : at + step]))
+                for at in range(0, len(data), step)
+            ]
+            answers = await asyncio.gather(*puts)
+            assert all(isinstance(a, ChunkStatus) for a in answers), answers
+            last = answers[-1]
+            assert isinstance(last, ChunkStatus) and last.chunks[0].complete
+            got = await conn.request(ChunkGet(address=address, offset=0, length=len(data)))
+            assert isinstance(got, ChunkData) and got.data == data
 
     run(scenario())

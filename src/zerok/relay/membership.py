@@ -10,7 +10,6 @@ and read again on next use: storage is the truth.
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from zerok.crypto.entry import entry_hash
 from zerok.errors import MembershipError, StorageError, WireError
 from zerok.protocol.membership import Applied, GroupLog
+from zerok.relay.locks import KeyedLocks
 from zerok.relay.storage import LogConflict, LogRecord, Storage
 from zerok.wire import GroupId
 from zerok.wire.log import Recover, Revoke, decode_body, decode_entry
@@ -42,7 +42,7 @@ class GroupLogs:
         self.storage = storage
         self.capacity = capacity
         self._cache: OrderedDict[GroupId, GroupLog] = OrderedDict()
-        self._locks: dict[GroupId, asyncio.Lock] = {}
+        self._locks: KeyedLocks[GroupId] = KeyedLocks()
         self.pinned: set[GroupId] = set()
 
     def cached(self, group_id: GroupId) -> GroupLog | None:
@@ -63,17 +63,6 @@ class GroupLogs:
                 over -= 1
         return log
 
-    def _lock(self, group_id: GroupId) -> asyncio.Lock:
-        lock = self._locks.get(group_id)
-        if lock is None:
-            lock = self._locks[group_id] = asyncio.Lock()
-        return lock
-
-    def forget_lock(self, group_id: GroupId) -> None:
-        lock = self._locks.get(group_id)
-        if lock is not None and not lock.locked():
-            del self._locks[group_id]
-
     async def get(self, group_id: GroupId) -> GroupLog | None:
         """The group's state, loaded from storage if not cached; None: no log here. One
         state per group: a load waits for a registration or an append in progress, which
@@ -82,7 +71,7 @@ class GroupLogs:
         if log is not None:
             self._cache.move_to_end(group_id)
             return log
-        async with self._lock(group_id):
+        async with self._locks.hold(group_id):
             return await self._held(group_id)
 
     async def _held(self, group_id: GroupId) -> GroupLog | None:
@@ -118,7 +107,7 @@ class GroupLogs:
 
     async def refresh(self, group_id: GroupId) -> tuple[int, list[Applied], list[bytes]]:
         """Apply what another relay appended: (first new seq, what it changed, entries)."""
-        async with self._lock(group_id):
+        async with self._locks.hold(group_id):
             log = self._cache.get(group_id)
             if log is None:
                 return 0, [], []
@@ -138,7 +127,7 @@ class GroupLogs:
         """Register a new group from its log (genesis first): the genesis must hash to the
         group id, so a stranger who knows only the id cannot register it. None: the group
         was registered meanwhile (by another HELLO, or another relay): append instead."""
-        async with self._lock(group_id):
+        async with self._locks.hold(group_id):
             if await self._held(group_id) is not None:
                 return None
             log = GroupLog.from_genesis(entries[0], group_id=group_id, keep_wraps=False)
@@ -173,7 +162,7 @@ class GroupLogs:
         *,
         known_ok: bool,
     ) -> AppendResult | None:
-        async with self._lock(group_id):
+        async with self._locks.hold(group_id):
             log = await self._held(group_id)
             if log is None:
                 raise MembershipError("group", f"no log for group {group_id.short()}")

@@ -39,6 +39,7 @@ from zerok.protocol.catalog import CLIENT_REQUESTS
 from zerok.protocol.membership import GroupLog, TicketState
 from zerok.protocol.ratelimit import RateLimiter
 from zerok.relay.config import BLOB_OVERHEAD, RelayConfig
+from zerok.relay.locks import KeyedLocks
 from zerok.relay.membership import AppendResult, GroupLogs, is_removal
 from zerok.relay.metrics import RelayMetrics
 from zerok.relay.push import OfflineWaker, PushSender
@@ -209,6 +210,7 @@ class RelayService:
         self._usage_read_at: float | None = None
         self.waker = OfflineWaker(push_sender, storage, self.metrics, monotonic=monotonic)
         self.logs = GroupLogs(storage)
+        self._chunk_puts: KeyedLocks[tuple[GroupId, bytes]] = KeyedLocks()
         self.tasks = TaskSet("the relay service")
         storage.subscribe(self.on_storage_event)
         self.limits = Limits(
@@ -402,7 +404,6 @@ class RelayService:
                 del self.groups[peer.group_id]
                 self.notified.pop(peer.group_id, None)
                 self.logs.pinned.discard(peer.group_id)
-                self.logs.forget_lock(peer.group_id)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -671,6 +672,12 @@ class RelayService:
     @handles(ChunkPut)
     async def _chunk_put(self, peer: Peer, rid: int, put: ChunkPut) -> None:
         group_id, _ = _member(peer)
+        # One chunk's pieces are written in the order they arrived (requests run as
+        # concurrent tasks), so a client may keep several in flight.
+        async with self._chunk_puts.hold((group_id, put.address)):
+            await self._put_piece(peer, rid, group_id, put)
+
+    async def _put_piece(self, peer: Peer, rid: int, group_id: GroupId, put: ChunkPut) -> None:
         ip, started = ip_key(peer.remote), self.monotonic()
         # Chunk bytes count in the address's push budget like blob bytes.
         if not self.push_bytes.allow(ip, started, len(put.data)):

@@ -12,12 +12,10 @@ time per chunk (``KeyedLocks``).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import hashlib
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from zerok.errors import StorageError, StorageFullError
@@ -124,33 +122,3 @@ def _digest(path: Path, size: int) -> bytes:
         while piece := f.read(HASH_PIECE):
             digest.update(piece)
     return digest.digest()
-
-
-class _Held:
-    __slots__ = ("lock", "users")
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.users = 0
-
-
-class KeyedLocks:
-    """One asyncio lock per key, forgotten when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._held: dict[tuple[bytes, bytes], _Held] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: tuple[bytes, bytes]) -> AsyncIterator[None]:
-        held = self._held.setdefault(key, _Held())
-        held.users += 1
-        try:
-            async with held.lock:
-                yield
-        finally:
-            held.users -= 1
-            if not held.users:
-                del self._held[key]
-
-    def __len__(self) -> int:
-        return len(self._held)

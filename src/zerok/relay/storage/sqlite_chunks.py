@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from zerok.errors import StorageError, StorageFullError
+from zerok.relay.locks import KeyedLocks
 from zerok.relay.storage.base import ChunkState
-from zerok.relay.storage.chunk_files import ChunkFiles, KeyedLocks
+from zerok.relay.storage.chunk_files import ChunkFiles
 from zerok.relay.storage.chunk_sql import (
     SQLChunkStorage,
     check_read,
@@ -50,7 +51,7 @@ class SQLiteChunks(SQLChunkStorage):
 
     def _open_chunks(self, root: Path) -> None:
         self.chunk_files = ChunkFiles(root)
-        self._chunk_locks = KeyedLocks()
+        self._chunk_locks: KeyedLocks[tuple[bytes, bytes]] = KeyedLocks()
         self._chunk_pool = ThreadPoolExecutor(CHUNK_IO_THREADS, thread_name_prefix="zerok-chunk")
 
     def _close_chunks(self) -> None:
