@@ -6,10 +6,19 @@ import os
 import platform
 import sys
 
-from bench import abuse, client, foundation, membership, relay, storage
+from bench import abuse, client, content, foundation, membership, relay, storage
 from bench.harness import print_table
 
-SECTIONS = ("foundation", "relay", "abuse", "client", "storage", "scaleout", "membership")
+SECTIONS = (
+    "foundation",
+    "relay",
+    "abuse",
+    "client",
+    "storage",
+    "scaleout",
+    "membership",
+    "content",
+)
 
 
 def main() -> None:
@@ -50,6 +59,11 @@ def main() -> None:
         print_table(
             "Membership (protocol v2: revocation through a relay process, blob header, log)",
             *membership.all_figures(),
+        )
+    if "content" in sections:
+        print_table(
+            "Content (a file through a relay process, next to a bare WebSocket copy)",
+            *content.all_figures(),
         )
 
 

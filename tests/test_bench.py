@@ -18,8 +18,11 @@ from bench.__main__ import SECTIONS
 ROOT = Path(__file__).resolve().parent.parent
 FIGURE = re.compile(r"^(?P<name>.+?)\s{2,}[\d,.]+ \S+\s+.+?\s{2,}[\d,.]+ \S+\s+(?P<ratio>[\d.]+)x$")
 # Every section of ``python -m bench``, in two halves of about the same running time.
-HALVES = (("foundation", "relay", "storage", "membership"), ("abuse", "client", "scaleout"))
-TITLES = ("Foundation", "Relay", "Abuse", "Client", "Storage", "Scale-out", "Membership")
+HALVES = (
+    ("foundation", "relay", "storage", "membership"),
+    ("abuse", "client", "scaleout", "content"),
+)
+TITLES = ("Foundation", "Relay", "Abuse", "Client", "Storage", "Scale-out", "Membership", "Content")
 
 
 def test_every_benchmark_runs_and_prints_a_ratio() -> None:

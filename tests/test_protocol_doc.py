@@ -4,10 +4,10 @@ Every ```vector block of §13 is parsed (by its ``### Vector N: title`` heading)
 its outputs is recomputed from its inputs with the project's code; where the document gives
 a formula (HKDF, the proof transcript, X-Wing's combiner, the wraps, the blob layout, the
 chain hash, the short code, PADME, the AEADs, REKEY, chunk sealing, the chunking seed and
-cut, the manifest layout) the test also recomputes it from the formula alone, the way an
-implementation in another language would. The log entries are
-replayed through the log's rules, and the message, log-entry and error tables, the
-constants and the protocol names are compared with the code as well.
+cut, the manifest layout and its blob's prefix) the test also recomputes it from the formula
+alone, the way an implementation in another language would. The log entries are replayed
+through the log's rules, and the message, log-entry and error tables, the constants and the
+protocol names are compared with the code as well.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from tests.crypto import test_epoch as epoch_tests
 from tests.protocol import test_chunking as chunking_tests
 from tests.wire import test_manifest as manifest_tests
 from zerok.client import pairing
+from zerok.client.content import MANIFEST_MAGIC, manifest_blob_data, manifest_of
 from zerok.crypto import content
 from zerok.crypto import epoch as epochs
 from zerok.crypto.blob import (
@@ -81,7 +82,7 @@ from zerok.crypto.recovery import (
     RecoveryKey,
 )
 from zerok.crypto.xwing import XWING_LABEL, XWingPrivateKey
-from zerok.errors import InvalidProofError
+from zerok.errors import InvalidProofError, WireError
 from zerok.protocol.chunking import AVG_CHUNK, MIN_CHUNK, NORMALIZED_CHUNKING, chunks
 from zerok.protocol.client import DEFAULT_HEARTBEAT, HELLO_REQUEST_ID
 from zerok.protocol.integrity import (
@@ -1007,10 +1008,18 @@ def fox_chunks() -> list[tuple[bytes, manifests.ChunkRef]]:
     return [content.seal_chunk(part, content_key=key, group_id=gid) for part in parts]
 
 
+# §10.10's manifest prefix, as the text spells it.
+DOC_MANIFEST_PREFIX = b"0k-sync/manifest" + b"\x00"
+
+
 def check_manifest_blob(v: Vector) -> None:
     check_blob(v)
-    assert v["plaintext"] == vector("Manifest").values["manifest"]
-    addresses = [ref.address for ref in manifests.decode_manifest(v["plaintext"]).chunks]
+    raw = vector("Manifest").values["manifest"]
+    data = v["plaintext"]
+    assert data == DOC_MANIFEST_PREFIX + raw == MANIFEST_MAGIC + raw
+    manifest = manifests.decode_manifest(data[len(DOC_MANIFEST_PREFIX) :])
+    assert manifest_of(data) == manifest and manifest_blob_data(manifest) == data
+    addresses = [ref.address for ref in manifest.chunks]
     assert [v["chunks[0]"], v["chunks[1]"]] == addresses
     push = Push(
         blob_id=BlobId(v["blob_id"]),
@@ -1381,6 +1390,56 @@ def test_manifest_documented() -> None:
     assert manifests.ChunkRef.__struct_config__.array_like, "the text says: an array"
     assert f"`{manifests.DEFAULT_MEDIA_TYPE}`" not in text  # the default is shown as a str
     assert f'`"{manifests.DEFAULT_MEDIA_TYPE}"`' in text
+
+
+def test_manifest_prefix_documented() -> None:
+    """§10.10 spells the client's prefix, in text and hex, and its sizes in Vector 27 add up."""
+    text = section(re.compile(r"^### 10\.10 Manifests$", re.MULTILINE))
+    assert MANIFEST_MAGIC == DOC_MANIFEST_PREFIX and len(MANIFEST_MAGIC) == 17
+    assert f'"{MANIFEST_MAGIC[:-1].decode("ascii")}" ‖ 0x00' in text
+    assert f"(hex {MANIFEST_MAGIC.hex()})" in text
+    assert in_doc(f"**manifest prefix**, the {len(MANIFEST_MAGIC)} bytes")
+    data = vector("Manifest blob").values["plaintext"]
+    manifest_len = len(data) - len(MANIFEST_MAGIC)
+    unpadded = 41 + len(data) + 1
+    assert in_doc(
+        f"after the {len(MANIFEST_MAGIC)}-byte prefix of §10.10 ({len(MANIFEST_MAGIC)} + "
+        f"{manifest_len} = {len(data)} bytes), with padding (41 + {len(data)} + 1 = "
+        f"{unpadded} bytes, padme({unpadded}) = {doc_padme(unpadded)})"
+    )
+    sealed = vector("Manifest blob").values["sealed"]
+    assert in_doc(f"h'{sealed[:4].hex()}…{sealed[-2:].hex()}' ({len(sealed)} bytes)")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"app data", DOC_MANIFEST_PREFIX[:-1], b"\x00" + DOC_MANIFEST_PREFIX],
+    ids=["empty", "app", "prefix-without-zero", "prefix-not-first"],
+)
+def test_data_without_the_prefix_is_the_apps(data: bytes) -> None:
+    """§10.10: data not starting with the 17 bytes is the application's own."""
+    raw = vector("Manifest").values["manifest"]
+    assert manifest_of(data) is None
+    assert manifest_of(data + raw) is None
+
+
+# What may follow the prefix instead of one valid manifest, made from Vector 26's.
+NOT_A_MANIFEST: dict[str, Callable[[bytes], bytes]] = {
+    "nothing": lambda raw: b"",
+    "empty-map": lambda raw: b"\x80",
+    "garbage": lambda raw: b"not msgpack",
+    "truncated": lambda raw: raw[:-1],
+    "bytes-after-it": lambda raw: raw + b"\x00",
+    "two-manifests": lambda raw: raw + raw,
+}
+
+
+@pytest.mark.parametrize("case", NOT_A_MANIFEST)
+def test_data_with_the_prefix_must_be_a_manifest(case: str) -> None:
+    """§10.10: after the prefix, one manifest and nothing else, or an error."""
+    raw = vector("Manifest").values["manifest"]
+    with pytest.raises(WireError):
+        manifest_of(DOC_MANIFEST_PREFIX + NOT_A_MANIFEST[case](raw))
 
 
 def doc_cut(buf: bytes, p: dict[str, int]) -> int:

@@ -1,5 +1,6 @@
 """Client layer: SyncClient, local state, pairing, membership."""
 
+from zerok.client.content import ContentRef
 from zerok.client.events import (
     BlobAvailable,
     BlobPushed,
@@ -24,6 +25,7 @@ from zerok.client.sync import (
     PushResult,
     SyncClient,
 )
+from zerok.client.transfer import Progress
 from zerok.crypto.recovery import RecoveryKey
 from zerok.errors import (
     BlobTooLargeError,
@@ -42,6 +44,7 @@ __all__ = [
     "BlobPushed",
     "BlobTooLargeError",
     "Connected",
+    "ContentRef",
     "Device",
     "DeviceRevoked",
     "DeviceRevokedError",
@@ -57,6 +60,7 @@ __all__ = [
     "MembershipError",
     "NewGroup",
     "NotConnectedError",
+    "Progress",
     "PullResult",
     "PushResult",
     "RecoveryKey",

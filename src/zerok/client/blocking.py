@@ -12,10 +12,12 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 from zerok.client import sync
+from zerok.client.content import ContentRef, ProgressCallback, Source
 from zerok.client.events import SyncEvent, SyncStatus
 from zerok.client.groups import MAX_INVITE_TTL, NewGroup
 from zerok.client.membership import Device
@@ -191,6 +193,43 @@ class SyncClient:
 
     async def _subscribe(self) -> AsyncIterator[SyncEvent]:
         return self._client.events()
+
+    # -- files (progress callbacks run on the client's thread: keep them short) -----------
+
+    def put_file(
+        self,
+        source: Source,
+        *,
+        name: str | None = None,
+        media_type: str | None = None,
+        ttl: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> ContentRef:
+        return self._call(
+            self._client.put_file(
+                source, name=name, media_type=media_type, ttl=ttl, progress=progress
+            )
+        )
+
+    def resume_uploads(self, progress: ProgressCallback | None = None) -> list[ContentRef]:
+        return self._call(self._client.resume_uploads(progress))
+
+    def content_ref(self, blob: sync.Blob) -> ContentRef | None:
+        return self._client.content_ref(blob)
+
+    def open_content(
+        self, ref: ContentRef, *, progress: ProgressCallback | None = None
+    ) -> Iterator[bytes]:
+        return self._iterate(self._client.open_content(ref, progress=progress))
+
+    def save_content(
+        self,
+        ref: ContentRef,
+        path: str | os.PathLike[str],
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> Path:
+        return self._call(self._client.save_content(ref, path, progress=progress))
 
     def list_devices(self) -> list[Device]:
         return self._call(self._client.list_devices())

@@ -68,6 +68,7 @@ class Sending:
         _journaling: int
         _sender: tuple[int, bytes]
         _push_waiters: dict[BlobId, list[asyncio.Future[PushResult]]]
+        _blob_chunks: dict[BlobId, list[bytes]]  # what this device's manifest blobs refer to
         _outbox_kick: asyncio.Event
         _background: set[asyncio.Task[None]]
         _conn_url: str
@@ -104,13 +105,23 @@ class Sending:
         at once rather than a wait for ever. With ``wait=False`` it returns the blob id as
         soon as the outbox entry is durable, running or not; the blob goes out on the next
         connection (``BlobPushed`` tells when)."""
+        return await self._push_data(bytes(data), ttl=ttl, wait=wait)
+
+    async def _push_data(
+        self, data: bytes, *, ttl: int | None, wait: bool, chunks: list[bytes] | None = None
+    ) -> PushResult | BlobId:
+        """``push``, for a blob that may refer to chunks (a file's manifest): the chunk
+        addresses are recorded before the blob may go out, and its every PUSH carries them."""
         self._require_group()
         if wait and not self.running:
             raise NotConnectedError(
                 "the client is not syncing: push inside `async with client:` (or after "
                 "connect()), or queue it with push(data, wait=False)"
             )
-        entry, kept = self._seal(bytes(data), KIND_DATA, int(ttl or 0))
+        entry, kept = self._seal(data, KIND_DATA, int(ttl or 0))
+        if chunks:
+            self._state.blob_chunks_add(entry.blob_id, chunks)
+            self._blob_chunks[entry.blob_id] = list(chunks)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[PushResult] = loop.create_future()
         # A caller that gave up (cancelled) leaves its outcome unread: not an error to log.
@@ -264,6 +275,7 @@ class Sending:
             epoch=entry.epoch,
             ttl=entry.ttl,
             repair=entry.repair,
+            chunks=self._blob_chunks.get(entry.blob_id, []),
         )
         try:
             reply = await conn.request(push)

@@ -80,6 +80,16 @@ CREATE TABLE IF NOT EXISTS chains (
     id   INTEGER PRIMARY KEY CHECK (id = 0),
     data BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS blob_chunks (
+    blob_id   BLOB PRIMARY KEY,
+    addresses BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS uploads (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    path       TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    media_type TEXT NOT NULL
+);
 """
 STATE_VERSION = "2"
 MAX_BATCH = 512  # writes per group commit
@@ -118,6 +128,16 @@ class SentRow:
     epoch: int
     created_at: int  # ms
     size: int
+
+
+@dataclass(frozen=True)
+class UploadRow:
+    """A file being put (``put_file`` from a path): finished by ``resume_uploads``."""
+
+    id: int
+    path: str
+    name: str
+    media_type: str
 
 
 @dataclass
@@ -412,6 +432,39 @@ class LocalState:
     def chains_load(self) -> bytes | None:
         rows = self._rows("SELECT data FROM chains WHERE id = 0")
         return None if not rows else bytes(rows[0][0])
+
+    # -- large content: chunks a blob refers to, files being put -----------------------------
+
+    def blob_chunks_add(self, blob_id: BlobId, addresses: list[bytes]) -> None:
+        """The chunks a blob of this device's refers to (its PUSH declares them, also when
+        it is pushed again for a repair). Written at once: before the blob may go out."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO blob_chunks (blob_id, addresses) VALUES (?, ?)",
+                (blob_id, b"".join(addresses)),
+            )
+
+    def blob_chunks_load(self) -> dict[BlobId, list[bytes]]:
+        rows = self._rows("SELECT blob_id, addresses FROM blob_chunks")
+        return {
+            BlobId(r[0]): [bytes(r[1][i : i + 32]) for i in range(0, len(r[1]), 32)] for r in rows
+        }
+
+    def upload_add(self, path: str, name: str, media_type: str) -> int:
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT INTO uploads (path, name, media_type) VALUES (?, ?, ?)",
+                (path, name, media_type),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def upload_remove(self, upload_id: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+
+    def uploads_load(self) -> list[UploadRow]:
+        rows = self._rows("SELECT id, path, name, media_type FROM uploads ORDER BY id")
+        return [UploadRow(r[0], r[1], r[2], r[3]) for r in rows]
 
     # -- outbox, keep window and this device's chain ----------------------------------------
 

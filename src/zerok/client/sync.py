@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any
 
 from zerok.client import logsync, mailbox
+from zerok.client.content import ContentOps
 from zerok.client.events import (
     BlobAvailable,
     Connected,
@@ -122,7 +123,7 @@ def _hello_entries(refusal: RemoteError, brought: str | None) -> str | None:
     return None
 
 
-class SyncClient(Sending, Receiving, GroupOps):
+class SyncClient(Sending, Receiving, GroupOps, ContentOps):
     """One device's membership of one sync group, kept in ``data_dir``."""
 
     def __init__(
@@ -174,6 +175,8 @@ class SyncClient(Sending, Receiving, GroupOps):
         self._new_data = asyncio.Event()
         self._outbox_kick = asyncio.Event()
         self._push_waiters: dict[BlobId, list[asyncio.Future[PushResult]]] = {}
+        self._blob_chunks = self._state.blob_chunks_load()
+        self._uploading: set[int] = set()  # uploads being put in this run
         self._subscribers: set[EventStream] = set()
         self._journaling = 0  # pushes whose outbox insert is not durable yet
         self._journal = Journal(self._state)
