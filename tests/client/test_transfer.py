@@ -323,11 +323,28 @@ def test_when_another_device_sends_the_same_piece_the_upload_follows_it() -> Non
             held += data[10 * KIB : 20 * KIB]
 
     relay.after_put = other_device
-    report = upload(relay, iter([(address, data)]), piece=10 * KIB)
+    report = upload(relay, iter([(address, data)]), piece=10 * KIB, window=1)
     assert relay.data[address] == data and address in relay.complete
     offsets = [m.offset for m in relay.sent(ChunkPut)]
     assert offsets == [0, 20 * KIB, 30 * KIB]  # no byte sent twice
     assert report.bytes_sent == 30 * KIB
+
+
+def test_with_pieces_in_flight_an_upload_that_moved_on_is_followed() -> None:
+    relay = FakeRelay()
+    address, data = blob(80 * KIB)
+
+    def other_device(put_address: bytes) -> None:
+        held = relay.data[put_address]
+        if len(held) == 10 * KIB:  # it sends bytes 10..20 KiB meanwhile
+            held += data[10 * KIB : 20 * KIB]
+
+    relay.after_put = other_device
+    report = upload(relay, iter([(address, data)]), piece=10 * KIB, window=4)
+    assert relay.data[address] == data and address in relay.complete
+    offsets = [m.offset for m in relay.sent(ChunkPut)]
+    assert len(offsets) == len(set(offsets))  # this device never sent a piece twice
+    assert report.bytes_sent <= len(data)
 
 
 def test_a_relay_that_keeps_refusing_pieces_ends_the_upload() -> None:
@@ -595,22 +612,33 @@ def test_real_relay_dedupes_and_serves_what_was_uploaded(relay: InProcessRelay) 
     on_device(relay, test)
 
 
-@pytest.mark.parametrize("cut", [1, 2, 4])
+@pytest.mark.parametrize(("cut", "window"), [(1, 1), (2, 1), (4, 1), (2, 4), (4, 4)])
 def test_real_relay_resumes_an_upload_cut_by_a_closed_connection(
-    relay: InProcessRelay, cut: int
+    relay: InProcessRelay, cut: int, window: int
 ) -> None:
     async def test(device: Device) -> None:
         (data, ref), (small, small_ref) = device.chunks(200 * KIB, 10 * KIB)
         pairs = [(small_ref.address, small), (ref.address, data)]
         conn = await device.connect()
         with pytest.raises(ConnectError):
-            await upload_chunks(Cutting(conn, ChunkPut, cut + 1), pairs, piece=64 * KIB)
+            await upload_chunks(
+                Cutting(conn, ChunkPut, cut + 1), pairs, piece=64 * KIB, window=window
+            )
         conn = await device.connect()
         held = (await have(conn, ref.address)).received
-        assert held == (cut - 1) * 64 * KIB
+        if window == 1:
+            assert held == (cut - 1) * 64 * KIB
+        else:  # pieces were in flight when it closed: the relay kept some of them
+            assert held % (64 * KIB) == 0 and held <= cut * 64 * KIB
         report = await upload_chunks(conn, pairs, piece=64 * KIB)
-        assert report.bytes_sent == len(data) - held
-        assert (report.resumed_bytes, report.skipped_chunks) == (held, 1)
+        assert report.skipped_chunks == 1
+        if window == 1:
+            assert report.bytes_sent == len(data) - held
+            assert report.resumed_bytes == held
+        else:
+            # Pieces that reached the relay before the close may still be written after
+            # it was asked: nothing it held then is sent again, perhaps less.
+            assert report.bytes_sent <= len(data) - held
         assert await download_chunk(conn, ref) == data
 
     on_device(relay, test)
@@ -637,7 +665,10 @@ def test_real_relay_resumes_after_a_connection_closed_mid_request(relay: InProce
         held = (await have(conn, ref.address)).received
         assert 64 * KIB <= held < len(data)
         report = await upload_chunks(conn, iter([(ref.address, data)]), piece=32 * KIB)
-        assert (report.bytes_sent, report.resumed_bytes) == (len(data) - held, held)
+        # Pieces in flight at the close may have landed since it was asked: never more
+        # than the rest is sent.
+        assert report.bytes_sent <= len(data) - held
+        assert await download_chunk(conn, ref) == data
 
     on_device(relay, test)
 

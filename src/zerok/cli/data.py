@@ -1,4 +1,6 @@
-"""``zerok push`` and ``zerok pull``."""
+"""``zerok push`` and ``zerok pull``. ``push FILE`` sends the file's bytes as one blob (up
+to the relay's blob size); ``push --file PATH`` sends a file of any size as large content,
+which ``pull --out DIR`` saves under its name (``zerok.cli.files``)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import sys
 from pathlib import Path
 
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from zerok.cli.common import (
     ConnectionWatch,
@@ -24,8 +25,9 @@ from zerok.cli.common import (
     timeout_arg,
     visible,
 )
+from zerok.cli.files import Receiver, TransferBar, bar_enabled, push_file
 from zerok.client import Blob
-from zerok.errors import SyncError
+from zerok.errors import BlobTooLargeError, SyncError
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,10 +36,22 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     push.add_argument("file", nargs="?", help="file to push, or - for standard input")
     push.add_argument("--text", help="push this text instead of a file")
     push.add_argument(
+        "--file",
+        dest="large",
+        metavar="PATH",
+        help="push a file of any size, in chunks, with a progress bar; saved under its name "
+        "by `zerok pull --out DIR` (a run cut short continues where it stopped)",
+    )
+    # Not dest="name": open_client takes args.name as the device's name.
+    push.add_argument("--name", dest="file_name", help="with --file: the name it is saved as")
+    push.add_argument("--media-type", metavar="TYPE", help="with --file: its media type")
+    push.add_argument(
         "--timeout",
         type=timeout_arg,
         default=30.0,
-        help="seconds to wait for the relay's ack; after that the push stays queued (default 30)",
+        help="seconds to wait for the relay's ack; after that the push stays queued "
+        "(--file: seconds to reach a relay; the upload then takes as long as it takes) "
+        "(default 30)",
     )
     push.set_defaults(run=cmd_push)
 
@@ -47,7 +61,11 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--after", type=cursor_arg, help="start after this cursor (default: the saved one)"
     )
     pull.add_argument("--follow", "-f", action="store_true", help="keep receiving until Ctrl-C")
-    pull.add_argument("--out", metavar="DIR", help="write each blob to DIR/<cursor>-<blob id>")
+    pull.add_argument(
+        "--out",
+        metavar="DIR",
+        help="save files (push --file) as DIR/<name>, other blobs as DIR/<cursor>-<blob id>",
+    )
     pull.add_argument(
         "--timeout", type=timeout_arg, default=15.0, help="seconds to reach a relay (default 15)"
     )
@@ -70,7 +88,12 @@ def _read_input(args: argparse.Namespace) -> bytes:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    if args.large is not None:
+        return run_async(lambda: push_file(args))
+
     async def main() -> int:
+        if args.file_name is not None or args.media_type is not None:
+            raise SyncError("--name and --media-type go with --file PATH")
         data = _read_input(args)
         client = open_client(args)
         async with client, ConnectionWatch(client):
@@ -89,7 +112,12 @@ def cmd_push(args: argparse.Namespace) -> int:
                         f"({client.pending_count} pending) and goes out on the next connection."
                     )
                 return 0
-            result = push.result()
+            try:
+                result = push.result()
+            except BlobTooLargeError as exc:
+                raise BlobTooLargeError(
+                    f"{exc}: `zerok push --file PATH` sends a file of any size"
+                ) from None
         if args.json:
             emit_json({"status": "pushed", "blob_id": str(result.blob_id), "cursor": result.cursor})
         else:
@@ -131,28 +159,22 @@ def cmd_pull(args: argparse.Namespace) -> int:
         count = 0
         async with client, ConnectionWatch(client) as watch:
             await watch.online(args.timeout, spinner=not args.json)
-            if args.follow:
-                async for blob in client.changes():
-                    _show(blob, args)
-                    count += 1
-            after = args.after
-            start = client.last_cursor if after is None else after
-            with Progress(
-                TextColumn("receiving"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                console=err,
-                transient=True,
-                disable=args.json or not err.is_terminal,
-            ) as progress:
-                task = progress.add_task("pull", total=None)
+            with TransferBar(enabled=bar_enabled(args)) as bar:
+                receiver = Receiver(client, args, bar, lambda blob: _show(blob, args))
+                count += await receiver.resume()
+                if args.follow:
+                    async for blob in client.changes():
+                        await receiver.page([blob])
+                        count += 1
+                after = args.after
+                start = client.last_cursor if after is None else after
+                task = bar.counter("receiving")
                 while True:
                     page = await client.pull(after)
-                    for blob in page.blobs:
-                        _show(blob, args)
-                        count += 1
+                    await receiver.page(page.blobs)
+                    count += len(page.blobs)
                     position = page.blobs[-1].cursor if page.blobs else client.last_cursor
-                    progress.update(
+                    bar.progress.update(
                         task,
                         total=max(page.max_cursor - start, 1),
                         completed=max(position - start, 0),
@@ -163,6 +185,6 @@ def cmd_pull(args: argparse.Namespace) -> int:
                         after = page.blobs[-1].cursor if page.blobs else page.max_cursor
         if not args.json and count == 0:
             err.print("nothing new")
-        return 0
+        return 1 if receiver.failures else 0
 
     return run_async(main)

@@ -377,13 +377,23 @@ class SyncClient(Sending, Receiving, GroupOps, ContentOps):
         """Wait until a relay accepted this device; NotConnectedError after ``timeout``."""
         if self._core.revoked:
             raise DeviceRevokedError("this device was revoked from its group")
-        connected = asyncio.ensure_future(self._connected.wait())
-        revoked = asyncio.ensure_future(self._revoked_event.wait())
-        try:
-            await asyncio.wait({connected, revoked}, timeout=timeout, return_when="FIRST_COMPLETED")
-        finally:
-            connected.cancel()
-            revoked.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        # A connection that was up when the wait began may be gone when it wakes (it was
+        # lost meanwhile): wait again, to the same deadline.
+        while not self._connected.is_set() and not self._core.revoked:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                break
+            connected = asyncio.ensure_future(self._connected.wait())
+            revoked = asyncio.ensure_future(self._revoked_event.wait())
+            try:
+                await asyncio.wait(
+                    {connected, revoked}, timeout=left, return_when="FIRST_COMPLETED"
+                )
+            finally:
+                connected.cancel()
+                revoked.cancel()
         if self._core.revoked:
             raise DeviceRevokedError("this device was revoked from its group")
         if not self._connected.is_set():

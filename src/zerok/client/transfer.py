@@ -45,6 +45,9 @@ from zerok.wire.messages import MAX_CHUNK_PIECE, MAX_CHUNK_QUERY
 
 PIECE = MAX_CHUNK_PIECE
 GET_WINDOW = 4  # CHUNK_GETs in flight: reads may be answered in any order, so they overlap
+# CHUNK_PUTs of one chunk in flight: the relay writes them in the order they arrive
+# (docs/protocol.md §10.11), so the next pieces go out before the earlier are answered.
+PUT_WINDOW = 4
 # CHUNK_PUTs are not pipelined: the relay runs requests as concurrent tasks, and a piece
 # that overtakes the one before it lands at the wrong offset (ERROR 1011).
 MAX_STALLS = 3  # CHUNK_BEGINs in a row after a refused piece, with no progress between
@@ -210,16 +213,20 @@ async def upload_chunks(
     *,
     piece: int = PIECE,
     progress: Callable[[Progress], None] | None = None,
+    window: int = PUT_WINDOW,
 ) -> UploadReport:
     """Make the relay hold each of ``chunks`` (address, sealed bytes) whole, sending only
-    what it lacks. A Sequence is asked about in batches first (no round trip for the chunks
-    the relay holds); an iterator's chunks are read one at a time, each begun as it comes.
+    what it lacks, ``window`` pieces of a chunk in flight. A Sequence is asked about in
+    batches first (no round trip for the chunks the relay holds); an iterator's chunks are
+    read one at a time, each begun as it comes.
 
     Raises RemoteError with the relay's code when it refuses (quota 2002, rate 2000, ...;
     1010 when it finds bytes we checked do not match their address), ConnectError when the
     connection ends: what was sent stays, and the same call on a new connection resumes.
     """
     _checked_piece_size(piece)
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise LocalProtocolError(f"an upload keeps 1 or more pieces in flight, not {window!r}")
     whole: set[bytes] = set()
     sizes: list[int] = []
     source: AsyncIterator[Chunk]
@@ -236,7 +243,7 @@ async def upload_chunks(
         if address in whole:
             tally.skipped += 1
         else:
-            await _upload_one(conn, address, sealed, piece, tally)
+            await _upload_one(conn, address, sealed, _ChunkUpload.Settings(piece, window), tally)
         tally.finished(len(sealed))
     return UploadReport(
         chunks=tally.chunks_done,
@@ -271,10 +278,14 @@ async def _each(
 
 
 async def _upload_one(
-    conn: ChunkConnection, address: bytes, sealed: bytes, piece: int, tally: _Tally
+    conn: ChunkConnection,
+    address: bytes,
+    sealed: bytes,
+    settings: _ChunkUpload.Settings,
+    tally: _Tally,
 ) -> None:
     """Begin (or resume) one chunk and send it from where the relay stands."""
-    upload = _ChunkUpload(conn, address, sealed, piece, tally)
+    upload = _ChunkUpload(conn, address, sealed, settings, tally)
     held: int | None = None  # what the relay had when we began: resumed, not sent
     restarted = False
     stalls, best = 0, -1
@@ -309,13 +320,23 @@ async def _upload_one(
 
 
 class _ChunkUpload:
-    """The requests of one chunk's upload; ``at`` is the offset of the last piece sent."""
+    """The requests of one chunk's upload; ``at`` is what the relay confirmed it holds."""
+
+    @dataclass(frozen=True)
+    class Settings:
+        piece: int
+        window: int
 
     def __init__(
-        self, conn: ChunkConnection, address: bytes, sealed: bytes, piece: int, tally: _Tally
+        self,
+        conn: ChunkConnection,
+        address: bytes,
+        sealed: bytes,
+        settings: _ChunkUpload.Settings,
+        tally: _Tally,
     ) -> None:
         self.conn, self.address, self.sealed = conn, address, sealed
-        self.piece, self.tally = piece, tally
+        self.piece, self.window, self.tally = settings.piece, settings.window, tally
         self.size, self.name = len(sealed), address.hex()[:16]
         self.at = 0
 
@@ -327,22 +348,39 @@ class _ChunkUpload:
         return start
 
     async def send_from(self, offset: int) -> None:
+        """Send the chunk from ``offset``, ``window`` pieces in flight, each confirmed in
+        order. On a refusal the pieces still in flight are answered (refused too) before
+        the error goes up, so no answer is left waiting."""
         self.at = offset
-        while True:
-            data = self.sealed[self.at : self.at + self.piece]
-            put = ChunkPut(address=self.address, offset=self.at, data=data)
-            self.tally.sent += len(data)  # also when refused: it went out
-            answer = await _status(self.conn, put)
-            end = next_offset(answer, self.address, self.size)
-            if end is None:
-                self.tally.report(self.size)
-                return
-            if end <= self.at:
-                raise RemoteProtocolError(
-                    f"the relay took bytes {self.at}.. of chunk {self.name} and has {end} of it"
-                )
-            self.tally.report(end)
-            self.at = end
+        flight: deque[tuple[int, int, asyncio.Future[ChunkInfo]]] = deque()
+        try:
+            sent_to = offset
+            while True:
+                while sent_to < self.size and len(flight) < self.window:
+                    data = self.sealed[sent_to : sent_to + self.piece]
+                    put = ChunkPut(address=self.address, offset=sent_to, data=data)
+                    self.tally.sent += len(data)  # also when refused: it went out
+                    flight.append(
+                        (sent_to, len(data), asyncio.ensure_future(_status(self.conn, put)))
+                    )
+                    sent_to += len(data)
+                start, length, answer = flight.popleft()
+                end = next_offset(await answer, self.address, self.size)
+                if end is None:
+                    self.tally.report(self.size)
+                    return
+                if end > start + length:  # another device sent these bytes too: follow it
+                    self.at = end
+                    raise RemoteError(ErrorCode.CHUNK_UNKNOWN, "the upload moved on meanwhile")
+                if end < start + length:
+                    raise RemoteProtocolError(
+                        f"the relay took bytes {start}.. of chunk {self.name} and has {end} of it"
+                    )
+                self.tally.report(end)
+                self.at = end
+        finally:
+            if flight:
+                await asyncio.gather(*(f for _, _, f in flight), return_exceptions=True)
 
     def mismatch(self, exc: RemoteError) -> RemoteError:
         return RemoteError(
