@@ -52,8 +52,8 @@ CONTENT_RELAY_ARGS = (
 # megabytes, so one more of its chunks, even the smallest (256 KiB), shows.
 SLACK = 128 * 1024
 SLACK_PER_CUT = 32 * 1024
-# Where an 8 MiB transfer is cut (bytes into it on the wire): mid-chunk, mid-frame.
-CUTS = (1 * MIB + 12_345, 3 * MIB + 777, 6 * MIB + 333_333)
+# Where a 16 MiB transfer is cut (bytes into it on the wire): mid-chunk, mid-frame.
+CUTS = (2 * MIB + 12_345, 7 * MIB + 777, 11 * MIB + 333_333)
 
 
 def start_content_relay(
@@ -267,7 +267,7 @@ def test_an_upload_cut_at_several_points_resumes(
             a, b = fleet.new("a", timing=FAST), fleet.new("b", timing=FAST)
             await pair(a, b, [proxy.url])
             await connected(a)  # alone on the proxy: the cuts are A's
-            digest = write_random(tmp_path / "up.bin", 8 * MIB)
+            digest = write_random(tmp_path / "up.bin", 16 * MIB)
             proxy.cut("up", *CUTS)
             before = proxy.forwarded["up"]
             ref = await a.put_file(tmp_path / "up.bin")
@@ -320,7 +320,7 @@ def test_a_download_cut_at_several_points_resumes(
             a, b = fleet.new("a", timing=FAST), fleet.new("b", timing=FAST)
             await pair(a, b, [proxy.url])
             await connected(a)
-            digest = write_random(tmp_path / "down.bin", 8 * MIB)
+            digest = write_random(tmp_path / "down.bin", 16 * MIB)
             await a.put_file(tmp_path / "down.bin")
             await a.close()  # B alone on the proxy: the cuts are B's
             await connected(b)
@@ -379,7 +379,7 @@ def test_relay_killed_mid_upload_then_restarted_the_upload_resumes(
     async def scenario() -> None:
         async with Fleet(tmp_path) as fleet:
             a, b = await two_devices(fleet, relay.url)
-            digest = write_random(tmp_path / "up.bin", 8 * MIB)
+            digest = write_random(tmp_path / "up.bin", 16 * MIB)
             switch = KillSwitch(chunks=4)
             put = asyncio.get_running_loop().create_task(
                 a.put_file(tmp_path / "up.bin", progress=switch)
@@ -416,7 +416,7 @@ def test_relay_killed_mid_download_then_restarted_save_resumes_from_part(
     async def scenario() -> None:
         async with Fleet(tmp_path) as fleet:
             a, b = await two_devices(fleet, relay.url)
-            digest = write_random(tmp_path / "down.bin", 8 * MIB)
+            digest = write_random(tmp_path / "down.bin", 16 * MIB)
             await a.put_file(tmp_path / "down.bin")
             got = await received_ref(b)
             target = tmp_path / "got.bin"
