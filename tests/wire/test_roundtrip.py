@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zerok.wire import (
@@ -249,6 +249,7 @@ def test_every_message_type_has_a_strategy() -> None:
 
 
 @pytest.mark.parametrize("cls", ALL_MESSAGES, ids=[cls.__name__ for cls in ALL_MESSAGES])
+@settings(max_examples=60)  # per type (26 of them); any type together gets the full budget below
 @given(data=st.data(), request_id=request_ids)
 def test_round_trip(cls: type[Message], data: st.DataObject, request_id: int) -> None:
     message = data.draw(STRATEGIES[cls], label="message")
